@@ -1,0 +1,12 @@
+//! Pure domain types and rules. No database, web framework, HTTP client or async runtime here:
+//! everything in this crate is deterministic and unit-testable on its own.
+
+pub mod access;
+pub mod accounts;
+pub mod audit;
+pub mod ids;
+pub mod jobs;
+pub mod validation;
+
+pub use access::{Permission, Role};
+pub use validation::{FieldError, ValidationErrors};

@@ -1,0 +1,182 @@
+//! Storage. One [`Store`] trait, two implementations ([`sqlite::SqliteStore`] and
+//! [`postgres::PgStore`]) generated from one body of SQL (see `sql_impl.rs`), so the two
+//! backends cannot drift. Use cases open a [`Tx`], change state, append the audit entry and
+//! enqueue the jobs they need, then commit once.
+
+mod error;
+pub mod models;
+pub mod postgres;
+mod sql_impl;
+pub mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+pub use error::StoreError;
+pub use models::*;
+
+use switchboard_domain::audit::{AuditEvent, StoredEntry};
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// Connection pool figures for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+/// Applied versus embedded migrations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationStatus {
+    pub applied: Vec<i64>,
+    pub embedded: Vec<i64>,
+}
+
+impl MigrationStatus {
+    #[must_use]
+    pub fn is_current(&self) -> bool {
+        self.embedded.iter().all(|v| self.applied.contains(v))
+    }
+
+    #[must_use]
+    pub fn pending(&self) -> Vec<i64> {
+        self.embedded.iter().copied().filter(|v| !self.applied.contains(v)).collect()
+    }
+}
+
+/// Opens a store from a database URL: `sqlite://path` (or `sqlite::memory:`) or `postgres://...`.
+pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(url, options).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(url, options).await?))
+    } else {
+        Err(StoreError::Config(
+            "database_url must start with sqlite:// or postgres://".to_owned(),
+        ))
+    }
+}
+
+/// Pool and durability options shared by both backends.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: std::time::Duration,
+    /// SQLite only: `full` (default; a power cut never loses a commit) or `normal`.
+    pub sqlite_synchronous_full: bool,
+    /// SQLite only: how long a writer waits for the lock.
+    pub sqlite_busy_timeout: std::time::Duration,
+    /// How many audit chains to spread appends over (1–16). More chains let PostgreSQL replicas
+    /// append in parallel; SQLite serialises writers anyway.
+    pub audit_chains: u32,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: std::time::Duration::from_secs(5),
+            sqlite_synchronous_full: true,
+            sqlite_busy_timeout: std::time::Duration::from_secs(5),
+            audit_chains: 4,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+    /// A transaction that will write (SQLite: `BEGIN IMMEDIATE`, so it never fails to upgrade).
+    async fn begin(&self) -> Result<Box<dyn Tx>, StoreError>;
+    /// A transaction for reading only.
+    async fn read(&self) -> Result<Box<dyn Tx>, StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+    async fn migrate(&self) -> Result<(), StoreError>;
+    async fn migration_status(&self) -> Result<MigrationStatus, StoreError>;
+    fn pool_stats(&self) -> PoolStats;
+    /// Woken when jobs were enqueued (by this process, or by another replica on PostgreSQL).
+    fn job_signal(&self) -> Arc<Notify>;
+    async fn close(&self);
+}
+
+/// One database transaction. Dropping it without [`Tx::commit`] rolls back.
+#[async_trait]
+pub trait Tx: Send {
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+
+    // --- staff accounts
+    async fn insert_user(&mut self, user: &UserRow) -> Result<(), StoreError>;
+    async fn update_user(&mut self, user: &UserRow) -> Result<(), StoreError>;
+    async fn get_user(&mut self, id: &str) -> Result<Option<UserRow>, StoreError>;
+    async fn get_user_by_username(&mut self, username: &str) -> Result<Option<UserRow>, StoreError>;
+    async fn list_users(&mut self) -> Result<Vec<UserRow>, StoreError>;
+    async fn count_admins(&mut self) -> Result<i64, StoreError>;
+
+    // --- API tokens
+    async fn insert_token(&mut self, token: &TokenRow) -> Result<(), StoreError>;
+    async fn get_token(&mut self, id: &str) -> Result<Option<TokenRow>, StoreError>;
+    async fn list_tokens(&mut self, user_id: Option<&str>) -> Result<Vec<TokenRow>, StoreError>;
+    async fn find_token_by_digest(&mut self, digest: &[u8]) -> Result<Option<(TokenRow, UserRow)>, StoreError>;
+    async fn revoke_token(&mut self, id: &str, at: i64) -> Result<bool, StoreError>;
+    async fn revoke_tokens_of_user(&mut self, user_id: &str, at: i64) -> Result<u64, StoreError>;
+    async fn touch_token(&mut self, id: &str, at: i64) -> Result<(), StoreError>;
+
+    // --- console sessions
+    async fn insert_session(&mut self, session: &SessionRow) -> Result<(), StoreError>;
+    async fn find_session_by_digest(&mut self, digest: &[u8]) -> Result<Option<(SessionRow, UserRow)>, StoreError>;
+    async fn revoke_session(&mut self, id: &str, at: i64) -> Result<bool, StoreError>;
+    async fn revoke_sessions_of_user(&mut self, user_id: &str, at: i64) -> Result<u64, StoreError>;
+    async fn delete_expired_sessions(&mut self, now: i64) -> Result<u64, StoreError>;
+
+    // --- sealed secrets
+    async fn put_secret(&mut self, secret: &SecretRow) -> Result<(), StoreError>;
+    async fn get_secret(&mut self, id: &str) -> Result<Option<SecretRow>, StoreError>;
+    async fn list_secrets(&mut self) -> Result<Vec<SecretRow>, StoreError>;
+    async fn delete_secret(&mut self, id: &str) -> Result<bool, StoreError>;
+
+    // --- audit log
+    /// Appends `event` to chain `chain`, linking it to the chain's head, and moves the head.
+    async fn append_audit(&mut self, event: &AuditEvent, chain: i64, at_ms: i64) -> Result<AuditRecord, StoreError>;
+    async fn list_audit(&mut self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Entries of one chain with `seq > after_seq`, in order, at most `limit`.
+    async fn audit_chain_page(&mut self, chain: i64, after_seq: i64, limit: i64) -> Result<Vec<StoredEntry>, StoreError>;
+    async fn audit_heads(&mut self) -> Result<Vec<AuditHead>, StoreError>;
+
+    // --- job queue
+    /// Enqueues a job; with a `dedupe_key` that is already queued, returns `None` and adds nothing.
+    async fn enqueue_job(&mut self, job: &NewJob) -> Result<Option<i64>, StoreError>;
+    /// Leases up to `limit` due jobs to `owner` until `now + lease_ms`, counting an attempt each.
+    async fn claim_jobs(&mut self, owner: &str, now: i64, lease_ms: i64, limit: i64) -> Result<Vec<JobRow>, StoreError>;
+    /// Deletes a finished job, if `owner` still holds its lease.
+    async fn complete_job(&mut self, id: i64, owner: &str) -> Result<bool, StoreError>;
+    /// Releases the lease and schedules the next attempt.
+    async fn retry_job_later(&mut self, id: i64, owner: &str, run_at: i64, error: &str, now: i64) -> Result<bool, StoreError>;
+    /// Moves a leased job to the dead letters.
+    async fn bury_job(&mut self, id: i64, owner: &str, error: &str, now: i64) -> Result<bool, StoreError>;
+    async fn get_job(&mut self, id: i64) -> Result<Option<JobRow>, StoreError>;
+    async fn list_jobs(&mut self, filter: &JobFilter) -> Result<Vec<JobRow>, StoreError>;
+    /// Puts a dead job back in the queue with fresh attempts.
+    async fn revive_dead_job(&mut self, id: i64, now: i64) -> Result<bool, StoreError>;
+    async fn discard_dead_job(&mut self, id: i64) -> Result<bool, StoreError>;
+    async fn job_counts(&mut self, now: i64) -> Result<JobCounts, StoreError>;
+}

@@ -1,0 +1,135 @@
+//! Rows as stored. The app layer turns them into domain types.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserRow {
+    pub id: String,
+    pub username: String,
+    pub display_name: String,
+    pub role: String,
+    #[serde(skip)]
+    pub password_hash: Option<String>,
+    pub disabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRow {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    #[serde(skip)]
+    pub digest: Vec<u8>,
+    pub prefix: String,
+    pub role: Option<String>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub id: String,
+    pub digest: Vec<u8>,
+    pub user_id: String,
+    pub csrf: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRow {
+    pub id: String,
+    pub owner: String,
+    pub purpose: String,
+    pub key_id: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub chain: i64,
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub details: serde_json::Value,
+    pub request_id: Option<String>,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    /// Matches the action exactly, or as a prefix when it ends with `.` (`user.`).
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    /// Only entries with an id below this (paging backwards from newest).
+    pub before_id: Option<i64>,
+    /// Only entries with an id above this (paging forwards, for export).
+    pub after_id: Option<i64>,
+    pub oldest_first: bool,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditHead {
+    pub chain: i64,
+    pub seq: i64,
+    pub hash: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub dedupe_key: Option<String>,
+    pub run_at: i64,
+    pub max_attempts: i32,
+    pub now: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobRow {
+    pub id: i64,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub dedupe_key: Option<String>,
+    pub state: String,
+    pub run_at: i64,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// `queued`, `dead`, or any.
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct JobCounts {
+    /// Waiting to run (due or scheduled for later), not leased.
+    pub queued: i64,
+    /// Leased by a worker right now.
+    pub running: i64,
+    pub dead: i64,
+}

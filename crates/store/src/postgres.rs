@@ -1,0 +1,116 @@
+//! PostgreSQL, for several stateless replicas sharing one database.
+
+use crate::{ConnectOptions, MigrationStatus, PoolStats, Store, StoreError, Tx};
+use async_trait::async_trait;
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+crate::sql_impl::impl_tx!(PgTx, Postgres, for_update = "FOR UPDATE", skip_locked = "FOR UPDATE SKIP LOCKED", notify = "SELECT pg_notify('switchboard_jobs', '')");
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// The channel on which a commit that enqueued jobs wakes the workers of every replica.
+const JOB_CHANNEL: &str = "switchboard_jobs";
+
+pub struct PgStore {
+    pool: PgPool,
+    max: u32,
+    signal: Arc<Notify>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, o: &ConnectOptions) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(o.max_connections.max(2))
+            .acquire_timeout(o.acquire_timeout)
+            .connect(url)
+            .await?;
+        let signal = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen_for_jobs(pool.clone(), Arc::clone(&signal)));
+        Ok(Self { pool, max: o.max_connections.max(2), signal, listener })
+    }
+
+    fn tx(&self, inner: sqlx::Transaction<'static, Postgres>) -> Box<dyn Tx> {
+        Box::new(PgTx { inner, enqueued: false, signal: Arc::clone(&self.signal) })
+    }
+}
+
+/// Relays `NOTIFY switchboard_jobs` from other replicas to local workers. Workers also poll, so
+/// a lost connection only delays work; the listener reconnects with a pause.
+async fn listen_for_jobs(pool: PgPool, signal: Arc<Notify>) {
+    loop {
+        match PgListener::connect_with(&pool).await {
+            Ok(mut l) => {
+                if l.listen(JOB_CHANNEL).await.is_ok() {
+                    while l.recv().await.is_ok() {
+                        signal.notify_waiters();
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "job listener could not connect"),
+        }
+        if pool.is_closed() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> crate::Backend {
+        crate::Backend::Postgres
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
+        Ok(self.tx(self.pool.begin().await?))
+    }
+
+    async fn read(&self) -> Result<Box<dyn Tx>, StoreError> {
+        Ok(self.tx(self.pool.begin().await?))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn migration_status(&self) -> Result<MigrationStatus, StoreError> {
+        use sqlx::Row;
+        let exists = sqlx::query("SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS e").fetch_one(&self.pool).await?;
+        let applied = if exists.try_get::<bool, _>("e")? {
+            let rows = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version").fetch_all(&self.pool).await?;
+            rows.iter().map(|r| r.try_get::<i64, _>("version").map_err(StoreError::from)).collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        Ok(MigrationStatus { applied, embedded: MIGRATOR.iter().map(|m| m.version).collect() })
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats { size: self.pool.size(), idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX), max: self.max }
+    }
+
+    fn job_signal(&self) -> Arc<Notify> {
+        Arc::clone(&self.signal)
+    }
+
+    async fn close(&self) {
+        self.listener.abort();
+        self.pool.close().await;
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}

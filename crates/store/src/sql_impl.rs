@@ -1,0 +1,601 @@
+//! The one body of SQL behind both backends.
+//!
+//! `impl_tx!` expands to a `Tx` implementation for a concrete sqlx database. Both backends accept
+//! `$1`-style parameters, `RETURNING` and `ON CONFLICT`; the only dialect differences are passed
+//! in as literals: the row lock used for the audit chain head, and `SKIP LOCKED` for job claims
+//! (SQLite takes the write lock at `BEGIN IMMEDIATE`, so it needs neither).
+
+macro_rules! impl_tx {
+    ($tx:ident, $db:ty, for_update = $for_update:literal, skip_locked = $skip_locked:literal, notify = $notify:literal) => {
+        pub struct $tx {
+            pub(crate) inner: sqlx::Transaction<'static, $db>,
+            pub(crate) enqueued: bool,
+            pub(crate) signal: std::sync::Arc<tokio::sync::Notify>,
+        }
+
+        impl $tx {
+            /// Remembers to wake local workers at commit, and (PostgreSQL) tells other replicas
+            /// through a notification that is delivered when the transaction commits.
+            async fn mark_enqueued(&mut self) -> Result<(), $crate::StoreError> {
+                if !self.enqueued && !$notify.is_empty() {
+                    sqlx::query($notify).execute(&mut *self.inner).await?;
+                }
+                self.enqueued = true;
+                Ok(())
+            }
+        }
+
+        const USER_COLS: &str = "id, username, display_name, role, password_hash, disabled, created_at, updated_at";
+        const TOKEN_COLS: &str = "id, user_id, name, digest, prefix, role, created_at, expires_at, last_used_at, revoked_at";
+        const JOB_COLS: &str = "id, kind, payload, dedupe_key, state, run_at, attempts, max_attempts, lease_owner, lease_until, last_error, created_at, updated_at";
+
+        type DbRow = <$db as sqlx::Database>::Row;
+
+        fn user_from(row: &DbRow, p: &str) -> Result<$crate::UserRow, sqlx::Error> {
+            use sqlx::Row;
+            let c = |n: &str| format!("{p}{n}");
+            Ok($crate::UserRow {
+                id: row.try_get(c("id").as_str())?,
+                username: row.try_get(c("username").as_str())?,
+                display_name: row.try_get(c("display_name").as_str())?,
+                role: row.try_get(c("role").as_str())?,
+                password_hash: row.try_get(c("password_hash").as_str())?,
+                disabled: row.try_get(c("disabled").as_str())?,
+                created_at: row.try_get(c("created_at").as_str())?,
+                updated_at: row.try_get(c("updated_at").as_str())?,
+            })
+        }
+
+        fn token_from(row: &DbRow) -> Result<$crate::TokenRow, sqlx::Error> {
+            use sqlx::Row;
+            Ok($crate::TokenRow {
+                id: row.try_get("id")?,
+                user_id: row.try_get("user_id")?,
+                name: row.try_get("name")?,
+                digest: row.try_get("digest")?,
+                prefix: row.try_get("prefix")?,
+                role: row.try_get("role")?,
+                created_at: row.try_get("created_at")?,
+                expires_at: row.try_get("expires_at")?,
+                last_used_at: row.try_get("last_used_at")?,
+                revoked_at: row.try_get("revoked_at")?,
+            })
+        }
+
+        fn session_from(row: &DbRow) -> Result<$crate::SessionRow, sqlx::Error> {
+            use sqlx::Row;
+            Ok($crate::SessionRow {
+                id: row.try_get("id")?,
+                digest: row.try_get("digest")?,
+                user_id: row.try_get("user_id")?,
+                csrf: row.try_get("csrf")?,
+                created_at: row.try_get("created_at")?,
+                expires_at: row.try_get("expires_at")?,
+                revoked_at: row.try_get("revoked_at")?,
+            })
+        }
+
+        fn secret_from(row: &DbRow) -> Result<$crate::SecretRow, sqlx::Error> {
+            use sqlx::Row;
+            Ok($crate::SecretRow {
+                id: row.try_get("id")?,
+                owner: row.try_get("owner")?,
+                purpose: row.try_get("purpose")?,
+                key_id: row.try_get("key_id")?,
+                nonce: row.try_get("nonce")?,
+                ciphertext: row.try_get("ciphertext")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+            })
+        }
+
+        fn json_col(row: &DbRow, col: &str) -> Result<serde_json::Value, sqlx::Error> {
+            use sqlx::Row;
+            let text: String = row.try_get(col)?;
+            serde_json::from_str(&text).map_err(|e| sqlx::Error::ColumnDecode {
+                index: col.to_owned(),
+                source: Box::new(e),
+            })
+        }
+
+        fn audit_from(row: &DbRow) -> Result<$crate::AuditRecord, sqlx::Error> {
+            use sqlx::Row;
+            let hash: Vec<u8> = row.try_get("hash")?;
+            Ok($crate::AuditRecord {
+                id: row.try_get("id")?,
+                chain: row.try_get("chain")?,
+                seq: row.try_get("seq")?,
+                at: row.try_get("at")?,
+                actor: row.try_get("actor")?,
+                action: row.try_get("action")?,
+                target: row.try_get("target")?,
+                details: json_col(row, "details")?,
+                request_id: row.try_get("request_id")?,
+                hash: hex_string(&hash),
+            })
+        }
+
+        fn stored_entry_from(row: &DbRow) -> Result<switchboard_domain::audit::StoredEntry, sqlx::Error> {
+            use sqlx::Row;
+            Ok(switchboard_domain::audit::StoredEntry {
+                id: row.try_get("id")?,
+                chain: row.try_get("chain")?,
+                seq: row.try_get("seq")?,
+                at_ms: row.try_get("at")?,
+                actor: row.try_get("actor")?,
+                action: row.try_get("action")?,
+                target: row.try_get("target")?,
+                details: row.try_get("details")?,
+                request_id: row.try_get("request_id")?,
+                prev_hash: row.try_get("prev_hash")?,
+                hash: row.try_get("hash")?,
+            })
+        }
+
+        fn job_from(row: &DbRow) -> Result<$crate::JobRow, sqlx::Error> {
+            use sqlx::Row;
+            Ok($crate::JobRow {
+                id: row.try_get("id")?,
+                kind: row.try_get("kind")?,
+                payload: json_col(row, "payload")?,
+                dedupe_key: row.try_get("dedupe_key")?,
+                state: row.try_get("state")?,
+                run_at: row.try_get("run_at")?,
+                attempts: row.try_get("attempts")?,
+                max_attempts: row.try_get("max_attempts")?,
+                lease_owner: row.try_get("lease_owner")?,
+                lease_until: row.try_get("lease_until")?,
+                last_error: row.try_get("last_error")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+            })
+        }
+
+        fn hex_string(bytes: &[u8]) -> String {
+            use std::fmt::Write;
+            bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+                let _ = write!(s, "{b:02x}");
+                s
+            })
+        }
+
+        fn collect<T>(rows: Vec<DbRow>, f: impl Fn(&DbRow) -> Result<T, sqlx::Error>) -> Result<Vec<T>, $crate::StoreError> {
+            rows.iter().map(|r| f(r).map_err($crate::StoreError::from)).collect()
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::Tx for $tx {
+            async fn commit(self: Box<Self>) -> Result<(), $crate::StoreError> {
+                let this = *self;
+                this.inner.commit().await?;
+                if this.enqueued {
+                    this.signal.notify_waiters();
+                }
+                Ok(())
+            }
+
+            async fn insert_user(&mut self, u: &$crate::UserRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "INSERT INTO users (id, username, display_name, role, password_hash, disabled, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&u.id).bind(&u.username).bind(&u.display_name).bind(&u.role)
+                .bind(&u.password_hash).bind(u.disabled).bind(u.created_at).bind(u.updated_at)
+                .execute(&mut *self.inner)
+                .await?;
+                Ok(())
+            }
+
+            async fn update_user(&mut self, u: &$crate::UserRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "UPDATE users SET display_name = $2, role = $3, password_hash = $4, disabled = $5, updated_at = $6 WHERE id = $1",
+                )
+                .bind(&u.id).bind(&u.display_name).bind(&u.role).bind(&u.password_hash)
+                .bind(u.disabled).bind(u.updated_at)
+                .execute(&mut *self.inner)
+                .await?;
+                Ok(())
+            }
+
+            async fn get_user(&mut self, id: &str) -> Result<Option<$crate::UserRow>, $crate::StoreError> {
+                let row = sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&mut *self.inner)
+                    .await?;
+                Ok(row.as_ref().map(|r| user_from(r, "")).transpose()?)
+            }
+
+            async fn get_user_by_username(&mut self, username: &str) -> Result<Option<$crate::UserRow>, $crate::StoreError> {
+                let row = sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE username = $1"))
+                    .bind(username)
+                    .fetch_optional(&mut *self.inner)
+                    .await?;
+                Ok(row.as_ref().map(|r| user_from(r, "")).transpose()?)
+            }
+
+            async fn list_users(&mut self) -> Result<Vec<$crate::UserRow>, $crate::StoreError> {
+                let rows = sqlx::query(&format!("SELECT {USER_COLS} FROM users ORDER BY username"))
+                    .fetch_all(&mut *self.inner)
+                    .await?;
+                collect(rows, |r| user_from(r, ""))
+            }
+
+            async fn count_admins(&mut self) -> Result<i64, $crate::StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE role = 'admin' AND disabled = $1")
+                    .bind(false)
+                    .fetch_one(&mut *self.inner)
+                    .await?;
+                Ok(row.try_get("n")?)
+            }
+
+            async fn insert_token(&mut self, t: &$crate::TokenRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(&format!("INSERT INTO api_tokens ({TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"))
+                    .bind(&t.id).bind(&t.user_id).bind(&t.name).bind(&t.digest).bind(&t.prefix)
+                    .bind(&t.role).bind(t.created_at).bind(t.expires_at).bind(t.last_used_at).bind(t.revoked_at)
+                    .execute(&mut *self.inner)
+                    .await?;
+                Ok(())
+            }
+
+            async fn get_token(&mut self, id: &str) -> Result<Option<$crate::TokenRow>, $crate::StoreError> {
+                let row = sqlx::query(&format!("SELECT {TOKEN_COLS} FROM api_tokens WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&mut *self.inner)
+                    .await?;
+                Ok(row.as_ref().map(token_from).transpose()?)
+            }
+
+            async fn list_tokens(&mut self, user_id: Option<&str>) -> Result<Vec<$crate::TokenRow>, $crate::StoreError> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {TOKEN_COLS} FROM api_tokens WHERE ($1 IS NULL OR user_id = $1) ORDER BY created_at DESC, id"
+                ))
+                .bind(user_id)
+                .fetch_all(&mut *self.inner)
+                .await?;
+                collect(rows, token_from)
+            }
+
+            async fn find_token_by_digest(&mut self, digest: &[u8]) -> Result<Option<($crate::TokenRow, $crate::UserRow)>, $crate::StoreError> {
+                let row = sqlx::query(
+                    "SELECT t.id, t.user_id, t.name, t.digest, t.prefix, t.role, t.created_at, t.expires_at, t.last_used_at, t.revoked_at, \
+                     u.id AS u_id, u.username AS u_username, u.display_name AS u_display_name, u.role AS u_role, \
+                     u.password_hash AS u_password_hash, u.disabled AS u_disabled, u.created_at AS u_created_at, u.updated_at AS u_updated_at \
+                     FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.digest = $1",
+                )
+                .bind(digest)
+                .fetch_optional(&mut *self.inner)
+                .await?;
+                match row {
+                    Some(r) => Ok(Some((token_from(&r)?, user_from(&r, "u_")?))),
+                    None => Ok(None),
+                }
+            }
+
+            async fn revoke_token(&mut self, id: &str, at: i64) -> Result<bool, $crate::StoreError> {
+                let r = sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                    .bind(id).bind(at)
+                    .execute(&mut *self.inner)
+                    .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn revoke_tokens_of_user(&mut self, user_id: &str, at: i64) -> Result<u64, $crate::StoreError> {
+                let r = sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL")
+                    .bind(user_id).bind(at)
+                    .execute(&mut *self.inner)
+                    .await?;
+                Ok(r.rows_affected())
+            }
+
+            async fn touch_token(&mut self, id: &str, at: i64) -> Result<(), $crate::StoreError> {
+                sqlx::query("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1")
+                    .bind(id).bind(at)
+                    .execute(&mut *self.inner)
+                    .await?;
+                Ok(())
+            }
+
+            async fn insert_session(&mut self, s: &$crate::SessionRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "INSERT INTO sessions (id, digest, user_id, csrf, created_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&s.id).bind(&s.digest).bind(&s.user_id).bind(&s.csrf)
+                .bind(s.created_at).bind(s.expires_at).bind(s.revoked_at)
+                .execute(&mut *self.inner)
+                .await?;
+                Ok(())
+            }
+
+            async fn find_session_by_digest(&mut self, digest: &[u8]) -> Result<Option<($crate::SessionRow, $crate::UserRow)>, $crate::StoreError> {
+                let row = sqlx::query(
+                    "SELECT s.id, s.digest, s.user_id, s.csrf, s.created_at, s.expires_at, s.revoked_at, \
+                     u.id AS u_id, u.username AS u_username, u.display_name AS u_display_name, u.role AS u_role, \
+                     u.password_hash AS u_password_hash, u.disabled AS u_disabled, u.created_at AS u_created_at, u.updated_at AS u_updated_at \
+                     FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.digest = $1",
+                )
+                .bind(digest)
+                .fetch_optional(&mut *self.inner)
+                .await?;
+                match row {
+                    Some(r) => Ok(Some((session_from(&r)?, user_from(&r, "u_")?))),
+                    None => Ok(None),
+                }
+            }
+
+            async fn revoke_session(&mut self, id: &str, at: i64) -> Result<bool, $crate::StoreError> {
+                let r = sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                    .bind(id).bind(at)
+                    .execute(&mut *self.inner)
+                    .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn revoke_sessions_of_user(&mut self, user_id: &str, at: i64) -> Result<u64, $crate::StoreError> {
+                let r = sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL")
+                    .bind(user_id).bind(at)
+                    .execute(&mut *self.inner)
+                    .await?;
+                Ok(r.rows_affected())
+            }
+
+            async fn delete_expired_sessions(&mut self, now: i64) -> Result<u64, $crate::StoreError> {
+                let r = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+                    .bind(now)
+                    .execute(&mut *self.inner)
+                    .await?;
+                Ok(r.rows_affected())
+            }
+
+            async fn put_secret(&mut self, s: &$crate::SecretRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "INSERT INTO secrets (id, owner, purpose, key_id, nonce, ciphertext, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (id) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce, \
+                     ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
+                )
+                .bind(&s.id).bind(&s.owner).bind(&s.purpose).bind(&s.key_id)
+                .bind(&s.nonce).bind(&s.ciphertext).bind(s.created_at).bind(s.updated_at)
+                .execute(&mut *self.inner)
+                .await?;
+                Ok(())
+            }
+
+            async fn get_secret(&mut self, id: &str) -> Result<Option<$crate::SecretRow>, $crate::StoreError> {
+                let row = sqlx::query("SELECT id, owner, purpose, key_id, nonce, ciphertext, created_at, updated_at FROM secrets WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *self.inner)
+                    .await?;
+                Ok(row.as_ref().map(secret_from).transpose()?)
+            }
+
+            async fn list_secrets(&mut self) -> Result<Vec<$crate::SecretRow>, $crate::StoreError> {
+                let rows = sqlx::query("SELECT id, owner, purpose, key_id, nonce, ciphertext, created_at, updated_at FROM secrets ORDER BY id")
+                    .fetch_all(&mut *self.inner)
+                    .await?;
+                collect(rows, secret_from)
+            }
+
+            async fn delete_secret(&mut self, id: &str) -> Result<bool, $crate::StoreError> {
+                let r = sqlx::query("DELETE FROM secrets WHERE id = $1").bind(id).execute(&mut *self.inner).await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn append_audit(
+                &mut self,
+                event: &switchboard_domain::audit::AuditEvent,
+                chain: i64,
+                at_ms: i64,
+            ) -> Result<$crate::AuditRecord, $crate::StoreError> {
+                use sqlx::Row;
+                use switchboard_domain::audit::{entry_hash, ChainedFields};
+                let head = sqlx::query(concat!("SELECT seq, hash FROM audit_heads WHERE chain = $1 ", $for_update))
+                    .bind(chain)
+                    .fetch_optional(&mut *self.inner)
+                    .await?
+                    .ok_or_else(|| $crate::StoreError::Corrupt(format!("audit chain {chain} has no head row")))?;
+                let prev_seq: i64 = head.try_get("seq")?;
+                let prev_hash: Vec<u8> = head.try_get("hash")?;
+                let seq = prev_seq + 1;
+                let details = event.details.to_string();
+                let fields = ChainedFields {
+                    chain,
+                    seq,
+                    at_ms,
+                    actor: &event.actor,
+                    action: &event.action,
+                    target: &event.target,
+                    details: &details,
+                    request_id: event.request_id.as_deref(),
+                };
+                let hash = entry_hash(&prev_hash, &fields).to_vec();
+                let row = sqlx::query(
+                    "INSERT INTO audit_log (chain, seq, at, actor, action, target, details, request_id, prev_hash, hash) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                )
+                .bind(chain).bind(seq).bind(at_ms).bind(&event.actor).bind(&event.action).bind(&event.target)
+                .bind(&details).bind(&event.request_id).bind(&prev_hash).bind(&hash)
+                .fetch_one(&mut *self.inner)
+                .await?;
+                let id: i64 = row.try_get("id")?;
+                sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain = $1")
+                    .bind(chain).bind(seq).bind(&hash)
+                    .execute(&mut *self.inner)
+                    .await?;
+                Ok($crate::AuditRecord {
+                    id,
+                    chain,
+                    seq,
+                    at: at_ms,
+                    actor: event.actor.clone(),
+                    action: event.action.clone(),
+                    target: event.target.clone(),
+                    details: event.details.clone(),
+                    request_id: event.request_id.clone(),
+                    hash: hex_string(&hash),
+                })
+            }
+
+            async fn list_audit(&mut self, f: &$crate::AuditFilter) -> Result<Vec<$crate::AuditRecord>, $crate::StoreError> {
+                let (action_exact, action_prefix) = match f.action.as_deref() {
+                    Some(a) if a.ends_with('.') => (None, Some(format!("{}%", a.replace('%', "\\%").replace('_', "\\_")))),
+                    Some(a) => (Some(a.to_owned()), None),
+                    None => (None, None),
+                };
+                let order = if f.oldest_first { "ASC" } else { "DESC" };
+                let rows = sqlx::query(&format!(
+                    "SELECT id, chain, seq, at, actor, action, target, details, request_id, hash FROM audit_log \
+                     WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR action = $2) AND ($3 IS NULL OR action LIKE $3 ESCAPE '\\') \
+                     AND ($4 IS NULL OR target = $4) AND ($5 IS NULL OR at >= $5) AND ($6 IS NULL OR at < $6) \
+                     AND ($7 IS NULL OR id < $7) AND ($8 IS NULL OR id > $8) \
+                     ORDER BY id {order} LIMIT $9"
+                ))
+                .bind(&f.actor).bind(action_exact).bind(action_prefix).bind(&f.target)
+                .bind(f.from_ms).bind(f.to_ms).bind(f.before_id).bind(f.after_id).bind(f.limit)
+                .fetch_all(&mut *self.inner)
+                .await?;
+                collect(rows, audit_from)
+            }
+
+            async fn audit_chain_page(&mut self, chain: i64, after_seq: i64, limit: i64) -> Result<Vec<switchboard_domain::audit::StoredEntry>, $crate::StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, chain, seq, at, actor, action, target, details, request_id, prev_hash, hash FROM audit_log \
+                     WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                )
+                .bind(chain).bind(after_seq).bind(limit)
+                .fetch_all(&mut *self.inner)
+                .await?;
+                collect(rows, stored_entry_from)
+            }
+
+            async fn audit_heads(&mut self) -> Result<Vec<$crate::AuditHead>, $crate::StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query("SELECT chain, seq, hash FROM audit_heads ORDER BY chain")
+                    .fetch_all(&mut *self.inner)
+                    .await?;
+                collect(rows, |r| {
+                    Ok($crate::AuditHead { chain: r.try_get("chain")?, seq: r.try_get("seq")?, hash: r.try_get("hash")? })
+                })
+            }
+
+            async fn enqueue_job(&mut self, j: &$crate::NewJob) -> Result<Option<i64>, $crate::StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query(
+                    "INSERT INTO jobs (kind, payload, dedupe_key, state, run_at, attempts, max_attempts, created_at, updated_at) \
+                     VALUES ($1, $2, $3, 'queued', $4, 0, $5, $6, $6) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+                )
+                .bind(&j.kind).bind(j.payload.to_string()).bind(&j.dedupe_key)
+                .bind(j.run_at).bind(j.max_attempts).bind(j.now)
+                .fetch_optional(&mut *self.inner)
+                .await?;
+                let id = row.map(|r| r.try_get::<i64, _>("id")).transpose()?;
+                if id.is_some() {
+                    self.mark_enqueued().await?;
+                }
+                Ok(id)
+            }
+
+            async fn claim_jobs(&mut self, owner: &str, now: i64, lease_ms: i64, limit: i64) -> Result<Vec<$crate::JobRow>, $crate::StoreError> {
+                let rows = sqlx::query(&format!(
+                    "UPDATE jobs SET lease_owner = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3 \
+                     WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= $3 \
+                     AND (lease_until IS NULL OR lease_until < $3) ORDER BY run_at, id LIMIT $4 {}) \
+                     RETURNING {JOB_COLS}",
+                    $skip_locked
+                ))
+                .bind(owner).bind(now + lease_ms).bind(now).bind(limit)
+                .fetch_all(&mut *self.inner)
+                .await?;
+                let mut jobs = collect(rows, job_from)?;
+                jobs.sort_by_key(|j| (j.run_at, j.id));
+                Ok(jobs)
+            }
+
+            async fn complete_job(&mut self, id: i64, owner: &str) -> Result<bool, $crate::StoreError> {
+                let r = sqlx::query("DELETE FROM jobs WHERE id = $1 AND lease_owner = $2 AND state = 'queued'")
+                    .bind(id).bind(owner)
+                    .execute(&mut *self.inner)
+                    .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn retry_job_later(&mut self, id: i64, owner: &str, run_at: i64, error: &str, now: i64) -> Result<bool, $crate::StoreError> {
+                let r = sqlx::query(
+                    "UPDATE jobs SET run_at = $3, last_error = $4, lease_owner = NULL, lease_until = NULL, updated_at = $5 \
+                     WHERE id = $1 AND lease_owner = $2 AND state = 'queued'",
+                )
+                .bind(id).bind(owner).bind(run_at).bind(error).bind(now)
+                .execute(&mut *self.inner)
+                .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn bury_job(&mut self, id: i64, owner: &str, error: &str, now: i64) -> Result<bool, $crate::StoreError> {
+                let r = sqlx::query(
+                    "UPDATE jobs SET state = 'dead', last_error = $3, lease_owner = NULL, lease_until = NULL, \
+                     dedupe_key = NULL, updated_at = $4 WHERE id = $1 AND lease_owner = $2 AND state = 'queued'",
+                )
+                .bind(id).bind(owner).bind(error).bind(now)
+                .execute(&mut *self.inner)
+                .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn get_job(&mut self, id: i64) -> Result<Option<$crate::JobRow>, $crate::StoreError> {
+                let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&mut *self.inner)
+                    .await?;
+                Ok(row.as_ref().map(job_from).transpose()?)
+            }
+
+            async fn list_jobs(&mut self, f: &$crate::JobFilter) -> Result<Vec<$crate::JobRow>, $crate::StoreError> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {JOB_COLS} FROM jobs WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR kind = $2) \
+                     ORDER BY id DESC LIMIT $3"
+                ))
+                .bind(&f.state).bind(&f.kind).bind(f.limit)
+                .fetch_all(&mut *self.inner)
+                .await?;
+                collect(rows, job_from)
+            }
+
+            async fn revive_dead_job(&mut self, id: i64, now: i64) -> Result<bool, $crate::StoreError> {
+                let r = sqlx::query(
+                    "UPDATE jobs SET state = 'queued', attempts = 0, run_at = $2, updated_at = $2 WHERE id = $1 AND state = 'dead'",
+                )
+                .bind(id).bind(now)
+                .execute(&mut *self.inner)
+                .await?;
+                if r.rows_affected() == 1 {
+                    self.mark_enqueued().await?;
+                }
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn discard_dead_job(&mut self, id: i64) -> Result<bool, $crate::StoreError> {
+                let r = sqlx::query("DELETE FROM jobs WHERE id = $1 AND state = 'dead'")
+                    .bind(id)
+                    .execute(&mut *self.inner)
+                    .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn job_counts(&mut self, now: i64) -> Result<$crate::JobCounts, $crate::StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query(
+                    "SELECT \
+                     COALESCE(SUM(CASE WHEN state = 'queued' AND (lease_until IS NULL OR lease_until < $1) THEN 1 ELSE 0 END), 0) AS queued, \
+                     COALESCE(SUM(CASE WHEN state = 'queued' AND lease_until >= $1 THEN 1 ELSE 0 END), 0) AS running, \
+                     COALESCE(SUM(CASE WHEN state = 'dead' THEN 1 ELSE 0 END), 0) AS dead FROM jobs",
+                )
+                .bind(now)
+                .fetch_one(&mut *self.inner)
+                .await?;
+                Ok($crate::JobCounts { queued: row.try_get("queued")?, running: row.try_get("running")?, dead: row.try_get("dead")? })
+            }
+        }
+    };
+}
+
+pub(crate) use impl_tx;
