@@ -1,1 +1,179 @@
+//! Switchboard's use cases. Each mutating use case is one transaction: the state change, its
+//! audit entry and the jobs it needs commit together or not at all.
 
+pub mod accounts;
+pub mod audit;
+pub mod config;
+pub mod crypto;
+mod error;
+pub mod files;
+pub mod jobs;
+pub mod keyring;
+pub mod secrets;
+
+use std::sync::Arc;
+use switchboard_domain::Role;
+use switchboard_domain::audit::AuditEvent;
+use switchboard_store::{Store, Tx};
+
+pub use config::Config;
+pub use error::AppError;
+pub use keyring::Keyring;
+
+/// Milliseconds since the Unix epoch.
+#[must_use]
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Who is acting, as established by an API token or a console session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: String,
+    pub username: String,
+    pub display_name: String,
+    /// The effective role (a token may narrow its user's role).
+    pub role: Role,
+    pub via: AuthMethod,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMethod {
+    Token { id: String },
+    Session { id: String, csrf: String },
+    /// The command line on the server itself (`switchboard ...`).
+    Cli,
+    /// Switchboard acting on its own (start-up, jobs).
+    System,
+}
+
+impl Principal {
+    /// The command-line operator: full rights, recorded as `cli` in the audit log.
+    #[must_use]
+    pub fn cli() -> Self {
+        Self {
+            user_id: String::new(),
+            username: "cli".to_owned(),
+            display_name: "Command line".to_owned(),
+            role: Role::Admin,
+            via: AuthMethod::Cli,
+        }
+    }
+
+    /// Switchboard itself: recorded as `system` in the audit log.
+    #[must_use]
+    pub fn system() -> Self {
+        Self { username: "system".to_owned(), display_name: "Switchboard".to_owned(), via: AuthMethod::System, ..Self::cli() }
+    }
+
+    #[must_use]
+    pub fn actor(&self) -> String {
+        match &self.via {
+            AuthMethod::Cli => "cli".to_owned(),
+            AuthMethod::System => "system".to_owned(),
+            _ => format!("user:{}", self.username),
+        }
+    }
+
+    fn via_label(&self) -> String {
+        match &self.via {
+            AuthMethod::Token { id } => format!("token:{id}"),
+            AuthMethod::Session { .. } => "console".to_owned(),
+            AuthMethod::Cli => "cli".to_owned(),
+            AuthMethod::System => "system".to_owned(),
+        }
+    }
+}
+
+/// The request an action came from, for the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    pub request_id: Option<String>,
+}
+
+/// The application: storage, keys and settings, shared by every handler and worker.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<AppInner>,
+}
+
+struct AppInner {
+    store: Arc<dyn Store>,
+    keyring: std::sync::RwLock<Keyring>,
+    config: Config,
+    http: reqwest::Client,
+}
+
+impl App {
+    pub fn new(store: Arc<dyn Store>, keyring: Keyring, config: Config) -> Result<Self, AppError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+            .timeout(std::time::Duration::from_millis(config.outbound_timeout_ms))
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| AppError::Internal(format!("HTTP client: {e}")))?;
+        Ok(Self { inner: Arc::new(AppInner { store, keyring: std::sync::RwLock::new(keyring), config, http }) })
+    }
+
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    #[must_use]
+    pub fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    #[must_use]
+    pub fn keyring(&self) -> Keyring {
+        self.inner.keyring.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn replace_keyring(&self, k: Keyring) {
+        *self.inner.keyring.write().unwrap_or_else(std::sync::PoisonError::into_inner) = k;
+    }
+
+    /// Appends an audit entry inside `tx`, on one of the configured chains.
+    pub async fn audit(&self, tx: &mut dyn Tx, principal: &Principal, ctx: &RequestContext, mut event: AuditEvent) -> Result<(), AppError> {
+        if let serde_json::Value::Object(map) = &mut event.details {
+            map.entry("via").or_insert_with(|| serde_json::Value::String(principal.via_label()));
+        }
+        event.actor = principal.actor();
+        event.request_id.clone_from(&ctx.request_id);
+        self.append_audit(tx, &event).await
+    }
+
+    /// Appends an audit entry for something the system did on its own (jobs, start-up).
+    pub async fn append_audit(&self, tx: &mut dyn Tx, event: &AuditEvent) -> Result<(), AppError> {
+        let chains = u64::from(self.inner.config.effective_audit_chains().max(1));
+        let chain = i64::try_from(u64::from_be_bytes(crypto::random_bytes::<8>()) % chains).unwrap_or(0);
+        tx.append_audit(event, chain, now_ms()).await?;
+        Ok(())
+    }
+}
+
+/// Describes an outbound HTTP failure in words that hold no URL, header or body.
+#[must_use]
+pub fn outbound_error(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_redirect() {
+        "redirect refused"
+    } else if e.is_body() || e.is_decode() {
+        "bad response body"
+    } else {
+        "request failed"
+    }
+}

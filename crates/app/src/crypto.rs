@@ -1,0 +1,59 @@
+//! Small cryptographic helpers over aws-lc-rs: randomness, digests, constant-time comparison.
+
+use aws_lc_rs::{constant_time, digest, rand};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// `n` bytes from the operating system's CSPRNG.
+#[must_use]
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    #[expect(clippy::expect_used, reason = "the OS CSPRNG failing is not recoverable")]
+    rand::fill(&mut buf).expect("operating system random generator");
+    buf
+}
+
+/// A uniformly random number in `[0, 1)` (for jitter).
+#[must_use]
+pub fn random_unit() -> f64 {
+    let b = random_bytes::<8>();
+    (u64::from_be_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A high-entropy secret with a readable prefix: `<prefix>_<43 chars of base64url>`.
+#[must_use]
+pub fn new_secret(prefix: &str) -> String {
+    format!("{prefix}_{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
+}
+
+#[must_use]
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    digest::digest(&digest::SHA256, data).as_ref().to_vec()
+}
+
+#[must_use]
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_prefixed_and_distinct() {
+        let a = new_secret("sbt");
+        let b = new_secret("sbt");
+        assert!(a.starts_with("sbt_"));
+        assert_eq!(a.len(), 4 + 43);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn random_units_stay_in_range() {
+        for _ in 0..1000 {
+            let u = random_unit();
+            assert!((0.0..1.0).contains(&u));
+        }
+    }
+}
