@@ -1,1 +1,366 @@
-fn main() {}
+//! `switchboard`: the one binary. `main` parses the command line and calls the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use switchboard_app::accounts::{NewToken, NewUser};
+use switchboard_app::{AppError, Config, Principal, RequestContext};
+use switchboard_cli::{init_tracing, keygen, open_app, start, standard_registry};
+use switchboard_store::{AuditFilter, JobFilter};
+
+#[derive(Parser)]
+#[command(name = "switchboard", version, about = "Connects shared mobile devices, apps and video visits to Epic.")]
+struct Cli {
+    /// TOML configuration file (keys: see config/example.toml). Environment: SWITCHBOARD_CONFIG.
+    #[arg(long, global = true, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (HTTP and job workers).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// The job queue and its dead letters.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Staff users.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// API tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// Generate a new master key and re-seal every stored secret with it.
+    RotateMasterKey,
+    /// Print a random key as `value: <base64>` (32 bytes for Epic AES-256-CBC; 16 for legacy).
+    Keygen {
+        /// Key size in bytes: 32 or 16.
+        size: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and explain mistakes.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chains; exits 1 if anything was altered or deleted.
+    Verify,
+    /// Write every entry as JSON lines (oldest first) to stdout or a file.
+    Export {
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// List jobs (newest first).
+    List {
+        /// `queued` or `dead`.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Put a dead job back in the queue.
+    Retry { id: i64 },
+    /// Discard a dead job.
+    Discard { id: i64 },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    List,
+    /// Create a user; with --password-stdin the password is read from the first line of stdin.
+    Create {
+        username: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a user's console password, read from the first line of stdin.
+    SetPassword { username: String },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    List,
+    /// Create a token for a user; prints the secret once.
+    Create {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    Revoke { id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Keygen { size } = cli.command {
+        return match keygen(size) {
+            Ok(v) => {
+                println!("value: {v}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_line_from_stdin(what: &str) -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).with_context(|| format!("reading {what} from stdin"))?;
+    let line = line.trim_end_matches(['\r', '\n']).to_owned();
+    anyhow::ensure!(!line.is_empty(), "no {what} on stdin");
+    Ok(line)
+}
+
+fn describe(e: AppError) -> anyhow::Error {
+    match e {
+        AppError::Validation(v) => anyhow::anyhow!("{}", v.errors.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("\n")),
+        other => anyhow::anyhow!("{other}"),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[expect(clippy::too_many_lines, reason = "one match arm per subcommand reads best in one place")]
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    let cli = Principal::cli();
+    let ctx = RequestContext::default();
+    match command {
+        Command::Keygen { .. } => unreachable!("handled before configuration is loaded"),
+        Command::Serve => {
+            let token_path = config.bootstrap_token_path();
+            let running = start(config, standard_registry()).await?;
+            if let Some(token) = &running.bootstrap_token {
+                println!("First start: created the admin user `{}`.", running.app.config().bootstrap_admin);
+                println!("Its API token (shown once; also written to {} with mode 0600):", token_path.display());
+                println!("  {token}");
+            }
+            println!("Switchboard is listening on http://{} (console: http://{}/console)", running.addr, running.addr);
+            std::io::stdout().flush().ok();
+            let stop = running.stop.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                stop.cancel();
+            });
+            running.wait().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let (app, _) = open_app(config).await?;
+            let status = app.store().migration_status().await?;
+            println!("database is at migration {} ({} applied)", status.applied.last().copied().unwrap_or(0), status.applied.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { command: ConfigCommand::Check } => {
+            let vars: Vec<(String, String)> = std::env::vars().collect();
+            println!("configuration is valid");
+            println!("  listen        {}", config.listen);
+            println!("  public_url    {}", config.public_url());
+            println!("  database      {}", if config.is_sqlite() { config.database_url() } else { "postgres (URL hidden)".to_owned() });
+            println!("  master key    {}", if config.master_key.is_some() { "from master_key".to_owned() } else { config.master_key_path().display().to_string() });
+            let warnings = config.warnings(&vars);
+            for w in &warnings {
+                println!("warning: {w}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command } => {
+            let (app, _) = open_app(config).await?;
+            match command {
+                AuditCommand::Verify => {
+                    let r = app.verify_audit().await.map_err(describe)?;
+                    if r.ok {
+                        println!("audit log intact: {} entries in {} chains verified", r.entries_checked, r.chains);
+                        Ok(ExitCode::SUCCESS)
+                    } else {
+                        println!("AUDIT LOG TAMPERED: {} problem(s)", r.problems.len());
+                        for p in &r.problems {
+                            println!("  {p}");
+                        }
+                        Ok(ExitCode::from(1))
+                    }
+                }
+                AuditCommand::Export { output } => {
+                    let mut out: Box<dyn Write> = match &output {
+                        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+                        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+                    };
+                    let mut filter = AuditFilter { oldest_first: true, limit: 1_000, ..AuditFilter::default() };
+                    let mut n = 0u64;
+                    loop {
+                        let page = app.list_audit(filter.clone()).await.map_err(describe)?;
+                        for r in &page {
+                            serde_json::to_writer(&mut out, r)?;
+                            out.write_all(b"\n")?;
+                            n += 1;
+                        }
+                        match page.last() {
+                            Some(last) if page.len() >= 1_000 => filter.after_id = Some(last.id),
+                            _ => break,
+                        }
+                    }
+                    out.flush()?;
+                    eprintln!("exported {n} audit entries");
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        Command::Jobs { command } => {
+            let (app, _) = open_app(config).await?;
+            match command {
+                JobsCommand::List { state, limit } => {
+                    for j in app.list_jobs(JobFilter { state, kind: None, limit }).await.map_err(describe)? {
+                        println!("{}\t{}\t{}\t{}/{}\t{}", j.id, j.kind, j.state, j.attempts, j.max_attempts, j.last_error.unwrap_or_default());
+                    }
+                }
+                JobsCommand::Retry { id } => {
+                    app.retry_dead_job(&cli, &ctx, id).await.map_err(describe)?;
+                    println!("job {id} is queued again");
+                }
+                JobsCommand::Discard { id } => {
+                    app.discard_dead_job(&cli, &ctx, id).await.map_err(describe)?;
+                    println!("job {id} discarded");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Users { command } => {
+            let (app, _) = open_app(config).await?;
+            match command {
+                UsersCommand::List => {
+                    for u in app.list_users().await.map_err(describe)? {
+                        println!("{}\t{}\t{}\t{}", u.id, u.username, u.role, if u.disabled { "disabled" } else { "active" });
+                    }
+                }
+                UsersCommand::Create { username, role, display_name, password_stdin } => {
+                    let password = if password_stdin { Some(read_line_from_stdin("password")?) } else { None };
+                    let u = app.create_user(&cli, &ctx, NewUser { username, display_name, role, password }).await.map_err(describe)?;
+                    println!("created user {} ({}) with id {}", u.username, u.role, u.id);
+                }
+                UsersCommand::SetPassword { username } => {
+                    let user = app.list_users().await.map_err(describe)?.into_iter().find(|u| u.username == username);
+                    let user = user.with_context(|| format!("no user named `{username}`"))?;
+                    let password = read_line_from_stdin("password")?;
+                    app.set_password(&cli, &ctx, &user.id, password).await.map_err(describe)?;
+                    println!("password set for {username}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tokens { command } => {
+            let (app, _) = open_app(config).await?;
+            let admin = Principal { role: switchboard_domain::Role::Admin, ..cli.clone() };
+            match command {
+                TokensCommand::List => {
+                    for t in app.list_tokens(&admin).await.map_err(describe)? {
+                        let state = if t.revoked_at.is_some() { "revoked" } else { "active" };
+                        println!("{}\t{}\t{}…\t{}\t{state}", t.id, t.user_id, t.prefix, t.name);
+                    }
+                }
+                TokensCommand::Create { user, name, role, expires_in_days } => {
+                    let owner = app.list_users().await.map_err(describe)?.into_iter().find(|u| u.username == user);
+                    let owner = owner.with_context(|| format!("no user named `{user}`"))?;
+                    let t = app
+                        .create_token(&admin, &ctx, NewToken { name, user_id: Some(owner.id), role, expires_in_days })
+                        .await
+                        .map_err(describe)?;
+                    println!("{}", t.secret);
+                    eprintln!("token {} created for {user}; the secret above is shown once", t.token.id);
+                }
+                TokensCommand::Revoke { id } => {
+                    app.revoke_token(&admin, &ctx, &id).await.map_err(describe)?;
+                    println!("token {id} revoked");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RotateMasterKey => {
+            let (app, _) = open_app(config).await?;
+            let (old, new, n) = app.rotate_master_key(&cli).await.map_err(describe)?;
+            println!("master key rotated: {old} -> {new}; {n} secrets re-sealed; the old key was removed from the keyring");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

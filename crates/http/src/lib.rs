@@ -1,1 +1,88 @@
+//! The HTTP surface. Handlers parse input, check authorization through their extractor, call one
+//! use case and map its result; they never touch the database.
 
+pub mod auth;
+pub mod console;
+pub mod error;
+pub mod metrics_layer;
+pub mod openapi;
+pub mod routes;
+
+use axum::extract::{DefaultBodyLimit, FromRef, Request};
+use axum::http::{header, HeaderName};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+use switchboard_app::App;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveHeadersLayer;
+use tower_http::trace::TraceLayer;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub app: App,
+    pub metrics: PrometheusHandle,
+    pub openapi: Arc<String>,
+}
+
+impl FromRef<AppState> for App {
+    fn from_ref(s: &AppState) -> Self {
+        s.app.clone()
+    }
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Builds the whole router: operations, admin API, console, with the shared middleware.
+pub fn router(app: App, metrics: PrometheusHandle) -> Router {
+    let max_body = app.config().max_body_bytes;
+    let (api, doc) = openapi::api_router().split_for_parts();
+    let doc = openapi::finish(doc);
+    let state = AppState {
+        app,
+        metrics,
+        openapi: Arc::new(serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_owned())),
+    };
+    Router::new()
+        .merge(api)
+        .merge(routes::ops::router())
+        .merge(console::router())
+        .fallback(error::not_found_fallback)
+        .method_not_allowed_fallback(error::method_not_allowed_fallback)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(metrics_layer::track))
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("a handler panicked");
+            axum::response::IntoResponse::into_response(error::ApiError::internal())
+        }))
+        .layer(middleware::from_fn(scope_request_id))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    // The path only: query strings may carry launch data or tokens.
+                    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+                })
+                .on_request(())
+                .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(SetSensitiveHeadersLayer::new([header::AUTHORIZATION, header::COOKIE, header::SET_COOKIE]))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// Makes the request id available to error bodies (task-local for the request's handler).
+async fn scope_request_id(req: Request, next: Next) -> Response {
+    let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    error::REQUEST_ID.scope(id, next.run(req)).await
+}
+
+/// Serves until `shutdown` completes, then finishes in-flight requests.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
