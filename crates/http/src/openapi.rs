@@ -38,7 +38,8 @@ fn problem_response(description: &str) -> utoipa::openapi::Response {
         .build()
 }
 
-fn add_problems(op: &mut Operation, has_body: bool) {
+fn add_problems(op: &mut Operation, writes: bool) {
+    let has_body = op.request_body.is_some();
     let mut std: Vec<(&str, &str)> = vec![
         ("400", "Malformed query string"),
         ("401", "Missing, unknown, expired or revoked credentials"),
@@ -47,10 +48,12 @@ fn add_problems(op: &mut Operation, has_body: bool) {
         ("500", "Internal error (the cause is logged with the request id, never returned)"),
         ("503", "The database is busy or unreachable"),
     ];
+    if writes {
+        std.push(("409", "Conflicts with existing state"));
+    }
     if has_body {
         std.extend([
             ("400", "Malformed JSON"),
-            ("409", "Conflicts with existing state"),
             ("413", "Body larger than max_body_bytes"),
             ("415", "Body is not application/json"),
             ("422", "Invalid fields (see `errors`)"),
@@ -70,10 +73,10 @@ pub fn finish(mut doc: Doc) -> Doc {
         if !path.starts_with(ADMIN_PREFIX) {
             continue;
         }
-        for op in [&mut item.get, &mut item.delete].into_iter().flatten() {
+        if let Some(op) = &mut item.get {
             add_problems(op, false);
         }
-        for op in [&mut item.post, &mut item.put, &mut item.patch].into_iter().flatten() {
+        for op in [&mut item.post, &mut item.put, &mut item.patch, &mut item.delete].into_iter().flatten() {
             add_problems(op, true);
         }
     }
