@@ -48,12 +48,15 @@ impl App {
                 }
             }
             checked += v.checked;
-            if !broken {
-                if let Err(b) = v.finish(head.seq, &head.hash) {
-                    problems.push(b);
-                }
+            if !broken && let Err(b) = v.finish(head.seq, &head.hash) {
+                problems.push(b);
             }
         }
-        Ok(VerifyReport { ok: problems.is_empty(), entries_checked: checked, chains: heads.len(), problems })
+        Ok(VerifyReport {
+            ok: problems.is_empty(),
+            entries_checked: checked,
+            chains: heads.len(),
+            problems,
+        })
     }
 }

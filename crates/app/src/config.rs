@@ -2,8 +2,8 @@
 //! Secrets have `_file` variants so they can come from mounted files instead of the environment.
 //! Every key is listed in `config/example.toml` and `docs/CONFIG.md`.
 
-use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -133,7 +133,11 @@ pub const KEYS: &[&str] = &[
 ];
 
 /// Variables with the prefix that are not configuration keys but are known to Switchboard.
-const OTHER_KNOWN_VARS: &[&str] = &["SWITCHBOARD_TEST_POSTGRES_URL", "SWITCHBOARD_TEST_BROWSER", "SWITCHBOARD_LOG"];
+const OTHER_KNOWN_VARS: &[&str] = &[
+    "SWITCHBOARD_TEST_POSTGRES_URL",
+    "SWITCHBOARD_TEST_BROWSER",
+    "SWITCHBOARD_LOG",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -151,11 +155,17 @@ impl Config {
         Self::load_from(file, std::env::vars())
     }
 
-    pub fn load_from(file: Option<&Path>, vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn load_from(
+        file: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut fig = Figment::new();
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError::File { path: path.to_owned(), reason: "no such file".to_owned() });
+                return Err(ConfigError::File {
+                    path: path.to_owned(),
+                    reason: "no such file".to_owned(),
+                });
             }
             fig = fig.merge(Toml::file(path));
         }
@@ -179,8 +189,10 @@ impl Config {
 
     fn read_secret_files(&mut self) -> Result<(), ConfigError> {
         if let Some(path) = &self.database_url_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError::File { path: path.clone(), reason: format!("database_url_file: {e}") })?;
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                reason: format!("database_url_file: {e}"),
+            })?;
             self.database_url = Some(SecretString::from(text.trim().to_owned()));
         }
         Ok(())
@@ -188,26 +200,40 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let url = self.database_url();
-        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
             return Err(ConfigError::Invalid {
                 key: "database_url",
                 reason: "must start with sqlite://, postgres:// or postgresql://".to_owned(),
             });
         }
-        if let Some(n) = self.audit_chains {
-            if !(1..=16).contains(&n) {
-                return Err(ConfigError::Invalid { key: "audit_chains", reason: format!("{n} is outside 1–16") });
-            }
+        if let Some(n) = self.audit_chains
+            && !(1..=16).contains(&n)
+        {
+            return Err(ConfigError::Invalid {
+                key: "audit_chains",
+                reason: format!("{n} is outside 1–16"),
+            });
         }
         if let Some(public) = &self.public_url {
-            let parsed = url::Url::parse(public)
-                .map_err(|e| ConfigError::Invalid { key: "public_url", reason: format!("`{public}` is not a URL: {e}") })?;
+            let parsed = url::Url::parse(public).map_err(|e| ConfigError::Invalid {
+                key: "public_url",
+                reason: format!("`{public}` is not a URL: {e}"),
+            })?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(ConfigError::Invalid { key: "public_url", reason: "must be http:// or https://".to_owned() });
+                return Err(ConfigError::Invalid {
+                    key: "public_url",
+                    reason: "must be http:// or https://".to_owned(),
+                });
             }
         }
         let positive: [(&'static str, u64); 7] = [
-            ("database_max_connections", u64::from(self.database_max_connections)),
+            (
+                "database_max_connections",
+                u64::from(self.database_max_connections),
+            ),
             ("job_concurrency", u64::from(self.job_concurrency)),
             ("job_poll_interval_ms", self.job_poll_interval_ms),
             ("job_lease_seconds", self.job_lease_seconds),
@@ -217,17 +243,24 @@ impl Config {
         ];
         for (key, v) in positive {
             if v == 0 {
-                return Err(ConfigError::Invalid { key, reason: "must be greater than 0".to_owned() });
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be greater than 0".to_owned(),
+                });
             }
         }
-        if self.bootstrap_admin.is_empty() || switchboard_domain::accounts::Username::parse(&self.bootstrap_admin).is_err() {
+        if self.bootstrap_admin.is_empty()
+            || switchboard_domain::accounts::Username::parse(&self.bootstrap_admin).is_err()
+        {
             return Err(ConfigError::Invalid {
                 key: "bootstrap_admin",
                 reason: "must be a valid username (lower-case letters, digits, . _ - @)".to_owned(),
             });
         }
-        tracing_filter_ok(&self.log_level)
-            .map_err(|reason| ConfigError::Invalid { key: "log_level", reason })?;
+        tracing_filter_ok(&self.log_level).map_err(|reason| ConfigError::Invalid {
+            key: "log_level",
+            reason,
+        })?;
         Ok(())
     }
 
@@ -235,7 +268,12 @@ impl Config {
     #[must_use]
     pub fn database_url(&self) -> String {
         self.database_url.as_ref().map_or_else(
-            || format!("sqlite://{}", self.data_dir.join("switchboard.db").display()),
+            || {
+                format!(
+                    "sqlite://{}",
+                    self.data_dir.join("switchboard.db").display()
+                )
+            },
             |s| s.expose_secret().to_owned(),
         )
     }
@@ -256,7 +294,9 @@ impl Config {
 
     #[must_use]
     pub fn master_key_path(&self) -> PathBuf {
-        self.master_key_file.clone().unwrap_or_else(|| self.data_dir.join("master.key"))
+        self.master_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("master.key"))
     }
 
     #[must_use]
@@ -268,7 +308,8 @@ impl Config {
 
     #[must_use]
     pub fn effective_audit_chains(&self) -> u32 {
-        self.audit_chains.unwrap_or(if self.is_sqlite() { 1 } else { 4 })
+        self.audit_chains
+            .unwrap_or(if self.is_sqlite() { 1 } else { 4 })
     }
 
     /// Warnings that do not stop the server but deserve a look (`switchboard config check`).
@@ -279,8 +320,12 @@ impl Config {
             if let Some(rest) = k.strip_prefix(ENV_PREFIX) {
                 let key = rest.to_ascii_lowercase();
                 if !KEYS.contains(&key.as_str()) && !OTHER_KNOWN_VARS.contains(&k.as_str()) {
-                    let hint = closest_key(&key).map(|c| format!(" (did you mean {ENV_PREFIX}{}?)", c.to_ascii_uppercase())).unwrap_or_default();
-                    w.push(format!("{k} is not a configuration key and is ignored{hint}"));
+                    let hint = closest_key(&key)
+                        .map(|c| format!(" (did you mean {ENV_PREFIX}{}?)", c.to_ascii_uppercase()))
+                        .unwrap_or_default();
+                    w.push(format!(
+                        "{k} is not a configuration key and is ignored{hint}"
+                    ));
                 }
             }
         }
@@ -291,7 +336,10 @@ impl Config {
             ));
         }
         if self.is_sqlite() && self.sqlite_synchronous == SqliteSync::Normal {
-            w.push("sqlite_synchronous = normal: a power cut may lose the last committed transactions".to_owned());
+            w.push(
+                "sqlite_synchronous = normal: a power cut may lose the last committed transactions"
+                    .to_owned(),
+            );
         }
         if self.master_key.is_none() && !self.is_sqlite() {
             w.push("PostgreSQL without master_key: every replica must share the same keyring file (master_key_file)".to_owned());
@@ -313,7 +361,11 @@ fn explain(e: &figment::Error) -> String {
         .into_iter()
         .map(|err| {
             let path = err.path.join(".");
-            if path.is_empty() { err.kind.to_string() } else { format!("{path}: {}", err.kind) }
+            if path.is_empty() {
+                err.kind.to_string()
+            } else {
+                format!("{path}: {}", err.kind)
+            }
         })
         .collect::<Vec<_>>()
         .join("; ")
@@ -325,10 +377,18 @@ fn tracing_filter_ok(level: &str) -> Result<(), String> {
     }
     let ok = level.split(',').all(|d| {
         let lvl = d.rsplit('=').next().unwrap_or("");
-        matches!(lvl.trim().to_ascii_lowercase().as_str(), "trace" | "debug" | "info" | "warn" | "error" | "off")
-            || !d.contains('=') && !d.trim().is_empty() && !matches!(d.trim(), "")
+        matches!(
+            lvl.trim().to_ascii_lowercase().as_str(),
+            "trace" | "debug" | "info" | "warn" | "error" | "off"
+        ) || !d.contains('=') && !d.trim().is_empty() && !matches!(d.trim(), "")
     });
-    if ok { Ok(()) } else { Err(format!("`{level}` is not a log filter (try `info` or `switchboard=debug,info`)")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{level}` is not a log filter (try `info` or `switchboard=debug,info`)"
+        ))
+    }
 }
 
 fn closest_key(key: &str) -> Option<&'static str> {
@@ -346,7 +406,9 @@ fn strsim(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -358,7 +420,9 @@ mod tests {
     use super::*;
 
     fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -385,7 +449,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("db");
         std::fs::write(&f, "postgres://u@h/db\n").unwrap();
-        let c = Config::load_from(None, vars(&[("SWITCHBOARD_DATABASE_URL_FILE", f.to_str().unwrap())])).unwrap();
+        let c = Config::load_from(
+            None,
+            vars(&[("SWITCHBOARD_DATABASE_URL_FILE", f.to_str().unwrap())]),
+        )
+        .unwrap();
         assert_eq!(c.database_url(), "postgres://u@h/db");
         assert_eq!(c.effective_audit_chains(), 4);
     }
@@ -395,23 +463,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "lisen = \"x\"\n").unwrap();
-        let e = Config::load_from(Some(&f), vars(&[])).unwrap_err().to_string();
+        let e = Config::load_from(Some(&f), vars(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lisen"), "{e}");
     }
 
     #[test]
     fn bad_values_name_the_key() {
-        let e = Config::load_from(None, vars(&[("SWITCHBOARD_DATABASE_URL", "mysql://x")])).unwrap_err().to_string();
+        let e = Config::load_from(None, vars(&[("SWITCHBOARD_DATABASE_URL", "mysql://x")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("database_url"), "{e}");
-        let e = Config::load_from(None, vars(&[("SWITCHBOARD_AUDIT_CHAINS", "40")])).unwrap_err().to_string();
+        let e = Config::load_from(None, vars(&[("SWITCHBOARD_AUDIT_CHAINS", "40")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("audit_chains"), "{e}");
-        let e = Config::load_from(None, vars(&[("SWITCHBOARD_LISTEN", "nowhere")])).unwrap_err().to_string();
+        let e = Config::load_from(None, vars(&[("SWITCHBOARD_LISTEN", "nowhere")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen"), "{e}");
     }
 
     #[test]
     fn a_missing_config_file_is_an_error() {
-        let e = Config::load_from(Some(Path::new("/nonexistent/x.toml")), vars(&[])).unwrap_err().to_string();
+        let e = Config::load_from(Some(Path::new("/nonexistent/x.toml")), vars(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no such file"), "{e}");
     }
 
@@ -419,6 +497,9 @@ mod tests {
     fn misspelt_variables_are_warned_about_with_a_suggestion() {
         let c = Config::load_from(None, vars(&[])).unwrap();
         let w = c.warnings(&vars(&[("SWITCHBOARD_DATABSE_URL", "x")]));
-        assert!(w.iter().any(|m| m.contains("SWITCHBOARD_DATABASE_URL")), "{w:?}");
+        assert!(
+            w.iter().any(|m| m.contains("SWITCHBOARD_DATABASE_URL")),
+            "{w:?}"
+        );
     }
 }

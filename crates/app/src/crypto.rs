@@ -8,7 +8,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 #[must_use]
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut buf = [0u8; N];
-    #[expect(clippy::expect_used, reason = "the OS CSPRNG failing is not recoverable")]
+    #[expect(
+        clippy::expect_used,
+        reason = "the OS CSPRNG failing is not recoverable"
+    )]
     rand::fill(&mut buf).expect("operating system random generator");
     buf
 }

@@ -24,7 +24,9 @@ pub enum AppError {
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict(what) => Self::Conflict(format!("a record with the same {what} already exists")),
+            StoreError::Conflict(what) => {
+                Self::Conflict(format!("a record with the same {what} already exists"))
+            }
             StoreError::Unavailable(why) => Self::Unavailable(why),
             other => Self::Internal(other.to_string()),
         }

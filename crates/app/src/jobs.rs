@@ -3,14 +3,14 @@
 //! the job runs again elsewhere, so handlers must be idempotent. Failures are retried with
 //! exponential backoff and jitter, then dead-lettered for an operator to retry or discard.
 
-use crate::{now_ms, App, AppError, Principal, RequestContext};
+use crate::{App, AppError, Principal, RequestContext, now_ms};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_domain::audit::AuditEvent;
-use switchboard_domain::jobs::{is_valid_kind, JobOutcome, RetryPolicy};
+use switchboard_domain::jobs::{JobOutcome, RetryPolicy, is_valid_kind};
 use switchboard_store::{JobCounts, JobFilter, JobRow, NewJob, Tx};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,14 @@ pub trait JobHandler: Send + Sync + 'static {
 }
 
 /// Enqueues a job in `tx`. Returns the id, or `None` when `dedupe_key` is already queued.
-pub async fn enqueue(tx: &mut dyn Tx, kind: &str, payload: serde_json::Value, dedupe_key: Option<String>, delay: Duration, max_attempts: u32) -> Result<Option<i64>, AppError> {
+pub async fn enqueue(
+    tx: &mut dyn Tx,
+    kind: &str,
+    payload: serde_json::Value,
+    dedupe_key: Option<String>,
+    delay: Duration,
+    max_attempts: u32,
+) -> Result<Option<i64>, AppError> {
     if !is_valid_kind(kind) {
         return Err(AppError::Internal(format!("invalid job kind `{kind}`")));
     }
@@ -56,7 +63,13 @@ impl WorkerSettings {
     #[must_use]
     pub fn from_config(c: &crate::Config) -> Self {
         Self {
-            owner: format!("{}-{}", hostname(), crate::crypto::new_secret("w").get(2..12).unwrap_or("worker")),
+            owner: format!(
+                "{}-{}",
+                hostname(),
+                crate::crypto::new_secret("w")
+                    .get(2..12)
+                    .unwrap_or("worker")
+            ),
             concurrency: c.job_concurrency,
             poll_interval: Duration::from_millis(c.job_poll_interval_ms),
             lease: Duration::from_secs(c.job_lease_seconds),
@@ -70,7 +83,9 @@ impl WorkerSettings {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "host".to_owned())
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "host".to_owned())
 }
 
 /// The job kinds this process can run.
@@ -94,7 +109,12 @@ impl Registry {
 }
 
 /// Runs jobs until `stop` is cancelled; lets running jobs finish (up to their lease) on stop.
-pub async fn run_workers(app: App, registry: Registry, settings: WorkerSettings, stop: CancellationToken) {
+pub async fn run_workers(
+    app: App,
+    registry: Registry,
+    settings: WorkerSettings,
+    stop: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(settings.concurrency as usize));
     let signal = app.store().job_signal();
     let lease_ms = i64::try_from(settings.lease.as_millis()).unwrap_or(60_000);
@@ -124,7 +144,9 @@ pub async fn run_workers(app: App, registry: Registry, settings: WorkerSettings,
             continue;
         }
         for job in claimed {
-            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { break };
+            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                break;
+            };
             let app = app.clone();
             let registry = registry.clone();
             let settings = settings.clone();
@@ -139,9 +161,16 @@ pub async fn run_workers(app: App, registry: Registry, settings: WorkerSettings,
     tracing::info!(owner = %settings.owner, "job workers stopped");
 }
 
-async fn claim(app: &App, owner: &str, lease_ms: i64, limit: usize) -> Result<Vec<JobRow>, AppError> {
+async fn claim(
+    app: &App,
+    owner: &str,
+    lease_ms: i64,
+    limit: usize,
+) -> Result<Vec<JobRow>, AppError> {
     let mut tx = app.store().begin().await?;
-    let jobs = tx.claim_jobs(owner, now_ms(), lease_ms, i64::try_from(limit).unwrap_or(1)).await?;
+    let jobs = tx
+        .claim_jobs(owner, now_ms(), lease_ms, i64::try_from(limit).unwrap_or(1))
+        .await?;
     tx.commit().await?;
     Ok(jobs)
 }
@@ -149,13 +178,21 @@ async fn claim(app: &App, owner: &str, lease_ms: i64, limit: usize) -> Result<Ve
 async fn execute(app: &App, registry: &Registry, s: &WorkerSettings, job: JobRow) {
     let started = std::time::Instant::now();
     let (outcome, policy) = match registry.handlers.get(job.kind.as_str()) {
-        None => (JobOutcome::Permanent { error: format!("no handler for job kind `{}` in this version", job.kind) }, s.defaults),
+        None => (
+            JobOutcome::Permanent {
+                error: format!("no handler for job kind `{}` in this version", job.kind),
+            },
+            s.defaults,
+        ),
         Some(h) => {
             let policy = h.policy(s.defaults);
             // A job must finish well inside its lease, or another worker may start it again.
             let outcome = match tokio::time::timeout(s.lease / 2, h.run(app, &job)).await {
                 Ok(o) => o,
-                Err(_) => JobOutcome::Retry { error: format!("timed out after {:?}", s.lease / 2), after: None },
+                Err(_) => JobOutcome::Retry {
+                    error: format!("timed out after {:?}", s.lease / 2),
+                    after: None,
+                },
             };
             (outcome, policy)
         }
@@ -166,17 +203,26 @@ async fn execute(app: &App, registry: &Registry, s: &WorkerSettings, job: JobRow
         JobOutcome::Permanent { .. } => "failed",
     };
     metrics::counter!("switchboard_job_attempts_total", "kind" => job.kind.clone(), "outcome" => label).increment(1);
-    metrics::histogram!("switchboard_job_duration_seconds", "kind" => job.kind.clone()).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("switchboard_job_duration_seconds", "kind" => job.kind.clone())
+        .record(started.elapsed().as_secs_f64());
     if let Err(e) = settle(app, s, &job, outcome, policy).await {
         // The lease will run out and the job will run again: nothing is lost.
         tracing::warn!(job_id = job.id, kind = %job.kind, error = %e, "could not record job outcome");
     }
 }
 
-async fn settle(app: &App, s: &WorkerSettings, job: &JobRow, outcome: JobOutcome, policy: RetryPolicy) -> Result<(), AppError> {
+async fn settle(
+    app: &App,
+    s: &WorkerSettings,
+    job: &JobRow,
+    outcome: JobOutcome,
+    policy: RetryPolicy,
+) -> Result<(), AppError> {
     let now = now_ms();
     let attempts = u32::try_from(job.attempts).unwrap_or(u32::MAX);
-    let max = u32::try_from(job.max_attempts).unwrap_or(policy.max_attempts).min(policy.max_attempts.max(1));
+    let max = u32::try_from(job.max_attempts)
+        .unwrap_or(policy.max_attempts)
+        .min(policy.max_attempts.max(1));
     let mut tx = app.store().begin().await?;
     match outcome {
         JobOutcome::Done => {
@@ -189,14 +235,17 @@ async fn settle(app: &App, s: &WorkerSettings, job: &JobRow, outcome: JobOutcome
             }
             let run_at = now + i64::try_from(delay.as_millis()).unwrap_or(0);
             tracing::info!(job_id = job.id, kind = %job.kind, attempts, retry_in_ms = delay.as_millis() as u64, error = %error, "job will be retried");
-            tx.retry_job_later(job.id, &s.owner, run_at, &error, now).await?;
+            tx.retry_job_later(job.id, &s.owner, run_at, &error, now)
+                .await?;
         }
         JobOutcome::Retry { error, .. } | JobOutcome::Permanent { error } => {
             if tx.bury_job(job.id, &s.owner, &error, now).await? {
                 tracing::warn!(job_id = job.id, kind = %job.kind, attempts, error = %error, "job dead-lettered");
                 metrics::counter!("switchboard_jobs_dead_lettered_total", "kind" => job.kind.clone()).increment(1);
                 let ev = AuditEvent::new("system", "job.dead_lettered", format!("job:{}", job.id))
-                    .with_details(serde_json::json!({"kind": job.kind, "attempts": attempts, "error": error}));
+                    .with_details(
+                        serde_json::json!({"kind": job.kind, "attempts": attempts, "error": error}),
+                    );
                 app.append_audit(&mut *tx, &ev).await?;
             }
         }
@@ -207,13 +256,22 @@ async fn settle(app: &App, s: &WorkerSettings, job: &JobRow, outcome: JobOutcome
 
 impl App {
     pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobRow>, AppError> {
-        if let Some(s) = &filter.state {
-            if !matches!(s.as_str(), "queued" | "dead") {
-                return Err(switchboard_domain::ValidationErrors::single("state", "must be `queued` or `dead`").into());
-            }
+        if let Some(s) = &filter.state
+            && !matches!(s.as_str(), "queued" | "dead")
+        {
+            return Err(switchboard_domain::ValidationErrors::single(
+                "state",
+                "must be `queued` or `dead`",
+            )
+            .into());
         }
         let mut tx = self.store().read().await?;
-        Ok(tx.list_jobs(&JobFilter { limit: filter.limit.clamp(1, 1_000), ..filter }).await?)
+        Ok(tx
+            .list_jobs(&JobFilter {
+                limit: filter.limit.clamp(1, 1_000),
+                ..filter
+            })
+            .await?)
     }
 
     pub async fn job_counts(&self) -> Result<JobCounts, AppError> {
@@ -223,28 +281,56 @@ impl App {
 
     pub async fn get_job(&self, id: i64) -> Result<JobRow, AppError> {
         let mut tx = self.store().read().await?;
-        tx.get_job(id).await?.ok_or_else(|| AppError::NotFound(format!("job {id}")))
+        tx.get_job(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("job {id}")))
     }
 
     /// Puts a dead job back in the queue (attempts reset).
-    pub async fn retry_dead_job(&self, principal: &Principal, ctx: &RequestContext, id: i64) -> Result<JobRow, AppError> {
+    pub async fn retry_dead_job(
+        &self,
+        principal: &Principal,
+        ctx: &RequestContext,
+        id: i64,
+    ) -> Result<JobRow, AppError> {
         let mut tx = self.store().begin().await?;
-        let job = tx.get_job(id).await?.ok_or_else(|| AppError::NotFound(format!("job {id}")))?;
+        let job = tx
+            .get_job(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("job {id}")))?;
         if !tx.revive_dead_job(id, now_ms()).await? {
-            return Err(AppError::Conflict(format!("job {id} is not dead (state: {})", job.state)));
+            return Err(AppError::Conflict(format!(
+                "job {id} is not dead (state: {})",
+                job.state
+            )));
         }
-        let ev = AuditEvent::new("", "job.retried", format!("job:{id}")).with_details(serde_json::json!({"kind": job.kind}));
+        let ev = AuditEvent::new("", "job.retried", format!("job:{id}"))
+            .with_details(serde_json::json!({"kind": job.kind}));
         self.audit(&mut *tx, principal, ctx, ev).await?;
-        let job = tx.get_job(id).await?.ok_or_else(|| AppError::NotFound(format!("job {id}")))?;
+        let job = tx
+            .get_job(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("job {id}")))?;
         tx.commit().await?;
         Ok(job)
     }
 
-    pub async fn discard_dead_job(&self, principal: &Principal, ctx: &RequestContext, id: i64) -> Result<(), AppError> {
+    pub async fn discard_dead_job(
+        &self,
+        principal: &Principal,
+        ctx: &RequestContext,
+        id: i64,
+    ) -> Result<(), AppError> {
         let mut tx = self.store().begin().await?;
-        let job = tx.get_job(id).await?.ok_or_else(|| AppError::NotFound(format!("job {id}")))?;
+        let job = tx
+            .get_job(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("job {id}")))?;
         if !tx.discard_dead_job(id).await? {
-            return Err(AppError::Conflict(format!("job {id} is not dead (state: {})", job.state)));
+            return Err(AppError::Conflict(format!(
+                "job {id} is not dead (state: {})",
+                job.state
+            )));
         }
         let ev = AuditEvent::new("", "job.discarded", format!("job:{id}"))
             .with_details(serde_json::json!({"kind": job.kind, "last_error": job.last_error}));
@@ -275,7 +361,11 @@ impl JobHandler for WebhookDelivery {
     async fn run(&self, app: &App, job: &JobRow) -> JobOutcome {
         let p: WebhookPayload = match serde_json::from_value(job.payload.clone()) {
             Ok(p) => p,
-            Err(e) => return JobOutcome::Permanent { error: format!("bad payload: {e}") },
+            Err(e) => {
+                return JobOutcome::Permanent {
+                    error: format!("bad payload: {e}"),
+                };
+            }
         };
         let resp = app
             .http()
@@ -296,12 +386,18 @@ impl JobHandler for WebhookDelivery {
                     .map(Duration::from_secs);
                 let error = format!("receiver answered HTTP {code}");
                 if code == 408 || code == 429 || code >= 500 {
-                    JobOutcome::Retry { error, after: retry_after }
+                    JobOutcome::Retry {
+                        error,
+                        after: retry_after,
+                    }
                 } else {
                     JobOutcome::Permanent { error }
                 }
             }
-            Err(e) => JobOutcome::Retry { error: format!("could not reach receiver: {}", crate::outbound_error(&e)), after: None },
+            Err(e) => JobOutcome::Retry {
+                error: format!("could not reach receiver: {}", crate::outbound_error(&e)),
+                after: None,
+            },
         }
     }
 }

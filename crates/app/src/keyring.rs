@@ -8,7 +8,7 @@
 //! until `rotate-master-key` has re-sealed everything. Alternatively a single key may be given
 //! through configuration (`master_key`), which replicas then share.
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,9 @@ pub enum KeyringError {
     Invalid(String),
     #[error("a secret was sealed with master key `{0}`, which this keyring does not hold")]
     UnknownKey(String),
-    #[error("a sealed secret does not open: wrong key, or the stored value was altered or moved to another row")]
+    #[error(
+        "a sealed secret does not open: wrong key, or the stored value was altered or moved to another row"
+    )]
     Tampered,
 }
 
@@ -75,10 +77,17 @@ fn key_id_for(raw: &[u8]) -> String {
 
 fn make_key(raw: &[u8]) -> Result<MasterKey, KeyringError> {
     if raw.len() != 32 {
-        return Err(KeyringError::Invalid(format!("a master key is 32 bytes, this one is {}", raw.len())));
+        return Err(KeyringError::Invalid(format!(
+            "a master key is 32 bytes, this one is {}",
+            raw.len()
+        )));
     }
-    let unbound = UnboundKey::new(&AES_256_GCM, raw).map_err(|_| KeyringError::Invalid("unusable key".to_owned()))?;
-    Ok(MasterKey { id: key_id_for(raw), key: LessSafeKey::new(unbound) })
+    let unbound = UnboundKey::new(&AES_256_GCM, raw)
+        .map_err(|_| KeyringError::Invalid("unusable key".to_owned()))?;
+    Ok(MasterKey {
+        id: key_id_for(raw),
+        key: LessSafeKey::new(unbound),
+    })
 }
 
 impl Keyring {
@@ -95,7 +104,13 @@ impl Keyring {
         let primary = k.id.clone();
         let mut keys = BTreeMap::new();
         keys.insert(k.id.clone(), k);
-        Self { inner: Arc::new(KeyringInner { primary, keys, path }) }
+        Self {
+            inner: Arc::new(KeyringInner {
+                primary,
+                keys,
+                path,
+            }),
+        }
     }
 
     /// Opens the keyring file, creating it with a fresh key (mode 0600) when it does not exist.
@@ -115,13 +130,19 @@ impl Keyring {
     }
 
     pub fn open(path: &Path) -> Result<Self, KeyringError> {
-        let err = |reason: String| KeyringError::File { path: path.to_owned(), reason };
+        let err = |reason: String| KeyringError::File {
+            path: path.to_owned(),
+            reason,
+        };
         check_private(path).map_err(err)?;
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let file: KeyringFile = serde_json::from_str(&text).map_err(|e| err(format!("not a keyring: {e}")))?;
+        let file: KeyringFile =
+            serde_json::from_str(&text).map_err(|e| err(format!("not a keyring: {e}")))?;
         let mut keys = BTreeMap::new();
         for (id, b64) in &file.keys {
-            let raw = STANDARD.decode(b64).map_err(|e| err(format!("key {id} is not base64: {e}")))?;
+            let raw = STANDARD
+                .decode(b64)
+                .map_err(|e| err(format!("key {id} is not base64: {e}")))?;
             let k = make_key(&raw)?;
             if &k.id != id {
                 return Err(err(format!("key {id} does not match its id")));
@@ -129,9 +150,18 @@ impl Keyring {
             keys.insert(id.clone(), k);
         }
         if !keys.contains_key(&file.primary) {
-            return Err(err(format!("primary key {} is not in the file", file.primary)));
+            return Err(err(format!(
+                "primary key {} is not in the file",
+                file.primary
+            )));
         }
-        Ok(Self { inner: Arc::new(KeyringInner { primary: file.primary, keys, path: Some(path.to_owned()) }) })
+        Ok(Self {
+            inner: Arc::new(KeyringInner {
+                primary: file.primary,
+                keys,
+                path: Some(path.to_owned()),
+            }),
+        })
     }
 
     #[must_use]
@@ -145,18 +175,35 @@ impl Keyring {
     }
 
     pub fn seal(&self, aad: &str, plaintext: &[u8]) -> Result<Sealed, KeyringError> {
-        let k = self.inner.keys.get(&self.inner.primary).ok_or_else(|| KeyringError::UnknownKey(self.inner.primary.clone()))?;
+        let k = self
+            .inner
+            .keys
+            .get(&self.inner.primary)
+            .ok_or_else(|| KeyringError::UnknownKey(self.inner.primary.clone()))?;
         let nonce_bytes = crate::crypto::random_bytes::<NONCE_LEN>();
         let mut buf = plaintext.to_vec();
         k.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce_bytes), Aad::from(aad.as_bytes()), &mut buf)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(aad.as_bytes()),
+                &mut buf,
+            )
             .map_err(|_| KeyringError::Invalid("sealing failed".to_owned()))?;
-        Ok(Sealed { key_id: k.id.clone(), nonce: nonce_bytes.to_vec(), ciphertext: buf })
+        Ok(Sealed {
+            key_id: k.id.clone(),
+            nonce: nonce_bytes.to_vec(),
+            ciphertext: buf,
+        })
     }
 
     pub fn open_sealed(&self, aad: &str, sealed: &Sealed) -> Result<Vec<u8>, KeyringError> {
-        let k = self.inner.keys.get(&sealed.key_id).ok_or_else(|| KeyringError::UnknownKey(sealed.key_id.clone()))?;
-        let nonce = Nonce::try_assume_unique_for_key(&sealed.nonce).map_err(|_| KeyringError::Tampered)?;
+        let k = self
+            .inner
+            .keys
+            .get(&sealed.key_id)
+            .ok_or_else(|| KeyringError::UnknownKey(sealed.key_id.clone()))?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(&sealed.nonce).map_err(|_| KeyringError::Tampered)?;
         let mut buf = sealed.ciphertext.clone();
         let plain = k
             .key
@@ -181,7 +228,9 @@ impl Keyring {
 
     /// Removes every key but the primary from the file (after everything was re-sealed).
     pub fn retire_old_keys(&self) -> Result<Self, KeyringError> {
-        let Some(path) = self.inner.path.clone() else { return Ok(self.clone()) };
+        let Some(path) = self.inner.path.clone() else {
+            return Ok(self.clone());
+        };
         let mut file = read_file(&path)?;
         let primary = file.primary.clone();
         file.keys.retain(|id, _| *id == primary);
@@ -191,14 +240,20 @@ impl Keyring {
 }
 
 fn read_file(path: &Path) -> Result<KeyringFile, KeyringError> {
-    let err = |reason: String| KeyringError::File { path: path.to_owned(), reason };
+    let err = |reason: String| KeyringError::File {
+        path: path.to_owned(),
+        reason,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     serde_json::from_str(&text).map_err(|e| err(format!("not a keyring: {e}")))
 }
 
 /// Writes atomically (temporary file + rename) with mode 0600.
 fn write_private(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
-    let err = |reason: String| KeyringError::File { path: path.to_owned(), reason };
+    let err = |reason: String| KeyringError::File {
+        path: path.to_owned(),
+        reason,
+    };
     let text = serde_json::to_string_pretty(file).map_err(|e| err(e.to_string()))?;
     crate::files::write_private(path, text.as_bytes()).map_err(|e| err(e.to_string()))
 }
@@ -206,9 +261,15 @@ fn write_private(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
 #[cfg(unix)]
 fn check_private(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).map_err(|e| e.to_string())?.permissions().mode();
+    let mode = std::fs::metadata(path)
+        .map_err(|e| e.to_string())?
+        .permissions()
+        .mode();
     if mode & 0o077 != 0 {
-        return Err(format!("is readable by group or others (mode {:o}); run chmod 600 on it", mode & 0o777));
+        return Err(format!(
+            "is readable by group or others (mode {:o}); run chmod 600 on it",
+            mode & 0o777
+        ));
     }
     Ok(())
 }
@@ -231,7 +292,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         let sealed = k.seal("secret:1", b"hunter2").unwrap();
         let (again, created) = Keyring::open_or_create(&p).unwrap();
@@ -243,9 +307,15 @@ mod tests {
     fn a_sealed_value_does_not_open_for_another_row_or_when_altered() {
         let k = Keyring::from_base64(&STANDARD.encode([7u8; 32])).unwrap();
         let mut sealed = k.seal("secret:1", b"pw").unwrap();
-        assert!(matches!(k.open_sealed("secret:2", &sealed), Err(KeyringError::Tampered)));
+        assert!(matches!(
+            k.open_sealed("secret:2", &sealed),
+            Err(KeyringError::Tampered)
+        ));
         sealed.ciphertext[0] ^= 1;
-        assert!(matches!(k.open_sealed("secret:1", &sealed), Err(KeyringError::Tampered)));
+        assert!(matches!(
+            k.open_sealed("secret:1", &sealed),
+            Err(KeyringError::Tampered)
+        ));
     }
 
     #[test]
@@ -258,7 +328,10 @@ mod tests {
         assert_ne!(k2.primary_id(), k1.primary_id());
         assert_eq!(k2.open_sealed("a", &old).unwrap(), b"x");
         let k3 = k2.retire_old_keys().unwrap();
-        assert!(matches!(k3.open_sealed("a", &old), Err(KeyringError::UnknownKey(_))));
+        assert!(matches!(
+            k3.open_sealed("a", &old),
+            Err(KeyringError::UnknownKey(_))
+        ));
     }
 
     #[test]

@@ -42,8 +42,13 @@ pub struct Principal {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthMethod {
-    Token { id: String },
-    Session { id: String, csrf: String },
+    Token {
+        id: String,
+    },
+    Session {
+        id: String,
+        csrf: String,
+    },
     /// The command line on the server itself (`switchboard ...`).
     Cli,
     /// Switchboard acting on its own (start-up, jobs).
@@ -66,7 +71,12 @@ impl Principal {
     /// Switchboard itself: recorded as `system` in the audit log.
     #[must_use]
     pub fn system() -> Self {
-        Self { username: "system".to_owned(), display_name: "Switchboard".to_owned(), via: AuthMethod::System, ..Self::cli() }
+        Self {
+            username: "system".to_owned(),
+            display_name: "Switchboard".to_owned(),
+            via: AuthMethod::System,
+            ..Self::cli()
+        }
     }
 
     #[must_use]
@@ -116,7 +126,14 @@ impl App {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| AppError::Internal(format!("HTTP client: {e}")))?;
-        Ok(Self { inner: Arc::new(AppInner { store, keyring: std::sync::RwLock::new(keyring), config, http }) })
+        Ok(Self {
+            inner: Arc::new(AppInner {
+                store,
+                keyring: std::sync::RwLock::new(keyring),
+                config,
+                http,
+            }),
+        })
     }
 
     #[must_use]
@@ -136,17 +153,32 @@ impl App {
 
     #[must_use]
     pub fn keyring(&self) -> Keyring {
-        self.inner.keyring.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.inner
+            .keyring
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn replace_keyring(&self, k: Keyring) {
-        *self.inner.keyring.write().unwrap_or_else(std::sync::PoisonError::into_inner) = k;
+        *self
+            .inner
+            .keyring
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = k;
     }
 
     /// Appends an audit entry inside `tx`, on one of the configured chains.
-    pub async fn audit(&self, tx: &mut dyn Tx, principal: &Principal, ctx: &RequestContext, mut event: AuditEvent) -> Result<(), AppError> {
+    pub async fn audit(
+        &self,
+        tx: &mut dyn Tx,
+        principal: &Principal,
+        ctx: &RequestContext,
+        mut event: AuditEvent,
+    ) -> Result<(), AppError> {
         if let serde_json::Value::Object(map) = &mut event.details {
-            map.entry("via").or_insert_with(|| serde_json::Value::String(principal.via_label()));
+            map.entry("via")
+                .or_insert_with(|| serde_json::Value::String(principal.via_label()));
         }
         event.actor = principal.actor();
         event.request_id.clone_from(&ctx.request_id);
@@ -156,7 +188,8 @@ impl App {
     /// Appends an audit entry for something the system did on its own (jobs, start-up).
     pub async fn append_audit(&self, tx: &mut dyn Tx, event: &AuditEvent) -> Result<(), AppError> {
         let chains = u64::from(self.inner.config.effective_audit_chains().max(1));
-        let chain = i64::try_from(u64::from_be_bytes(crypto::random_bytes::<8>()) % chains).unwrap_or(0);
+        let chain =
+            i64::try_from(u64::from_be_bytes(crypto::random_bytes::<8>()) % chains).unwrap_or(0);
         tx.append_audit(event, chain, now_ms()).await?;
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! only its id. The associated data is `secret:<id>|<owner>|<purpose>`.
 
 use crate::keyring::Sealed;
-use crate::{now_ms, App, AppError, Principal, RequestContext};
+use crate::{App, AppError, Principal, RequestContext, now_ms};
 use switchboard_domain::audit::AuditEvent;
 use switchboard_domain::ids::SecretId;
 use switchboard_store::{SecretRow, Tx};
@@ -13,7 +13,13 @@ fn aad(id: &str, owner: &str, purpose: &str) -> String {
 
 impl App {
     /// Seals `plaintext` and stores it; returns the new secret's id.
-    pub async fn put_secret(&self, tx: &mut dyn Tx, owner: &str, purpose: &str, plaintext: &[u8]) -> Result<String, AppError> {
+    pub async fn put_secret(
+        &self,
+        tx: &mut dyn Tx,
+        owner: &str,
+        purpose: &str,
+        plaintext: &[u8],
+    ) -> Result<String, AppError> {
         let id = SecretId::new().to_string();
         let sealed = self.keyring().seal(&aad(&id, owner, purpose), plaintext)?;
         let now = now_ms();
@@ -33,16 +39,26 @@ impl App {
 
     /// Opens a stored secret.
     pub async fn get_secret(&self, tx: &mut dyn Tx, id: &str) -> Result<Vec<u8>, AppError> {
-        let row = tx.get_secret(id).await?.ok_or_else(|| AppError::NotFound(format!("secret {id}")))?;
+        let row = tx
+            .get_secret(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("secret {id}")))?;
         Ok(self.keyring().open_sealed(
             &aad(&row.id, &row.owner, &row.purpose),
-            &Sealed { key_id: row.key_id, nonce: row.nonce, ciphertext: row.ciphertext },
+            &Sealed {
+                key_id: row.key_id,
+                nonce: row.nonce,
+                ciphertext: row.ciphertext,
+            },
         )?)
     }
 
     /// Generates a new master key, re-seals every secret under it in one transaction, then
     /// retires the old keys. Returns (old primary, new primary, secrets re-sealed).
-    pub async fn rotate_master_key(&self, principal: &Principal) -> Result<(String, String, usize), AppError> {
+    pub async fn rotate_master_key(
+        &self,
+        principal: &Principal,
+    ) -> Result<(String, String, usize), AppError> {
         let old = self.keyring();
         let new = old.with_new_primary()?;
         let mut tx = self.store().begin().await?;
@@ -50,17 +66,39 @@ impl App {
         let now = now_ms();
         for row in &rows {
             let a = aad(&row.id, &row.owner, &row.purpose);
-            let plain = new.open_sealed(&a, &Sealed { key_id: row.key_id.clone(), nonce: row.nonce.clone(), ciphertext: row.ciphertext.clone() })?;
+            let plain = new.open_sealed(
+                &a,
+                &Sealed {
+                    key_id: row.key_id.clone(),
+                    nonce: row.nonce.clone(),
+                    ciphertext: row.ciphertext.clone(),
+                },
+            )?;
             let sealed = new.seal(&a, &plain)?;
-            tx.put_secret(&SecretRow { key_id: sealed.key_id, nonce: sealed.nonce, ciphertext: sealed.ciphertext, updated_at: now, ..row.clone() })
-                .await?;
+            tx.put_secret(&SecretRow {
+                key_id: sealed.key_id,
+                nonce: sealed.nonce,
+                ciphertext: sealed.ciphertext,
+                updated_at: now,
+                ..row.clone()
+            })
+            .await?;
         }
-        let event = AuditEvent::new("", "master_key.rotated", format!("master_key:{}", new.primary_id()))
-            .with_details(serde_json::json!({"previous": old.primary_id(), "resealed": rows.len()}));
-        self.audit(&mut *tx, principal, &RequestContext::default(), event).await?;
+        let event = AuditEvent::new(
+            "",
+            "master_key.rotated",
+            format!("master_key:{}", new.primary_id()),
+        )
+        .with_details(serde_json::json!({"previous": old.primary_id(), "resealed": rows.len()}));
+        self.audit(&mut *tx, principal, &RequestContext::default(), event)
+            .await?;
         tx.commit().await?;
         let retired = new.retire_old_keys()?;
         self.replace_keyring(retired);
-        Ok((old.primary_id().to_owned(), new.primary_id().to_owned(), rows.len()))
+        Ok((
+            old.primary_id().to_owned(),
+            new.primary_id().to_owned(),
+            rows.len(),
+        ))
     }
 }

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use switchboard_app::jobs::{run_workers, Registry, WorkerSettings};
+use switchboard_app::jobs::{Registry, WorkerSettings, run_workers};
 use switchboard_app::{App, Config, Keyring};
 use switchboard_store::ConnectOptions;
 use tokio_util::sync::CancellationToken;
@@ -12,10 +12,14 @@ use tokio_util::sync::CancellationToken;
 /// Opens (creating when needed) the data folder, keyring and database, and migrates it.
 pub async fn open_app(config: Config) -> anyhow::Result<(App, bool)> {
     if config.is_sqlite() || config.master_key.is_none() {
-        create_private_dir(&config.data_dir).with_context(|| format!("creating data folder {}", config.data_dir.display()))?;
+        create_private_dir(&config.data_dir)
+            .with_context(|| format!("creating data folder {}", config.data_dir.display()))?;
     }
     let (keyring, created) = match &config.master_key {
-        Some(k) => (Keyring::from_base64(secrecy::ExposeSecret::expose_secret(k)).context("master_key")?, false),
+        Some(k) => (
+            Keyring::from_base64(secrecy::ExposeSecret::expose_secret(k)).context("master_key")?,
+            false,
+        ),
         None => Keyring::open_or_create(&config.master_key_path())?,
     };
     if created {
@@ -24,12 +28,18 @@ pub async fn open_app(config: Config) -> anyhow::Result<(App, bool)> {
     let opts = ConnectOptions {
         max_connections: config.database_max_connections,
         acquire_timeout: std::time::Duration::from_millis(config.database_acquire_timeout_ms),
-        sqlite_synchronous_full: config.sqlite_synchronous == switchboard_app::config::SqliteSync::Full,
+        sqlite_synchronous_full: config.sqlite_synchronous
+            == switchboard_app::config::SqliteSync::Full,
         sqlite_busy_timeout: std::time::Duration::from_millis(config.sqlite_busy_timeout_ms),
         audit_chains: config.effective_audit_chains(),
     };
-    let store = switchboard_store::connect(&config.database_url(), &opts).await.context("opening the database")?;
-    store.migrate().await.context("applying database migrations")?;
+    let store = switchboard_store::connect(&config.database_url(), &opts)
+        .await
+        .context("opening the database")?;
+    store
+        .migrate()
+        .await
+        .context("applying database migrations")?;
     Ok((App::new(store, keyring, config)?, created))
 }
 
@@ -62,7 +72,10 @@ impl Running {
     /// Stops accepting requests, lets in-flight requests and jobs finish, closes the database.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.stop.cancel();
-        self.server.await.context("server task")?.context("server")?;
+        self.server
+            .await
+            .context("server task")?
+            .context("server")?;
         if let Some(w) = self.workers {
             w.await.context("worker task")?;
         }
@@ -84,29 +97,50 @@ pub async fn start(config: Config, registry: Registry) -> anyhow::Result<Running
     let run_workers_here = config.run_workers;
     let (app, _) = open_app(config).await?;
     let bootstrap_token = app.bootstrap().await?.map(|t| t.secret);
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     let router = switchboard_http::router(app.clone(), switchboard_http::metrics_layer::handle());
     let server_stop = stop.clone();
-    let server = tokio::spawn(switchboard_http::serve(listener, router, async move { server_stop.cancelled().await }));
+    let server = tokio::spawn(switchboard_http::serve(listener, router, async move {
+        server_stop.cancelled().await
+    }));
     let workers = run_workers_here.then(|| {
         let settings = WorkerSettings::from_config(app.config());
         tokio::spawn(run_workers(app.clone(), registry, settings, stop.clone()))
     });
     tracing::info!(%addr, backend = app.store().backend().as_str(), ready_ms = started.elapsed().as_millis() as u64, "switchboard is ready");
-    Ok(Running { addr, app, stop, bootstrap_token, server, workers })
+    Ok(Running {
+        addr,
+        app,
+        stop,
+        bootstrap_token,
+        server,
+        workers,
+    })
 }
 
 /// Logging: JSON or pretty lines on stderr, filtered by `log_level` (or `SWITCHBOARD_LOG`).
 pub fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("SWITCHBOARD_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| config.log_level.clone());
+    let filter = std::env::var("SWITCHBOARD_LOG")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| config.log_level.clone());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let _ = match config.log_format {
-        switchboard_app::config::LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+        switchboard_app::config::LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
         switchboard_app::config::LogFormat::Pretty => builder.compact().try_init(),
     };
 }
@@ -115,8 +149,10 @@ pub fn init_tracing(config: &Config) {
 pub fn keygen(size: usize) -> anyhow::Result<String> {
     use base64::Engine;
     match size {
-        32 => Ok(base64::engine::general_purpose::STANDARD.encode(switchboard_app::crypto::random_bytes::<32>())),
-        16 => Ok(base64::engine::general_purpose::STANDARD.encode(switchboard_app::crypto::random_bytes::<16>())),
+        32 => Ok(base64::engine::general_purpose::STANDARD
+            .encode(switchboard_app::crypto::random_bytes::<32>())),
+        16 => Ok(base64::engine::general_purpose::STANDARD
+            .encode(switchboard_app::crypto::random_bytes::<16>())),
         other => anyhow::bail!(
             "a key of {other} bytes is not used by Epic: use 32 (AES-256-CBC, Epic August 2019 and later) or 16 (legacy AES-128)"
         ),

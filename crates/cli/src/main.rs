@@ -7,11 +7,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use switchboard_app::accounts::{NewToken, NewUser};
 use switchboard_app::{AppError, Config, Principal, RequestContext};
-use switchboard_cli::{init_tracing, keygen, open_app, start, standard_registry};
+use switchboard_cli::{init_tracing, keygen, open_app, standard_registry, start};
 use switchboard_store::{AuditFilter, JobFilter};
 
 #[derive(Parser)]
-#[command(name = "switchboard", version, about = "Connects shared mobile devices, apps and video visits to Epic.")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Connects shared mobile devices, apps and video visits to Epic."
+)]
 struct Cli {
     /// TOML configuration file (keys: see config/example.toml). Environment: SWITCHBOARD_CONFIG.
     #[arg(long, global = true, env = "SWITCHBOARD_CONFIG")]
@@ -107,7 +111,9 @@ enum UsersCommand {
         password_stdin: bool,
     },
     /// Set a user's console password, read from the first line of stdin.
-    SetPassword { username: String },
+    SetPassword {
+        username: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -124,7 +130,9 @@ enum TokensCommand {
         #[arg(long)]
         expires_in_days: Option<u32>,
     },
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -149,7 +157,10 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -167,7 +178,10 @@ fn main() -> ExitCode {
 
 fn read_line_from_stdin(what: &str) -> anyhow::Result<String> {
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).with_context(|| format!("reading {what} from stdin"))?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .with_context(|| format!("reading {what} from stdin"))?;
     let line = line.trim_end_matches(['\r', '\n']).to_owned();
     anyhow::ensure!(!line.is_empty(), "no {what} on stdin");
     Ok(line)
@@ -175,7 +189,14 @@ fn read_line_from_stdin(what: &str) -> anyhow::Result<String> {
 
 fn describe(e: AppError) -> anyhow::Error {
     match e {
-        AppError::Validation(v) => anyhow::anyhow!("{}", v.errors.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("\n")),
+        AppError::Validation(v) => anyhow::anyhow!(
+            "{}",
+            v.errors
+                .iter()
+                .map(|f| format!("{}: {}", f.field, f.message))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
         other => anyhow::anyhow!("{other}"),
     }
 }
@@ -184,13 +205,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -202,7 +224,10 @@ async fn shutdown_signal() {
     }
 }
 
-#[expect(clippy::too_many_lines, reason = "one match arm per subcommand reads best in one place")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one match arm per subcommand reads best in one place"
+)]
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     let cli = Principal::cli();
     let ctx = RequestContext::default();
@@ -212,11 +237,20 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let token_path = config.bootstrap_token_path();
             let running = start(config, standard_registry()).await?;
             if let Some(token) = &running.bootstrap_token {
-                println!("First start: created the admin user `{}`.", running.app.config().bootstrap_admin);
-                println!("Its API token (shown once; also written to {} with mode 0600):", token_path.display());
+                println!(
+                    "First start: created the admin user `{}`.",
+                    running.app.config().bootstrap_admin
+                );
+                println!(
+                    "Its API token (shown once; also written to {} with mode 0600):",
+                    token_path.display()
+                );
                 println!("  {token}");
             }
-            println!("Switchboard is listening on http://{} (console: http://{}/console)", running.addr, running.addr);
+            println!(
+                "Switchboard is listening on http://{} (console: http://{}/console)",
+                running.addr, running.addr
+            );
             std::io::stdout().flush().ok();
             let stop = running.stop.clone();
             tokio::spawn(async move {
@@ -230,16 +264,36 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             let (app, _) = open_app(config).await?;
             let status = app.store().migration_status().await?;
-            println!("database is at migration {} ({} applied)", status.applied.last().copied().unwrap_or(0), status.applied.len());
+            println!(
+                "database is at migration {} ({} applied)",
+                status.applied.last().copied().unwrap_or(0),
+                status.applied.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config { command: ConfigCommand::Check } => {
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
             let vars: Vec<(String, String)> = std::env::vars().collect();
             println!("configuration is valid");
             println!("  listen        {}", config.listen);
             println!("  public_url    {}", config.public_url());
-            println!("  database      {}", if config.is_sqlite() { config.database_url() } else { "postgres (URL hidden)".to_owned() });
-            println!("  master key    {}", if config.master_key.is_some() { "from master_key".to_owned() } else { config.master_key_path().display().to_string() });
+            println!(
+                "  database      {}",
+                if config.is_sqlite() {
+                    config.database_url()
+                } else {
+                    "postgres (URL hidden)".to_owned()
+                }
+            );
+            println!(
+                "  master key    {}",
+                if config.master_key.is_some() {
+                    "from master_key".to_owned()
+                } else {
+                    config.master_key_path().display().to_string()
+                }
+            );
             let warnings = config.warnings(&vars);
             for w in &warnings {
                 println!("warning: {w}");
@@ -252,7 +306,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 AuditCommand::Verify => {
                     let r = app.verify_audit().await.map_err(describe)?;
                     if r.ok {
-                        println!("audit log intact: {} entries in {} chains verified", r.entries_checked, r.chains);
+                        println!(
+                            "audit log intact: {} entries in {} chains verified",
+                            r.entries_checked, r.chains
+                        );
                         Ok(ExitCode::SUCCESS)
                     } else {
                         println!("AUDIT LOG TAMPERED: {} problem(s)", r.problems.len());
@@ -264,10 +321,17 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 }
                 AuditCommand::Export { output } => {
                     let mut out: Box<dyn Write> = match &output {
-                        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+                        Some(p) => Box::new(std::io::BufWriter::new(
+                            std::fs::File::create(p)
+                                .with_context(|| format!("creating {}", p.display()))?,
+                        )),
                         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
                     };
-                    let mut filter = AuditFilter { oldest_first: true, limit: 1_000, ..AuditFilter::default() };
+                    let mut filter = AuditFilter {
+                        oldest_first: true,
+                        limit: 1_000,
+                        ..AuditFilter::default()
+                    };
                     let mut n = 0u64;
                     loop {
                         let page = app.list_audit(filter.clone()).await.map_err(describe)?;
@@ -291,8 +355,24 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let (app, _) = open_app(config).await?;
             match command {
                 JobsCommand::List { state, limit } => {
-                    for j in app.list_jobs(JobFilter { state, kind: None, limit }).await.map_err(describe)? {
-                        println!("{}\t{}\t{}\t{}/{}\t{}", j.id, j.kind, j.state, j.attempts, j.max_attempts, j.last_error.unwrap_or_default());
+                    for j in app
+                        .list_jobs(JobFilter {
+                            state,
+                            kind: None,
+                            limit,
+                        })
+                        .await
+                        .map_err(describe)?
+                    {
+                        println!(
+                            "{}\t{}\t{}\t{}/{}\t{}",
+                            j.id,
+                            j.kind,
+                            j.state,
+                            j.attempts,
+                            j.max_attempts,
+                            j.last_error.unwrap_or_default()
+                        );
                     }
                 }
                 JobsCommand::Retry { id } => {
@@ -300,7 +380,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     println!("job {id} is queued again");
                 }
                 JobsCommand::Discard { id } => {
-                    app.discard_dead_job(&cli, &ctx, id).await.map_err(describe)?;
+                    app.discard_dead_job(&cli, &ctx, id)
+                        .await
+                        .map_err(describe)?;
                     println!("job {id} discarded");
                 }
             }
@@ -311,19 +393,53 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             match command {
                 UsersCommand::List => {
                     for u in app.list_users().await.map_err(describe)? {
-                        println!("{}\t{}\t{}\t{}", u.id, u.username, u.role, if u.disabled { "disabled" } else { "active" });
+                        println!(
+                            "{}\t{}\t{}\t{}",
+                            u.id,
+                            u.username,
+                            u.role,
+                            if u.disabled { "disabled" } else { "active" }
+                        );
                     }
                 }
-                UsersCommand::Create { username, role, display_name, password_stdin } => {
-                    let password = if password_stdin { Some(read_line_from_stdin("password")?) } else { None };
-                    let u = app.create_user(&cli, &ctx, NewUser { username, display_name, role, password }).await.map_err(describe)?;
+                UsersCommand::Create {
+                    username,
+                    role,
+                    display_name,
+                    password_stdin,
+                } => {
+                    let password = if password_stdin {
+                        Some(read_line_from_stdin("password")?)
+                    } else {
+                        None
+                    };
+                    let u = app
+                        .create_user(
+                            &cli,
+                            &ctx,
+                            NewUser {
+                                username,
+                                display_name,
+                                role,
+                                password,
+                            },
+                        )
+                        .await
+                        .map_err(describe)?;
                     println!("created user {} ({}) with id {}", u.username, u.role, u.id);
                 }
                 UsersCommand::SetPassword { username } => {
-                    let user = app.list_users().await.map_err(describe)?.into_iter().find(|u| u.username == username);
+                    let user = app
+                        .list_users()
+                        .await
+                        .map_err(describe)?
+                        .into_iter()
+                        .find(|u| u.username == username);
                     let user = user.with_context(|| format!("no user named `{username}`"))?;
                     let password = read_line_from_stdin("password")?;
-                    app.set_password(&cli, &ctx, &user.id, password).await.map_err(describe)?;
+                    app.set_password(&cli, &ctx, &user.id, password)
+                        .await
+                        .map_err(describe)?;
                     println!("password set for {username}");
                 }
             }
@@ -331,26 +447,60 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Tokens { command } => {
             let (app, _) = open_app(config).await?;
-            let admin = Principal { role: switchboard_domain::Role::Admin, ..cli.clone() };
+            let admin = Principal {
+                role: switchboard_domain::Role::Admin,
+                ..cli.clone()
+            };
             match command {
                 TokensCommand::List => {
                     for t in app.list_tokens(&admin).await.map_err(describe)? {
-                        let state = if t.revoked_at.is_some() { "revoked" } else { "active" };
-                        println!("{}\t{}\t{}…\t{}\t{state}", t.id, t.user_id, t.prefix, t.name);
+                        let state = if t.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        };
+                        println!(
+                            "{}\t{}\t{}…\t{}\t{state}",
+                            t.id, t.user_id, t.prefix, t.name
+                        );
                     }
                 }
-                TokensCommand::Create { user, name, role, expires_in_days } => {
-                    let owner = app.list_users().await.map_err(describe)?.into_iter().find(|u| u.username == user);
+                TokensCommand::Create {
+                    user,
+                    name,
+                    role,
+                    expires_in_days,
+                } => {
+                    let owner = app
+                        .list_users()
+                        .await
+                        .map_err(describe)?
+                        .into_iter()
+                        .find(|u| u.username == user);
                     let owner = owner.with_context(|| format!("no user named `{user}`"))?;
                     let t = app
-                        .create_token(&admin, &ctx, NewToken { name, user_id: Some(owner.id), role, expires_in_days })
+                        .create_token(
+                            &admin,
+                            &ctx,
+                            NewToken {
+                                name,
+                                user_id: Some(owner.id),
+                                role,
+                                expires_in_days,
+                            },
+                        )
                         .await
                         .map_err(describe)?;
                     println!("{}", t.secret);
-                    eprintln!("token {} created for {user}; the secret above is shown once", t.token.id);
+                    eprintln!(
+                        "token {} created for {user}; the secret above is shown once",
+                        t.token.id
+                    );
                 }
                 TokensCommand::Revoke { id } => {
-                    app.revoke_token(&admin, &ctx, &id).await.map_err(describe)?;
+                    app.revoke_token(&admin, &ctx, &id)
+                        .await
+                        .map_err(describe)?;
                     println!("token {id} revoked");
                 }
             }
@@ -359,7 +509,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::RotateMasterKey => {
             let (app, _) = open_app(config).await?;
             let (old, new, n) = app.rotate_master_key(&cli).await.map_err(describe)?;
-            println!("master key rotated: {old} -> {new}; {n} secrets re-sealed; the old key was removed from the keyring");
+            println!(
+                "master key rotated: {old} -> {new}; {n} secrets re-sealed; the old key was removed from the keyring"
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

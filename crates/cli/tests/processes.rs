@@ -1,9 +1,10 @@
 //! Tests that run the real `switchboard` binary as separate processes: several replicas on one
 //! database, a worker killed mid-job, logs checked for planted secrets, the CLI's audit check.
+#![allow(clippy::unwrap_used, reason = "test helpers fail loudly on purpose")]
 
 mod common;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -44,13 +45,28 @@ impl Proc {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
                     let _ = tx.send(addr);
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("server did not start: {}", std::fs::read_to_string(&stderr).unwrap_or_default()));
-        Self { child, url: format!("http://{addr}"), stderr }
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "server did not start: {}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                )
+            });
+        Self {
+            child,
+            url: format!("http://{addr}"),
+            stderr,
+        }
     }
 
     fn kill(&mut self) {
@@ -59,7 +75,10 @@ impl Proc {
     }
 
     fn terminate(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -75,8 +94,16 @@ impl Proc {
     }
 
     async fn metric(&self, line_prefix: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.url)).await.expect("metrics").text().await.expect("text");
-        text.lines().filter(|l| l.starts_with(line_prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .filter(|l| l.starts_with(line_prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 }
 
@@ -94,7 +121,10 @@ struct Receiver {
     attempts: Arc<Mutex<HashMap<u64, u32>>>,
 }
 
-async fn start_receiver(hang_first: Option<u64>, arrived: Option<tokio::sync::mpsc::UnboundedSender<()>>) -> (String, Receiver) {
+async fn start_receiver(
+    hang_first: Option<u64>,
+    arrived: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+) -> (String, Receiver) {
     use axum::routing::post;
     let r = Receiver::default();
     let state = r.clone();
@@ -122,7 +152,9 @@ async fn start_receiver(hang_first: Option<u64>, arrived: Option<tokio::sync::mp
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await.ok() });
     (url, r)
@@ -132,9 +164,16 @@ async fn enqueue_webhooks(store: &Arc<dyn Store>, url: &str, range: std::ops::Ra
     let mut tx = store.begin().await.expect("tx");
     let now = switchboard_app::now_ms();
     for n in range {
-        tx.enqueue_job(&NewJob { kind: "webhook.deliver".into(), payload: json!({"url": url, "event": {"n": n}}), dedupe_key: None, run_at: now, max_attempts: 10, now })
-            .await
-            .expect("enqueue");
+        tx.enqueue_job(&NewJob {
+            kind: "webhook.deliver".into(),
+            payload: json!({"url": url, "event": {"n": n}}),
+            dedupe_key: None,
+            run_at: now,
+            max_attempts: 10,
+            now,
+        })
+        .await
+        .expect("enqueue");
     }
     tx.commit().await.expect("commit");
 }
@@ -143,33 +182,53 @@ async fn wait_until_queue_empty(store: &Arc<dyn Store>, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let mut tx = store.read().await.expect("tx");
-        let c = tx.job_counts(switchboard_app::now_ms()).await.expect("counts");
+        let c = tx
+            .job_counts(switchboard_app::now_ms())
+            .await
+            .expect("counts");
         drop(tx);
         if c.queued == 0 && c.running == 0 && c.dead == 0 {
             return;
         }
-        assert!(Instant::now() < deadline, "queue not drained in time: {c:?}");
+        assert!(
+            Instant::now() < deadline,
+            "queue not drained in time: {c:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_server_processes_on_one_postgres_run_a_thousand_jobs_each_exactly_once() {
-    let Some(server) = switchboard_store::testing::postgres_server("two_server_processes_on_one_postgres_run_a_thousand_jobs_each_exactly_once") else { return };
+    let Some(server) = switchboard_store::testing::postgres_server(
+        "two_server_processes_on_one_postgres_run_a_thousand_jobs_each_exactly_once",
+    ) else {
+        return;
+    };
     let db = switchboard_store::testing::create_postgres_database(&server).await;
     let key = master_key();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let env = [("SWITCHBOARD_DATABASE_URL", db.clone()), ("SWITCHBOARD_MASTER_KEY", key.clone()), ("SWITCHBOARD_JOB_CONCURRENCY", "16".to_owned())];
+    let env = [
+        ("SWITCHBOARD_DATABASE_URL", db.clone()),
+        ("SWITCHBOARD_MASTER_KEY", key.clone()),
+        ("SWITCHBOARD_JOB_CONCURRENCY", "16".to_owned()),
+    ];
     let a = Proc::spawn(dir_a.path(), &env);
     let b = Proc::spawn(dir_b.path(), &env);
     let (url, receiver) = start_receiver(None, None).await;
-    let store = switchboard_store::connect(&db, &ConnectOptions::default()).await.unwrap();
+    let store = switchboard_store::connect(&db, &ConnectOptions::default())
+        .await
+        .unwrap();
     enqueue_webhooks(&store, &url, 0..1000).await;
     wait_until_queue_empty(&store, Duration::from_secs(120)).await;
 
     let seen = receiver.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1000, "every job delivered");
-    assert!(seen.values().all(|&c| c == 1), "no job delivered twice: {:?}", seen.iter().filter(|(_, c)| **c != 1).collect::<Vec<_>>());
+    assert!(
+        seen.values().all(|&c| c == 1),
+        "no job delivered twice: {:?}",
+        seen.iter().filter(|(_, c)| **c != 1).collect::<Vec<_>>()
+    );
     let done = "switchboard_job_attempts_total{kind=\"webhook.deliver\",outcome=\"done\"}";
     let (da, dbn) = (a.metric(done).await, b.metric(done).await);
     assert_eq!(da + dbn, 1000.0);
@@ -182,16 +241,33 @@ async fn killed_worker_case(db: String) {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
     let (url, receiver) = start_receiver(Some(7), Some(tx)).await;
-    let env = [("SWITCHBOARD_DATABASE_URL", db.clone()), ("SWITCHBOARD_MASTER_KEY", key), ("SWITCHBOARD_JOB_LEASE_SECONDS", "4".to_owned())];
+    let env = [
+        ("SWITCHBOARD_DATABASE_URL", db.clone()),
+        ("SWITCHBOARD_MASTER_KEY", key),
+        ("SWITCHBOARD_JOB_LEASE_SECONDS", "4".to_owned()),
+    ];
     let mut a = Proc::spawn(dir_a.path(), &env);
-    let store = switchboard_store::connect(&db, &ConnectOptions::default()).await.unwrap();
+    let store = switchboard_store::connect(&db, &ConnectOptions::default())
+        .await
+        .unwrap();
     enqueue_webhooks(&store, &url, 7..8).await;
-    tokio::time::timeout(Duration::from_secs(20), arrived.recv()).await.expect("the job started").expect("signal");
+    tokio::time::timeout(Duration::from_secs(20), arrived.recv())
+        .await
+        .expect("the job started")
+        .expect("signal");
     a.kill(); // SIGKILL while the job's call is in flight
     let b = Proc::spawn(dir_b.path(), &env);
     wait_until_queue_empty(&store, Duration::from_secs(30)).await;
-    assert_eq!(receiver.seen.lock().unwrap().get(&7), Some(&1), "delivered once after the crash");
-    assert_eq!(receiver.attempts.lock().unwrap().get(&7), Some(&2), "the killed attempt and the one that completed");
+    assert_eq!(
+        receiver.seen.lock().unwrap().get(&7),
+        Some(&1),
+        "delivered once after the crash"
+    );
+    assert_eq!(
+        receiver.attempts.lock().unwrap().get(&7),
+        Some(&2),
+        "the killed attempt and the one that completed"
+    );
     drop(b);
     store.close().await;
 }
@@ -204,7 +280,11 @@ async fn a_worker_killed_mid_job_loses_its_lease_and_the_job_completes_later_on_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_job_loses_its_lease_and_the_job_completes_later_on_postgres() {
-    let Some(server) = switchboard_store::testing::postgres_server("a_worker_killed_mid_job_loses_its_lease_and_the_job_completes_later_on_postgres") else { return };
+    let Some(server) = switchboard_store::testing::postgres_server(
+        "a_worker_killed_mid_job_loses_its_lease_and_the_job_completes_later_on_postgres",
+    ) else {
+        return;
+    };
     killed_worker_case(switchboard_store::testing::create_postgres_database(&server).await).await;
 }
 
@@ -212,58 +292,174 @@ async fn a_worker_killed_mid_job_loses_its_lease_and_the_job_completes_later_on_
 async fn logs_never_contain_tokens_passwords_cookies_or_keys_even_at_debug_level() {
     let dir = tempfile::tempdir().unwrap();
     let key = master_key();
-    let mut p = Proc::spawn(dir.path(), &[("SWITCHBOARD_LOG_FORMAT", "json".to_owned()), ("SWITCHBOARD_LOG_LEVEL", "debug".to_owned()), ("SWITCHBOARD_MASTER_KEY", key.clone())]);
-    let admin = std::fs::read_to_string(dir.path().join("bootstrap-admin-token")).unwrap().trim().to_owned();
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let mut p = Proc::spawn(
+        dir.path(),
+        &[
+            ("SWITCHBOARD_LOG_FORMAT", "json".to_owned()),
+            ("SWITCHBOARD_LOG_LEVEL", "debug".to_owned()),
+            ("SWITCHBOARD_MASTER_KEY", key.clone()),
+        ],
+    );
+    let admin = std::fs::read_to_string(dir.path().join("bootstrap-admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let api = |path: &str| format!("{}/admin/api/v1{path}", p.url);
     let password = "Planted-Password-7f3a9c";
-    let r = http.post(api("/users")).bearer_auth(&admin).json(&json!({"username": "plant", "role": "operator", "password": password})).send().await.unwrap();
+    let r = http
+        .post(api("/users"))
+        .bearer_auth(&admin)
+        .json(&json!({"username": "plant", "role": "operator", "password": password}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
-    let t: Value = http.post(api("/tokens")).bearer_auth(&admin).json(&json!({"name": "plant"})).send().await.unwrap().json().await.unwrap();
+    let t: Value = http
+        .post(api("/tokens"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "plant"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let token = t["secret"].as_str().unwrap().to_owned();
-    assert_eq!(http.get(api("/me")).bearer_auth(&token).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(api("/me"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let wrong = "sbt_PlantedWrongTokenValue0123456789abcdefghijk";
-    assert_eq!(http.get(api("/me")).bearer_auth(wrong).send().await.unwrap().status(), 401);
-    let login = http.post(format!("{}/console/login", p.url)).form(&[("username", "plant"), ("password", password)]).send().await.unwrap();
-    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().split('=').nth(1).unwrap().to_owned();
-    let _ = http.post(format!("{}/console/login", p.url)).form(&[("username", "plant"), ("password", "Planted-Wrong-Password-99")]).send().await.unwrap();
-    let _ = http.post(api("/users")).bearer_auth(&admin).header("content-type", "application/json").body(format!("{{\"password\": \"{password}\" oops")).send().await.unwrap();
-    let _ = http.get(format!("{}/console/audit?actor={password}", p.url)).header("cookie", format!("sb_session={cookie}")).send().await.unwrap();
+    assert_eq!(
+        http.get(api("/me"))
+            .bearer_auth(wrong)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let login = http
+        .post(format!("{}/console/login", p.url))
+        .form(&[("username", "plant"), ("password", password)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let _ = http
+        .post(format!("{}/console/login", p.url))
+        .form(&[
+            ("username", "plant"),
+            ("password", "Planted-Wrong-Password-99"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let _ = http
+        .post(api("/users"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(format!("{{\"password\": \"{password}\" oops"))
+        .send()
+        .await
+        .unwrap();
+    let _ = http
+        .get(format!("{}/console/audit?actor={password}", p.url))
+        .header("cookie", format!("sb_session={cookie}"))
+        .send()
+        .await
+        .unwrap();
     p.terminate();
     let logs = p.logs();
-    assert!(logs.contains("finished processing request"), "request logs were captured");
-    for (what, secret) in [("password", password), ("API token", token.as_str()), ("bootstrap token", admin.as_str()), ("wrong token", wrong), ("session cookie", cookie.as_str()), ("master key", key.as_str()), ("wrong password", "Planted-Wrong-Password-99")] {
+    assert!(
+        logs.contains("finished processing request"),
+        "request logs were captured"
+    );
+    for (what, secret) in [
+        ("password", password),
+        ("API token", token.as_str()),
+        ("bootstrap token", admin.as_str()),
+        ("wrong token", wrong),
+        ("session cookie", cookie.as_str()),
+        ("master key", key.as_str()),
+        ("wrong password", "Planted-Wrong-Password-99"),
+    ] {
         assert!(!logs.contains(secret), "the {what} appeared in the logs");
     }
     for line in logs.lines().filter(|l| !l.trim().is_empty()) {
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
         if v["fields"]["message"] == "finished processing request" {
-            assert!(v["span"]["request_id"].is_string(), "request lines carry the request id: {line}");
+            assert!(
+                v["span"]["request_id"].is_string(),
+                "request lines carry the request id: {line}"
+            );
         }
     }
 }
 
 fn run_cli(dir: &std::path::Path, db: &str, args: &[&str]) -> std::process::Output {
     // One audit chain, so the tampered row is the same on both backends.
-    Command::new(BIN).args(args).env("SWITCHBOARD_DATA_DIR", dir).env("SWITCHBOARD_DATABASE_URL", db).env("SWITCHBOARD_AUDIT_CHAINS", "1").output().expect("run switchboard")
+    Command::new(BIN)
+        .args(args)
+        .env("SWITCHBOARD_DATA_DIR", dir)
+        .env("SWITCHBOARD_DATABASE_URL", db)
+        .env("SWITCHBOARD_AUDIT_CHAINS", "1")
+        .output()
+        .expect("run switchboard")
 }
 
 async fn audit_tamper_case(db: String) {
     let dir = tempfile::tempdir().unwrap();
     for name in ["alice", "bob", "carol"] {
-        let out = run_cli(dir.path(), &db, &["users", "create", name, "--role", "operator"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = run_cli(
+            dir.path(),
+            &db,
+            &["users", "create", name, "--role", "operator"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let ok = run_cli(dir.path(), &db, &["audit", "verify"]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("3 entries"));
 
     let export = run_cli(dir.path(), &db, &["audit", "export"]);
-    let lines: Vec<Value> = String::from_utf8_lossy(&export.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["action"], "user.created");
 
-    let pool = switchboard_store::connect(&db, &ConnectOptions::default()).await.unwrap();
+    let pool = switchboard_store::connect(&db, &ConnectOptions::default())
+        .await
+        .unwrap();
     drop(pool);
     let exec = |sql: &'static str| {
         let db = db.clone();
@@ -282,10 +478,18 @@ async fn audit_tamper_case(db: String) {
     let bad = run_cli(dir.path(), &db, &["audit", "verify"]);
     assert_eq!(bad.status.code(), Some(1));
     let text = String::from_utf8_lossy(&bad.stdout);
-    assert!(text.contains("TAMPERED") && text.contains("entry 2") && text.contains("altered"), "{text}");
+    assert!(
+        text.contains("TAMPERED") && text.contains("entry 2") && text.contains("altered"),
+        "{text}"
+    );
 
     exec("UPDATE audit_log SET actor = 'cli' WHERE seq = 2").await;
-    assert!(run_cli(dir.path(), &db, &["audit", "verify"]).status.success(), "restoring the row restores the chain");
+    assert!(
+        run_cli(dir.path(), &db, &["audit", "verify"])
+            .status
+            .success(),
+        "restoring the row restores the chain"
+    );
     exec("DELETE FROM audit_log WHERE seq = 3").await;
     let bad = run_cli(dir.path(), &db, &["audit", "verify"]);
     assert_eq!(bad.status.code(), Some(1));
@@ -300,7 +504,10 @@ async fn audit_verify_catches_an_edited_row_and_a_deleted_row_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_verify_catches_an_edited_row_and_a_deleted_row_on_postgres() {
-    let Some(server) = switchboard_store::testing::postgres_server("audit_verify_on_postgres") else { return };
+    let Some(server) = switchboard_store::testing::postgres_server("audit_verify_on_postgres")
+    else {
+        return;
+    };
     audit_tamper_case(switchboard_store::testing::create_postgres_database(&server).await).await;
 }
 
@@ -312,40 +519,73 @@ async fn rotating_the_master_key_reseals_every_secret_and_retires_the_old_key() 
     let (app, created) = switchboard_cli::open_app(config.clone()).await.unwrap();
     assert!(created);
     let mut tx = app.store().begin().await.unwrap();
-    let id = app.put_secret(&mut *tx, "env:test", "client_secret", b"s3cret-value").await.unwrap();
+    let id = app
+        .put_secret(&mut *tx, "env:test", "client_secret", b"s3cret-value")
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let before = app.keyring().primary_id().to_owned();
     app.store().close().await;
 
     let out = run_cli(dir.path(), &db, &["rotate-master-key"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 secrets re-sealed"));
 
     let (app, _) = switchboard_cli::open_app(config).await.unwrap();
     assert_ne!(app.keyring().primary_id(), before);
-    assert_eq!(app.keyring().key_ids().len(), 1, "the old key is gone from the keyring");
+    assert_eq!(
+        app.keyring().key_ids().len(),
+        1,
+        "the old key is gone from the keyring"
+    );
     let mut tx = app.store().read().await.unwrap();
-    assert_eq!(app.get_secret(&mut *tx, &id).await.unwrap(), b"s3cret-value");
+    assert_eq!(
+        app.get_secret(&mut *tx, &id).await.unwrap(),
+        b"s3cret-value"
+    );
     let row = tx.get_secret(&id).await.unwrap().unwrap();
     assert_eq!(row.key_id, app.keyring().primary_id());
-    assert!(!row.ciphertext.windows(12).any(|w| w == b"s3cret-value"), "stored sealed, not in clear");
+    assert!(
+        !row.ciphertext.windows(12).any(|w| w == b"s3cret-value"),
+        "stored sealed, not in clear"
+    );
 }
 
 #[test]
 fn config_check_explains_mistakes_and_warns_about_unknown_variables() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN).args(["config", "check"]).env("SWITCHBOARD_DATA_DIR", dir.path()).env("SWITCHBOARD_DATABSE_URL", "x").output().unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .env("SWITCHBOARD_DATA_DIR", dir.path())
+        .env("SWITCHBOARD_DATABSE_URL", "x")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("configuration is valid") && text.contains("did you mean SWITCHBOARD_DATABASE_URL"), "{text}");
+    assert!(
+        text.contains("configuration is valid")
+            && text.contains("did you mean SWITCHBOARD_DATABASE_URL"),
+        "{text}"
+    );
 
-    let out = Command::new(BIN).args(["config", "check"]).env("SWITCHBOARD_LISTEN", "not-an-address").output().unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .env("SWITCHBOARD_LISTEN", "not-an-address")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen"));
 
     let toml = dir.path().join("bad.toml");
     std::fs::write(&toml, "job_workers = 3\n").unwrap();
-    let out = Command::new(BIN).args(["--config", toml.to_str().unwrap(), "config", "check"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", toml.to_str().unwrap(), "config", "check"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("job_workers"));
 }
@@ -357,11 +597,27 @@ fn keygen_prints_32_random_bytes_as_base64_and_refuses_other_sizes() {
     let b = Command::new(BIN).args(["keygen", "32"]).output().unwrap();
     let text = String::from_utf8_lossy(&a.stdout).to_string();
     let value = text.trim().strip_prefix("value: ").expect("value: prefix");
-    assert_eq!(base64::engine::general_purpose::STANDARD.decode(value).unwrap().len(), 32);
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .unwrap()
+            .len(),
+        32
+    );
     assert_ne!(a.stdout, b.stdout);
     let legacy = Command::new(BIN).args(["keygen", "16"]).output().unwrap();
-    let v = String::from_utf8_lossy(&legacy.stdout).trim().strip_prefix("value: ").unwrap().to_owned();
-    assert_eq!(base64::engine::general_purpose::STANDARD.decode(v).unwrap().len(), 16);
+    let v = String::from_utf8_lossy(&legacy.stdout)
+        .trim()
+        .strip_prefix("value: ")
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(v)
+            .unwrap()
+            .len(),
+        16
+    );
     let bad = Command::new(BIN).args(["keygen", "24"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("use 32"));

@@ -14,7 +14,9 @@ pub enum UsernameError {
     Empty,
     #[error("must be at most 64 characters")]
     TooLong,
-    #[error("may contain only lower-case letters, digits, '.', '_', '-' and '@', and must start with a letter or digit")]
+    #[error(
+        "may contain only lower-case letters, digits, '.', '_', '-' and '@', and must start with a letter or digit"
+    )]
     BadCharacters,
 }
 
@@ -27,10 +29,13 @@ impl Username {
         if s.chars().count() > 64 {
             return Err(UsernameError::TooLong);
         }
-        let first_ok = s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        let rest_ok = s
+        let first_ok = s
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '@'));
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let rest_ok = s.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '@')
+        });
         if !(first_ok && rest_ok) {
             return Err(UsernameError::BadCharacters);
         }
@@ -113,12 +118,18 @@ mod tests {
 
     #[test]
     fn usernames_are_trimmed_and_checked() {
-        assert_eq!(Username::parse("  alice.b ").map(|u| u.0), Ok("alice.b".into()));
+        assert_eq!(
+            Username::parse("  alice.b ").map(|u| u.0),
+            Ok("alice.b".into())
+        );
         assert_eq!(Username::parse(""), Err(UsernameError::Empty));
         assert_eq!(Username::parse("Alice"), Err(UsernameError::BadCharacters));
         assert_eq!(Username::parse("-x"), Err(UsernameError::BadCharacters));
         assert_eq!(Username::parse("a/b"), Err(UsernameError::BadCharacters));
-        assert_eq!(Username::parse(&"a".repeat(65)), Err(UsernameError::TooLong));
+        assert_eq!(
+            Username::parse(&"a".repeat(65)),
+            Err(UsernameError::TooLong)
+        );
     }
 
     #[test]

@@ -29,7 +29,11 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     #[must_use]
-    pub fn new(actor: impl Into<String>, action: impl Into<String>, target: impl Into<String>) -> Self {
+    pub fn new(
+        actor: impl Into<String>,
+        action: impl Into<String>,
+        target: impl Into<String>,
+    ) -> Self {
         Self {
             actor: actor.into(),
             action: action.into(),
@@ -130,14 +134,31 @@ impl StoredEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[serde(tag = "problem", rename_all = "snake_case")]
 pub enum ChainBreak {
-    #[error("chain {chain}: entry {seq} (row {id}) was altered: its hash does not match its content")]
+    #[error(
+        "chain {chain}: entry {seq} (row {id}) was altered: its hash does not match its content"
+    )]
     Altered { chain: i64, seq: i64, id: i64 },
-    #[error("chain {chain}: entry {seq} (row {id}) does not point at the entry before it (expected sequence {expected}); an entry was deleted or inserted")]
-    Gap { chain: i64, seq: i64, id: i64, expected: i64 },
-    #[error("chain {chain}: entry {seq} (row {id}) names a previous hash that is not the previous entry's hash")]
+    #[error(
+        "chain {chain}: entry {seq} (row {id}) does not point at the entry before it (expected sequence {expected}); an entry was deleted or inserted"
+    )]
+    Gap {
+        chain: i64,
+        seq: i64,
+        id: i64,
+        expected: i64,
+    },
+    #[error(
+        "chain {chain}: entry {seq} (row {id}) names a previous hash that is not the previous entry's hash"
+    )]
     Relinked { chain: i64, seq: i64, id: i64 },
-    #[error("chain {chain}: the head records {head_seq} entries but the log ends at {last_seq}; the newest entries were deleted or the head was edited")]
-    Truncated { chain: i64, head_seq: i64, last_seq: i64 },
+    #[error(
+        "chain {chain}: the head records {head_seq} entries but the log ends at {last_seq}; the newest entries were deleted or the head was edited"
+    )]
+    Truncated {
+        chain: i64,
+        head_seq: i64,
+        last_seq: i64,
+    },
     #[error("chain {chain}: the head's hash does not match the last entry's hash")]
     HeadMismatch { chain: i64 },
 }
@@ -260,7 +281,10 @@ mod tests {
         let mut c = chain_of(5);
         c[2].target = "user:999".into();
         let head = c[4].hash.clone();
-        assert!(matches!(verify(&c, 5, &head), Err(ChainBreak::Altered { seq: 3, .. })));
+        assert!(matches!(
+            verify(&c, 5, &head),
+            Err(ChainBreak::Altered { seq: 3, .. })
+        ));
     }
 
     #[test]
@@ -268,7 +292,10 @@ mod tests {
         let mut c = chain_of(5);
         c.remove(1);
         let head = c[3].hash.clone();
-        assert!(matches!(verify(&c, 5, &head), Err(ChainBreak::Gap { expected: 2, .. })));
+        assert!(matches!(
+            verify(&c, 5, &head),
+            Err(ChainBreak::Gap { expected: 2, .. })
+        ));
     }
 
     #[test]
@@ -276,7 +303,10 @@ mod tests {
         let mut c = chain_of(5);
         let head = c[4].hash.clone();
         c.pop();
-        assert!(matches!(verify(&c, 5, &head), Err(ChainBreak::Truncated { .. })));
+        assert!(matches!(
+            verify(&c, 5, &head),
+            Err(ChainBreak::Truncated { .. })
+        ));
     }
 
     #[test]
@@ -286,13 +316,29 @@ mod tests {
         let prev = c[2].prev_hash.clone();
         c[2].hash = entry_hash(&prev, &c[2].fields()).to_vec();
         let head = c[4].hash.clone();
-        assert!(matches!(verify(&c, 5, &head), Err(ChainBreak::Relinked { seq: 4, .. })));
+        assert!(matches!(
+            verify(&c, 5, &head),
+            Err(ChainBreak::Relinked { seq: 4, .. })
+        ));
     }
 
     #[test]
     fn fields_are_length_prefixed_so_shifting_text_between_them_changes_the_hash() {
-        let a = ChainedFields { chain: 0, seq: 1, at_ms: 0, actor: "ab", action: "c", target: "", details: "{}", request_id: None };
-        let b = ChainedFields { actor: "a", action: "bc", ..a };
+        let a = ChainedFields {
+            chain: 0,
+            seq: 1,
+            at_ms: 0,
+            actor: "ab",
+            action: "c",
+            target: "",
+            details: "{}",
+            request_id: None,
+        };
+        let b = ChainedFields {
+            actor: "a",
+            action: "bc",
+            ..a
+        };
         assert_ne!(entry_hash(&GENESIS_HASH, &a), entry_hash(&GENESIS_HASH, &b));
     }
 }

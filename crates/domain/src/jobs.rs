@@ -48,9 +48,14 @@ impl RetryPolicy {
 pub enum JobOutcome {
     Done,
     /// Try again later (after the policy's delay, or at least `after` when given).
-    Retry { error: String, after: Option<Duration> },
+    Retry {
+        error: String,
+        after: Option<Duration>,
+    },
     /// Will never succeed: dead-letter now, whatever attempts remain.
-    Permanent { error: String },
+    Permanent {
+        error: String,
+    },
 }
 
 /// A job kind name: lower-case dotted words (`webhook.deliver`, `epic.disassociate`).
@@ -58,9 +63,12 @@ pub enum JobOutcome {
 pub fn is_valid_kind(kind: &str) -> bool {
     !kind.is_empty()
         && kind.len() <= 64
-        && kind
-            .split('.')
-            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+        && kind.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
 }
 
 #[cfg(test)]
@@ -69,7 +77,11 @@ mod tests {
 
     #[test]
     fn delays_grow_exponentially_within_jitter_bounds() {
-        let p = RetryPolicy { max_attempts: 10, base: Duration::from_secs(2), cap: Duration::from_secs(600) };
+        let p = RetryPolicy {
+            max_attempts: 10,
+            base: Duration::from_secs(2),
+            cap: Duration::from_secs(600),
+        };
         assert_eq!(p.delay_after(1, 0.0), Duration::from_secs(1));
         assert!(p.delay_after(1, 0.99) < Duration::from_secs(2));
         assert_eq!(p.delay_after(3, 0.0), Duration::from_secs(4));
@@ -86,7 +98,10 @@ mod tests {
 
     #[test]
     fn the_last_attempt_is_not_retried() {
-        let p = RetryPolicy { max_attempts: 3, ..RetryPolicy::default() };
+        let p = RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        };
         assert!(p.may_retry(2));
         assert!(!p.may_retry(3));
     }

@@ -1,11 +1,11 @@
 //! Who is calling, and may they? Each extractor guarantees one permission, so a handler's
 //! signature shows its authorization: `AdminAccess`, `OperatorAccess`, `AuditAccess`, `ReadAccess`.
 
-use crate::error::ApiError;
 use crate::AppState;
+use crate::error::ApiError;
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{header, Method};
+use axum::http::{Method, header};
 use std::marker::PhantomData;
 use switchboard_app::{AuthMethod, Principal, RequestContext};
 use switchboard_domain::Permission;
@@ -47,7 +47,11 @@ pub type AdminAccess = Authed<NeedAdminister>;
 
 pub fn request_context(parts: &Parts) -> RequestContext {
     RequestContext {
-        request_id: parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
+        request_id: parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     }
 }
 
@@ -75,11 +79,19 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, 
     if let Some(token) = bearer(parts) {
         return Ok(state.app.authenticate_token(token).await?);
     }
-    let Some(c) = cookie(parts, SESSION_COOKIE) else { return Err(ApiError::unauthenticated()) };
+    let Some(c) = cookie(parts, SESSION_COOKIE) else {
+        return Err(ApiError::unauthenticated());
+    };
     let p = state.app.authenticate_session(c).await?;
     if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
-        let AuthMethod::Session { csrf, .. } = &p.via else { return Err(ApiError::unauthenticated()) };
-        let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let AuthMethod::Session { csrf, .. } = &p.via else {
+            return Err(ApiError::unauthenticated());
+        };
+        let sent = parts
+            .headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         if !switchboard_app::crypto::constant_time_eq(sent.as_bytes(), csrf.as_bytes()) {
             return Err(ApiError::new(
                 axum::http::StatusCode::FORBIDDEN,
@@ -104,6 +116,10 @@ where
         if !principal.role.allows(R::PERMISSION) {
             return Err(ApiError::forbidden(R::PERMISSION.as_str()));
         }
-        Ok(Self { principal, ctx: request_context(parts), _r: PhantomData })
+        Ok(Self {
+            principal,
+            ctx: request_context(parts),
+            _r: PhantomData,
+        })
     }
 }

@@ -2,17 +2,17 @@
 //! Sessions live in the database (so any replica serves them); every form carries the session's
 //! CSRF token and the cookie is `HttpOnly; SameSite=Strict`.
 
-use crate::auth::{cookie, request_context, SESSION_COOKIE};
+use crate::AppState;
+use crate::auth::{SESSION_COOKIE, cookie, request_context};
 use crate::error::{Form, Query};
 use crate::routes::admin::AuditQuery;
-use crate::AppState;
 use askama::Template;
+use axum::Router;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use serde::Deserialize;
 use switchboard_app::accounts::NewUser;
 use switchboard_app::{AppError, AuthMethod, Principal, RequestContext};
@@ -44,17 +44,28 @@ pub struct Console {
 impl FromRequestParts<AppState> for Console {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(c) = cookie(parts, SESSION_COOKIE) else { return Err(Redirect::to("/console/login").into_response()) };
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(c) = cookie(parts, SESSION_COOKIE) else {
+            return Err(Redirect::to("/console/login").into_response());
+        };
         match state.app.authenticate_session(c).await {
             Ok(principal) => {
                 let csrf = match &principal.via {
                     AuthMethod::Session { csrf, .. } => csrf.clone(),
                     _ => String::new(),
                 };
-                Ok(Self { principal, ctx: request_context(parts), csrf })
+                Ok(Self {
+                    principal,
+                    ctx: request_context(parts),
+                    csrf,
+                })
             }
-            Err(AppError::Unauthenticated(_)) => Err(Redirect::to("/console/login").into_response()),
+            Err(AppError::Unauthenticated(_)) => {
+                Err(Redirect::to("/console/login").into_response())
+            }
             Err(e) => Err(crate::error::ApiError::from(e).into_response()),
         }
     }
@@ -62,31 +73,47 @@ impl FromRequestParts<AppState> for Console {
 
 impl Console {
     fn chrome(&self, current: &'static str) -> Chrome {
-        Chrome { username: self.principal.username.clone(), role: self.principal.role.as_str(), csrf: self.csrf.clone(), current }
+        Chrome {
+            username: self.principal.username.clone(),
+            role: self.principal.role.as_str(),
+            csrf: self.csrf.clone(),
+            current,
+        }
     }
 
     fn allows(&self, p: Permission) -> bool {
         self.principal.role.allows(p)
     }
 
-    fn require(&self, p: Permission, current: &'static str) -> Result<(), Response> {
+    /// The "not allowed" page when the role lacks `p`.
+    fn denied(&self, p: Permission, current: &'static str) -> Option<Response> {
         if self.allows(p) {
-            Ok(())
+            None
         } else {
-            Err(message(
+            Some(message(
                 StatusCode::FORBIDDEN,
                 self.chrome(current),
                 "Not allowed",
-                format!("This page needs the `{}` permission, which the {} role does not have.", p.as_str(), self.principal.role),
+                format!(
+                    "This page needs the `{}` permission, which the {} role does not have.",
+                    p.as_str(),
+                    self.principal.role
+                ),
             ))
         }
     }
 
-    fn check_csrf(&self, sent: &str) -> Result<(), Response> {
+    /// The "form expired" page when the form's CSRF token is not the session's.
+    fn csrf_mismatch(&self, sent: &str) -> Option<Response> {
         if switchboard_app::crypto::constant_time_eq(sent.as_bytes(), self.csrf.as_bytes()) {
-            Ok(())
+            None
         } else {
-            Err(message(StatusCode::FORBIDDEN, self.chrome("overview"), "Form expired", "This form is out of date. Reload the page and try again.".to_owned()))
+            Some(message(
+                StatusCode::FORBIDDEN,
+                self.chrome("overview"),
+                "Form expired",
+                "This form is out of date. Reload the page and try again.".to_owned(),
+            ))
         }
     }
 }
@@ -118,7 +145,14 @@ struct MessagePage {
 }
 
 fn message(status: StatusCode, chrome: Chrome, heading: &'static str, message: String) -> Response {
-    render(status, &MessagePage { chrome, heading, message })
+    render(
+        status,
+        &MessagePage {
+            chrome,
+            heading,
+            message,
+        },
+    )
 }
 
 fn app_error(chrome: Chrome, e: AppError) -> Response {
@@ -127,11 +161,20 @@ fn app_error(chrome: Chrome, e: AppError) -> Response {
 }
 
 fn fmt_time(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+    )
 }
 
 async fn css() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")], CSS)
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        CSS,
+    )
 }
 
 // ------------------------------------------------------------------ sign-in
@@ -153,18 +196,40 @@ struct LoginForm {
     password: Option<String>,
 }
 
-async fn login(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
-    let ctx = RequestContext { request_id: headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned) };
-    let result = match (f.token.as_deref().filter(|t| !t.trim().is_empty()), f.username.as_deref(), f.password.as_deref()) {
+async fn login(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let ctx = RequestContext {
+        request_id: headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    };
+    let result = match (
+        f.token.as_deref().filter(|t| !t.trim().is_empty()),
+        f.username.as_deref(),
+        f.password.as_deref(),
+    ) {
         (Some(token), _, _) => s.app.sign_in_with_token(&ctx, token).await,
-        (None, Some(u), Some(p)) if !u.trim().is_empty() => s.app.sign_in_with_password(&ctx, u, p).await,
+        (None, Some(u), Some(p)) if !u.trim().is_empty() => {
+            s.app.sign_in_with_password(&ctx, u, p).await
+        }
         _ => Err(AppError::Unauthenticated("nothing entered")),
     };
     match result {
         Ok(session) => {
-            let secure = if s.app.config().public_url().starts_with("https://") { "; Secure" } else { "" };
+            let secure = if s.app.config().public_url().starts_with("https://") {
+                "; Secure"
+            } else {
+                ""
+            };
             let max_age = (session.expires_at - switchboard_app::now_ms()) / 1000;
-            let cookie = format!("{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}", session.cookie);
+            let cookie = format!(
+                "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
+                session.cookie
+            );
             let mut resp = Redirect::to("/console").into_response();
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -172,8 +237,17 @@ async fn login(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<Logi
             resp
         }
         Err(AppError::Unauthenticated(_)) => {
-            let which = if f.token.as_deref().is_some_and(|t| !t.trim().is_empty()) { "that token is not valid, expired or revoked" } else { "wrong username or password" };
-            render(StatusCode::UNAUTHORIZED, &LoginPage { error: Some(format!("Sign-in failed: {which}.")) })
+            let which = if f.token.as_deref().is_some_and(|t| !t.trim().is_empty()) {
+                "that token is not valid, expired or revoked"
+            } else {
+                "wrong username or password"
+            };
+            render(
+                StatusCode::UNAUTHORIZED,
+                &LoginPage {
+                    error: Some(format!("Sign-in failed: {which}.")),
+                },
+            )
         }
         Err(e) => crate::error::ApiError::from(e).into_response(),
     }
@@ -185,14 +259,17 @@ struct CsrfForm {
 }
 
 async fn logout(State(s): State<AppState>, c: Console, Form(f): Form<CsrfForm>) -> Response {
-    if let Err(r) = c.check_csrf(&f.csrf) {
+    if let Some(r) = c.csrf_mismatch(&f.csrf) {
         return r;
     }
     if let Err(e) = s.app.sign_out(&c.principal, &c.ctx).await {
         return app_error(c.chrome("overview"), e);
     }
     let mut resp = Redirect::to("/console/login").into_response();
-    resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_static("sb_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"));
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("sb_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
     resp
 }
 
@@ -220,7 +297,14 @@ async fn overview(State(s): State<AppState>, c: Console) -> Response {
     };
     render(
         StatusCode::OK,
-        &OverviewPage { chrome: c.chrome("overview"), users, queued: counts.queued, running: counts.running, dead: counts.dead, backend: s.app.store().backend().as_str() },
+        &OverviewPage {
+            chrome: c.chrome("overview"),
+            users,
+            queued: counts.queued,
+            running: counts.running,
+            dead: counts.dead,
+            backend: s.app.store().backend().as_str(),
+        },
     )
 }
 
@@ -248,7 +332,7 @@ struct AuditPage {
 }
 
 async fn audit(State(s): State<AppState>, c: Console, Query(q): Query<AuditQuery>) -> Response {
-    if let Err(r) = c.require(Permission::Audit, "audit") {
+    if let Some(r) = c.denied(Permission::Audit, "audit") {
         return r;
     }
     let keep = |v: &Option<String>| v.clone().unwrap_or_default();
@@ -273,8 +357,10 @@ async fn audit(State(s): State<AppState>, c: Console, Query(q): Query<AuditQuery
     };
     match s.app.list_audit(filter).await {
         Ok(records) => {
-            if i64::try_from(records.len()).unwrap_or(0) >= limit {
-                if let Some(last) = records.last() {
+            if i64::try_from(records.len()).unwrap_or(0) >= limit
+                && let Some(last) = records.last()
+            {
+                {
                     let qs = serde_urlencoded_pairs(&[
                         ("actor", &page.f_actor),
                         ("action", &page.f_action),
@@ -315,7 +401,9 @@ fn serde_urlencoded_pairs(pairs: &[(&str, &str)]) -> String {
 fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -352,7 +440,16 @@ struct JobsQuery {
 
 async fn jobs(State(s): State<AppState>, c: Console, Query(q): Query<JobsQuery>) -> Response {
     let state = q.state.filter(|v| !v.is_empty());
-    let (list, counts) = match (s.app.list_jobs(JobFilter { state, kind: None, limit: 200 }).await, s.app.job_counts().await) {
+    let (list, counts) = match (
+        s.app
+            .list_jobs(JobFilter {
+                state,
+                kind: None,
+                limit: 200,
+            })
+            .await,
+        s.app.job_counts().await,
+    ) {
         (Ok(l), Ok(c)) => (l, c),
         (Err(e), _) | (_, Err(e)) => return app_error(c.chrome("jobs"), e),
     };
@@ -385,16 +482,29 @@ async fn jobs(State(s): State<AppState>, c: Console, Query(q): Query<JobsQuery>)
     render(StatusCode::OK, &page)
 }
 
-async fn job_action(State(s): State<AppState>, c: Console, Path((id, action)): Path<(i64, String)>, Form(f): Form<CsrfForm>) -> Response {
-    if let Err(r) = c.check_csrf(&f.csrf) {
+async fn job_action(
+    State(s): State<AppState>,
+    c: Console,
+    Path((id, action)): Path<(i64, String)>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if let Some(r) = c.csrf_mismatch(&f.csrf) {
         return r;
     }
-    if let Err(r) = c.require(Permission::Operate, "jobs") {
+    if let Some(r) = c.denied(Permission::Operate, "jobs") {
         return r;
     }
     let result = match action.as_str() {
-        "retry" => s.app.retry_dead_job(&c.principal, &c.ctx, id).await.map(|_| "retried"),
-        "discard" => s.app.discard_dead_job(&c.principal, &c.ctx, id).await.map(|()| "discarded"),
+        "retry" => s
+            .app
+            .retry_dead_job(&c.principal, &c.ctx, id)
+            .await
+            .map(|_| "retried"),
+        "discard" => s
+            .app
+            .discard_dead_job(&c.principal, &c.ctx, id)
+            .await
+            .map(|()| "discarded"),
         _ => Err(AppError::NotFound(format!("job action `{action}`"))),
     };
     match result {
@@ -421,7 +531,13 @@ struct UsersPage {
     can_admin: bool,
 }
 
-async fn users_page(s: &AppState, c: &Console, status: StatusCode, notice: Option<String>, error: Option<String>) -> Response {
+async fn users_page(
+    s: &AppState,
+    c: &Console,
+    status: StatusCode,
+    notice: Option<String>,
+    error: Option<String>,
+) -> Response {
     match s.app.list_users().await {
         Ok(list) => render(
             status,
@@ -431,7 +547,13 @@ async fn users_page(s: &AppState, c: &Console, status: StatusCode, notice: Optio
                 error,
                 users: list
                     .into_iter()
-                    .map(|u| UserLine { username: u.username, display_name: u.display_name, role: u.role.as_str(), disabled: u.disabled, has_password: u.has_password })
+                    .map(|u| UserLine {
+                        username: u.username,
+                        display_name: u.display_name,
+                        role: u.role.as_str(),
+                        disabled: u.disabled,
+                        has_password: u.has_password,
+                    })
                     .collect(),
                 can_admin: c.allows(Permission::Administer),
             },
@@ -453,11 +575,15 @@ struct NewUserForm {
     password: Option<String>,
 }
 
-async fn create_user(State(s): State<AppState>, c: Console, Form(f): Form<NewUserForm>) -> Response {
-    if let Err(r) = c.check_csrf(&f.csrf) {
+async fn create_user(
+    State(s): State<AppState>,
+    c: Console,
+    Form(f): Form<NewUserForm>,
+) -> Response {
+    if let Some(r) = c.csrf_mismatch(&f.csrf) {
         return r;
     }
-    if let Err(r) = c.require(Permission::Administer, "users") {
+    if let Some(r) = c.denied(Permission::Administer, "users") {
         return r;
     }
     let input = NewUser {
@@ -467,8 +593,26 @@ async fn create_user(State(s): State<AppState>, c: Console, Form(f): Form<NewUse
         password: f.password.filter(|p| !p.is_empty()),
     };
     match s.app.create_user(&c.principal, &c.ctx, input).await {
-        Ok(u) => users_page(&s, &c, StatusCode::OK, Some(format!("User `{}` created.", u.username)), None).await,
-        Err(AppError::Validation(v)) => users_page(&s, &c, StatusCode::UNPROCESSABLE_ENTITY, None, Some(v.to_string())).await,
+        Ok(u) => {
+            users_page(
+                &s,
+                &c,
+                StatusCode::OK,
+                Some(format!("User `{}` created.", u.username)),
+                None,
+            )
+            .await
+        }
+        Err(AppError::Validation(v)) => {
+            users_page(
+                &s,
+                &c,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                None,
+                Some(v.to_string()),
+            )
+            .await
+        }
         Err(AppError::Conflict(m)) => users_page(&s, &c, StatusCode::CONFLICT, None, Some(m)).await,
         Err(e) => app_error(c.chrome("users"), e),
     }
@@ -481,6 +625,9 @@ mod tests {
     #[test]
     fn query_values_are_percent_encoded() {
         assert_eq!(percent_encode("user:a b&c"), "user%3Aa%20b%26c");
-        assert_eq!(serde_urlencoded_pairs(&[("a", "x"), ("b", ""), ("c", "y.z")]), "a=x&c=y.z");
+        assert_eq!(
+            serde_urlencoded_pairs(&[("a", "x"), ("b", ""), ("c", "y.z")]),
+            "a=x&c=y.z"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! Internal causes are logged once here and never echoed to the client.
 
 use axum::extract::rejection::{FormRejection, JsonRejection, PathRejection, QueryRejection};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use switchboard_app::AppError;
@@ -52,8 +52,20 @@ pub struct ApiError {
 
 impl ApiError {
     #[must_use]
-    pub fn new(status: StatusCode, code: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, code, title, detail: detail.into(), errors: Vec::new(), www_authenticate: false }
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            code,
+            title,
+            detail: detail.into(),
+            errors: Vec::new(),
+            www_authenticate: false,
+        }
     }
 
     #[must_use]
@@ -71,7 +83,12 @@ impl ApiError {
 
     #[must_use]
     pub fn forbidden(needed: &str) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", "Not allowed", format!("This needs the `{needed}` permission, which your role does not have."))
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Not allowed",
+            format!("This needs the `{needed}` permission, which your role does not have."),
+        )
     }
 
     #[must_use]
@@ -86,7 +103,12 @@ impl ApiError {
 
     #[must_use]
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal error", "Something went wrong on our side; the cause was logged with this request's id.")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "Internal error",
+            "Something went wrong on our side; the cause was logged with this request's id.",
+        )
     }
 
     fn problem(&self) -> Problem {
@@ -106,9 +128,15 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut resp = (self.status, body).into_response();
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if self.www_authenticate {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"switchboard\""));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"switchboard\""),
+            );
         }
         resp
     }
@@ -119,7 +147,12 @@ impl From<AppError> for ApiError {
         match e {
             AppError::Validation(v) => Self {
                 errors: v.errors,
-                ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "Invalid input", "Some fields are invalid; see `errors`. Nothing was changed.")
+                ..Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "validation_failed",
+                    "Invalid input",
+                    "Some fields are invalid; see `errors`. Nothing was changed.",
+                )
             },
             AppError::NotFound(what) => Self::not_found(format!("{what} does not exist.")),
             AppError::Conflict(why) => Self::new(StatusCode::CONFLICT, "conflict", "Conflict", why),
@@ -127,10 +160,17 @@ impl From<AppError> for ApiError {
                 tracing::info!(reason = why, "authentication failed");
                 Self::unauthenticated()
             }
-            AppError::Forbidden(why) => Self::new(StatusCode::FORBIDDEN, "forbidden", "Not allowed", why),
+            AppError::Forbidden(why) => {
+                Self::new(StatusCode::FORBIDDEN, "forbidden", "Not allowed", why)
+            }
             AppError::Unavailable(why) => {
                 tracing::warn!(cause = %why, "service unavailable");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Temporarily unavailable", "A dependency (the database) is busy or unreachable; try again shortly.")
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Temporarily unavailable",
+                    "A dependency (the database) is busy or unreachable; try again shortly.",
+                )
             }
             AppError::Internal(why) => {
                 tracing::error!(cause = %why, "internal error");
@@ -144,10 +184,20 @@ impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
             JsonRejection::JsonDataError(e) => Self {
-                errors: vec![FieldError { field: "body".to_owned(), message: e.body_text() }],
-                ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_body", "Invalid body", "The JSON is well-formed but does not match the expected shape.")
+                errors: vec![FieldError {
+                    field: "body".to_owned(),
+                    message: e.body_text(),
+                }],
+                ..Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unprocessable_body",
+                    "Invalid body",
+                    "The JSON is well-formed but does not match the expected shape.",
+                )
             },
-            JsonRejection::JsonSyntaxError(_) => Self::bad_request("malformed_json", "The body is not valid JSON."),
+            JsonRejection::JsonSyntaxError(_) => {
+                Self::bad_request("malformed_json", "The body is not valid JSON.")
+            }
             JsonRejection::MissingJsonContentType(_) => Self::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -162,7 +212,12 @@ impl From<JsonRejection> for ApiError {
 
 fn body_error(status: StatusCode, text: &str) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(status, "payload_too_large", "Payload too large", "The body is larger than this server accepts (max_body_bytes).")
+        ApiError::new(
+            status,
+            "payload_too_large",
+            "Payload too large",
+            "The body is larger than this server accepts (max_body_bytes).",
+        )
     } else {
         ApiError::bad_request("bad_body", text.to_owned())
     }
@@ -179,8 +234,16 @@ impl From<FormRejection> for ApiError {
             ),
             FormRejection::BytesRejection(b) => body_error(b.status(), &b.body_text()),
             other => Self {
-                errors: vec![FieldError { field: "body".to_owned(), message: other.body_text() }],
-                ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_body", "Invalid form", "The form does not match the expected fields.")
+                errors: vec![FieldError {
+                    field: "body".to_owned(),
+                    message: other.body_text(),
+                }],
+                ..Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unprocessable_body",
+                    "Invalid form",
+                    "The form does not match the expected fields.",
+                )
             },
         }
     }
@@ -189,8 +252,16 @@ impl From<FormRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
         Self {
-            errors: vec![FieldError { field: "query".to_owned(), message: r.body_text() }],
-            ..Self::new(StatusCode::BAD_REQUEST, "bad_query", "Bad query string", "The query string has an unknown or malformed parameter.")
+            errors: vec![FieldError {
+                field: "query".to_owned(),
+                message: r.body_text(),
+            }],
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                "Bad query string",
+                "The query string has an unknown or malformed parameter.",
+            )
         }
     }
 }
@@ -232,5 +303,10 @@ pub async fn not_found_fallback() -> ApiError {
 }
 
 pub async fn method_not_allowed_fallback() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed", "This route exists but not with this HTTP method.")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method not allowed",
+        "This route exists but not with this HTTP method.",
+    )
 }

@@ -8,11 +8,11 @@ pub mod metrics_layer;
 pub mod openapi;
 pub mod routes;
 
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef, Request};
-use axum::http::{header, HeaderName};
+use axum::http::{HeaderName, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use switchboard_app::App;
@@ -78,11 +78,22 @@ pub fn router(app: App, metrics: PrometheusHandle) -> Router {
 
 /// Makes the request id available to error bodies (task-local for the request's handler).
 async fn scope_request_id(req: Request, next: Next) -> Response {
-    let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     error::REQUEST_ID.scope(id, next.run(req)).await
 }
 
 /// Serves until `shutdown` completes, then finishes in-flight requests.
-pub async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

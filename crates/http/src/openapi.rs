@@ -1,12 +1,12 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations. Every admin operation gets
 //! the standard problem responses here, so no route can forget to document them.
 
-use crate::error::{FieldErrorSchema, Problem};
 use crate::AppState;
+use crate::error::{FieldErrorSchema, Problem};
+use utoipa::OpenApi;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi as Doc, Ref, ResponseBuilder};
-use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 pub const ADMIN_PREFIX: &str = "/admin/api/v1";
@@ -28,13 +28,19 @@ pub const ADMIN_PREFIX: &str = "/admin/api/v1";
 struct ApiDoc;
 
 pub fn api_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).nest(ADMIN_PREFIX, crate::routes::admin::router())
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest(ADMIN_PREFIX, crate::routes::admin::router())
 }
 
 fn problem_response(description: &str) -> utoipa::openapi::Response {
     ResponseBuilder::new()
         .description(description)
-        .content("application/problem+json", ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build())
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
         .build()
 }
 
@@ -43,9 +49,15 @@ fn add_problems(op: &mut Operation, writes: bool) {
     let mut std: Vec<(&str, &str)> = vec![
         ("400", "Malformed query string"),
         ("401", "Missing, unknown, expired or revoked credentials"),
-        ("403", "Your role lacks the permission this operation needs, or the CSRF token is missing"),
+        (
+            "403",
+            "Your role lacks the permission this operation needs, or the CSRF token is missing",
+        ),
         ("404", "No such resource"),
-        ("500", "Internal error (the cause is logged with the request id, never returned)"),
+        (
+            "500",
+            "Internal error (the cause is logged with the request id, never returned)",
+        ),
         ("503", "The database is busy or unreachable"),
     ];
     if writes {
@@ -60,15 +72,31 @@ fn add_problems(op: &mut Operation, writes: bool) {
         ]);
     }
     for (code, description) in std {
-        op.responses.responses.entry(code.to_owned()).or_insert_with(|| problem_response(description).into());
+        op.responses
+            .responses
+            .entry(code.to_owned())
+            .or_insert_with(|| problem_response(description).into());
     }
 }
 
 /// Adds security schemes and the standard problem responses; returns the final document.
 pub fn finish(mut doc: Doc) -> Doc {
     let components = doc.components.get_or_insert_with(Default::default);
-    components.add_security_scheme("api_token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("sbt_...").build()));
-    components.add_security_scheme("console_session", SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(crate::auth::SESSION_COOKIE))));
+    components.add_security_scheme(
+        "api_token",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("sbt_...")
+                .build(),
+        ),
+    );
+    components.add_security_scheme(
+        "console_session",
+        SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(
+            crate::auth::SESSION_COOKIE,
+        ))),
+    );
     for (path, item) in &mut doc.paths.paths {
         if !path.starts_with(ADMIN_PREFIX) {
             continue;
@@ -76,7 +104,15 @@ pub fn finish(mut doc: Doc) -> Doc {
         if let Some(op) = &mut item.get {
             add_problems(op, false);
         }
-        for op in [&mut item.post, &mut item.put, &mut item.patch, &mut item.delete].into_iter().flatten() {
+        for op in [
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
             add_problems(op, true);
         }
     }

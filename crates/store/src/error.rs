@@ -24,13 +24,16 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 Self::Unavailable(e.to_string())
             }
-            sqlx::Error::Database(db) if db.is_unique_violation() => {
-                Self::Conflict(db.constraint().map_or_else(|| unique_target(db.message()), str::to_owned))
+            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict(
+                db.constraint()
+                    .map_or_else(|| unique_target(db.message()), str::to_owned),
+            ),
+            sqlx::Error::Database(db) if is_busy(db.code().as_deref()) => {
+                Self::Unavailable(e.to_string())
             }
-            sqlx::Error::Database(db) if is_busy(db.code().as_deref()) => Self::Unavailable(e.to_string()),
-            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
-                Self::Corrupt(e.to_string())
-            }
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnNotFound(_) => Self::Corrupt(e.to_string()),
             _ => Self::Database(e),
         }
     }
@@ -46,5 +49,8 @@ fn unique_target(message: &str) -> String {
 
 /// SQLITE_BUSY (5) / SQLITE_LOCKED (6); PostgreSQL serialization / deadlock / too many connections.
 fn is_busy(code: Option<&str>) -> bool {
-    matches!(code, Some("5" | "6" | "517" | "40001" | "40P01" | "53300" | "57P03"))
+    matches!(
+        code,
+        Some("5" | "6" | "517" | "40001" | "40P01" | "53300" | "57P03")
+    )
 }

@@ -60,7 +60,11 @@ impl MigrationStatus {
 
     #[must_use]
     pub fn pending(&self) -> Vec<i64> {
-        self.embedded.iter().copied().filter(|v| !self.applied.contains(v)).collect()
+        self.embedded
+            .iter()
+            .copied()
+            .filter(|v| !self.applied.contains(v))
+            .collect()
     }
 }
 
@@ -128,7 +132,8 @@ pub trait Tx: Send {
     async fn insert_user(&mut self, user: &UserRow) -> Result<(), StoreError>;
     async fn update_user(&mut self, user: &UserRow) -> Result<(), StoreError>;
     async fn get_user(&mut self, id: &str) -> Result<Option<UserRow>, StoreError>;
-    async fn get_user_by_username(&mut self, username: &str) -> Result<Option<UserRow>, StoreError>;
+    async fn get_user_by_username(&mut self, username: &str)
+    -> Result<Option<UserRow>, StoreError>;
     async fn list_users(&mut self) -> Result<Vec<UserRow>, StoreError>;
     async fn count_admins(&mut self) -> Result<i64, StoreError>;
 
@@ -136,14 +141,20 @@ pub trait Tx: Send {
     async fn insert_token(&mut self, token: &TokenRow) -> Result<(), StoreError>;
     async fn get_token(&mut self, id: &str) -> Result<Option<TokenRow>, StoreError>;
     async fn list_tokens(&mut self, user_id: Option<&str>) -> Result<Vec<TokenRow>, StoreError>;
-    async fn find_token_by_digest(&mut self, digest: &[u8]) -> Result<Option<(TokenRow, UserRow)>, StoreError>;
+    async fn find_token_by_digest(
+        &mut self,
+        digest: &[u8],
+    ) -> Result<Option<(TokenRow, UserRow)>, StoreError>;
     async fn revoke_token(&mut self, id: &str, at: i64) -> Result<bool, StoreError>;
     async fn revoke_tokens_of_user(&mut self, user_id: &str, at: i64) -> Result<u64, StoreError>;
     async fn touch_token(&mut self, id: &str, at: i64) -> Result<(), StoreError>;
 
     // --- console sessions
     async fn insert_session(&mut self, session: &SessionRow) -> Result<(), StoreError>;
-    async fn find_session_by_digest(&mut self, digest: &[u8]) -> Result<Option<(SessionRow, UserRow)>, StoreError>;
+    async fn find_session_by_digest(
+        &mut self,
+        digest: &[u8],
+    ) -> Result<Option<(SessionRow, UserRow)>, StoreError>;
     async fn revoke_session(&mut self, id: &str, at: i64) -> Result<bool, StoreError>;
     async fn revoke_sessions_of_user(&mut self, user_id: &str, at: i64) -> Result<u64, StoreError>;
     async fn delete_expired_sessions(&mut self, now: i64) -> Result<u64, StoreError>;
@@ -156,23 +167,52 @@ pub trait Tx: Send {
 
     // --- audit log
     /// Appends `event` to chain `chain`, linking it to the chain's head, and moves the head.
-    async fn append_audit(&mut self, event: &AuditEvent, chain: i64, at_ms: i64) -> Result<AuditRecord, StoreError>;
+    async fn append_audit(
+        &mut self,
+        event: &AuditEvent,
+        chain: i64,
+        at_ms: i64,
+    ) -> Result<AuditRecord, StoreError>;
     async fn list_audit(&mut self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError>;
     /// Entries of one chain with `seq > after_seq`, in order, at most `limit`.
-    async fn audit_chain_page(&mut self, chain: i64, after_seq: i64, limit: i64) -> Result<Vec<StoredEntry>, StoreError>;
+    async fn audit_chain_page(
+        &mut self,
+        chain: i64,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEntry>, StoreError>;
     async fn audit_heads(&mut self) -> Result<Vec<AuditHead>, StoreError>;
 
     // --- job queue
     /// Enqueues a job; with a `dedupe_key` that is already queued, returns `None` and adds nothing.
     async fn enqueue_job(&mut self, job: &NewJob) -> Result<Option<i64>, StoreError>;
     /// Leases up to `limit` due jobs to `owner` until `now + lease_ms`, counting an attempt each.
-    async fn claim_jobs(&mut self, owner: &str, now: i64, lease_ms: i64, limit: i64) -> Result<Vec<JobRow>, StoreError>;
+    async fn claim_jobs(
+        &mut self,
+        owner: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<JobRow>, StoreError>;
     /// Deletes a finished job, if `owner` still holds its lease.
     async fn complete_job(&mut self, id: i64, owner: &str) -> Result<bool, StoreError>;
     /// Releases the lease and schedules the next attempt.
-    async fn retry_job_later(&mut self, id: i64, owner: &str, run_at: i64, error: &str, now: i64) -> Result<bool, StoreError>;
+    async fn retry_job_later(
+        &mut self,
+        id: i64,
+        owner: &str,
+        run_at: i64,
+        error: &str,
+        now: i64,
+    ) -> Result<bool, StoreError>;
     /// Moves a leased job to the dead letters.
-    async fn bury_job(&mut self, id: i64, owner: &str, error: &str, now: i64) -> Result<bool, StoreError>;
+    async fn bury_job(
+        &mut self,
+        id: i64,
+        owner: &str,
+        error: &str,
+        now: i64,
+    ) -> Result<bool, StoreError>;
     async fn get_job(&mut self, id: i64) -> Result<Option<JobRow>, StoreError>;
     async fn list_jobs(&mut self, filter: &JobFilter) -> Result<Vec<JobRow>, StoreError>;
     /// Puts a dead job back in the queue with fresh attempts.

@@ -7,7 +7,13 @@ use sqlx::{PgPool, Postgres};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
-crate::sql_impl::impl_tx!(PgTx, Postgres, for_update = "FOR UPDATE", skip_locked = "FOR UPDATE SKIP LOCKED", notify = "SELECT pg_notify('switchboard_jobs', '')");
+crate::sql_impl::impl_tx!(
+    PgTx,
+    Postgres,
+    for_update = "FOR UPDATE",
+    skip_locked = "FOR UPDATE SKIP LOCKED",
+    notify = "SELECT pg_notify('switchboard_jobs', '')"
+);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
@@ -30,11 +36,20 @@ impl PgStore {
             .await?;
         let signal = Arc::new(Notify::new());
         let listener = tokio::spawn(listen_for_jobs(pool.clone(), Arc::clone(&signal)));
-        Ok(Self { pool, max: o.max_connections.max(2), signal, listener })
+        Ok(Self {
+            pool,
+            max: o.max_connections.max(2),
+            signal,
+            listener,
+        })
     }
 
     fn tx(&self, inner: sqlx::Transaction<'static, Postgres>) -> Box<dyn Tx> {
-        Box::new(PgTx { inner, enqueued: false, signal: Arc::clone(&self.signal) })
+        Box::new(PgTx {
+            inner,
+            enqueued: false,
+            signal: Arc::clone(&self.signal),
+        })
     }
 }
 
@@ -85,18 +100,32 @@ impl Store for PgStore {
 
     async fn migration_status(&self) -> Result<MigrationStatus, StoreError> {
         use sqlx::Row;
-        let exists = sqlx::query("SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS e").fetch_one(&self.pool).await?;
+        let exists = sqlx::query("SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS e")
+            .fetch_one(&self.pool)
+            .await?;
         let applied = if exists.try_get::<bool, _>("e")? {
-            let rows = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version").fetch_all(&self.pool).await?;
-            rows.iter().map(|r| r.try_get::<i64, _>("version").map_err(StoreError::from)).collect::<Result<_, _>>()?
+            let rows =
+                sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                    .fetch_all(&self.pool)
+                    .await?;
+            rows.iter()
+                .map(|r| r.try_get::<i64, _>("version").map_err(StoreError::from))
+                .collect::<Result<_, _>>()?
         } else {
             Vec::new()
         };
-        Ok(MigrationStatus { applied, embedded: MIGRATOR.iter().map(|m| m.version).collect() })
+        Ok(MigrationStatus {
+            applied,
+            embedded: MIGRATOR.iter().map(|m| m.version).collect(),
+        })
     }
 
     fn pool_stats(&self) -> PoolStats {
-        PoolStats { size: self.pool.size(), idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX), max: self.max }
+        PoolStats {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.max,
+        }
     }
 
     fn job_signal(&self) -> Arc<Notify> {

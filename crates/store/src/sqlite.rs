@@ -8,7 +8,13 @@ use std::str::FromStr;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
-crate::sql_impl::impl_tx!(SqliteTx, Sqlite, for_update = "", skip_locked = "", notify = "");
+crate::sql_impl::impl_tx!(
+    SqliteTx,
+    Sqlite,
+    for_update = "",
+    skip_locked = "",
+    notify = ""
+);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 
@@ -24,22 +30,38 @@ impl SqliteStore {
             .map_err(|e| StoreError::Config(format!("bad SQLite URL: {e}")))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(if o.sqlite_synchronous_full { SqliteSynchronous::Full } else { SqliteSynchronous::Normal })
+            .synchronous(if o.sqlite_synchronous_full {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
             .busy_timeout(o.sqlite_busy_timeout)
             .foreign_keys(true)
             .pragma("temp_store", "memory");
         // An in-memory database exists once per connection: keep exactly one.
-        let max = if url.contains(":memory:") { 1 } else { o.max_connections.max(1) };
+        let max = if url.contains(":memory:") {
+            1
+        } else {
+            o.max_connections.max(1)
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
             .acquire_timeout(o.acquire_timeout)
             .connect_with(opts)
             .await?;
-        Ok(Self { pool, max, signal: Arc::new(Notify::new()) })
+        Ok(Self {
+            pool,
+            max,
+            signal: Arc::new(Notify::new()),
+        })
     }
 
     fn tx(&self, inner: sqlx::Transaction<'static, Sqlite>) -> Box<dyn Tx> {
-        Box::new(SqliteTx { inner, enqueued: false, signal: Arc::clone(&self.signal) })
+        Box::new(SqliteTx {
+            inner,
+            enqueued: false,
+            signal: Arc::clone(&self.signal),
+        })
     }
 }
 
@@ -68,12 +90,23 @@ impl Store for SqliteStore {
     }
 
     async fn migration_status(&self) -> Result<MigrationStatus, StoreError> {
-        let applied = applied_versions(&self.pool, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'").await?;
-        Ok(MigrationStatus { applied, embedded: MIGRATOR.iter().map(|m| m.version).collect() })
+        let applied = applied_versions(
+            &self.pool,
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .await?;
+        Ok(MigrationStatus {
+            applied,
+            embedded: MIGRATOR.iter().map(|m| m.version).collect(),
+        })
     }
 
     fn pool_stats(&self) -> PoolStats {
-        PoolStats { size: self.pool.size(), idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX), max: self.max }
+        PoolStats {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.max,
+        }
     }
 
     fn job_signal(&self) -> Arc<Notify> {
@@ -87,9 +120,18 @@ impl Store for SqliteStore {
 
 async fn applied_versions(pool: &SqlitePool, exists_sql: &str) -> Result<Vec<i64>, StoreError> {
     use sqlx::Row;
-    if sqlx::query(exists_sql).fetch_optional(pool).await?.is_none() {
+    if sqlx::query(exists_sql)
+        .fetch_optional(pool)
+        .await?
+        .is_none()
+    {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success = 1 ORDER BY version").fetch_all(pool).await?;
-    rows.iter().map(|r| r.try_get::<i64, _>("version").map_err(StoreError::from)).collect()
+    let rows =
+        sqlx::query("SELECT version FROM _sqlx_migrations WHERE success = 1 ORDER BY version")
+            .fetch_all(pool)
+            .await?;
+    rows.iter()
+        .map(|r| r.try_get::<i64, _>("version").map_err(StoreError::from))
+        .collect()
 }

@@ -20,9 +20,15 @@ pub struct TestDb {
 pub async fn sqlite() -> TestDb {
     let dir = tempfile::tempdir().expect("temporary folder");
     let url = format!("sqlite://{}", dir.path().join("test.db").display());
-    let store = crate::connect(&url, &ConnectOptions::default()).await.expect("open SQLite");
+    let store = crate::connect(&url, &ConnectOptions::default())
+        .await
+        .expect("open SQLite");
     store.migrate().await.expect("migrate SQLite");
-    TestDb { url, store, _dir: Some(dir) }
+    TestDb {
+        url,
+        store,
+        _dir: Some(dir),
+    }
 }
 
 /// The server URL for PostgreSQL tests, or `None` (and a visible skip message) when not set.
@@ -40,8 +46,13 @@ pub fn postgres_server(test: &str) -> Option<String> {
 pub async fn create_postgres_database(server_url: &str) -> String {
     use sqlx::Connection;
     let name = format!("sbtest_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(server_url).await.expect("connect to PostgreSQL test server");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
+    let mut admin = sqlx::PgConnection::connect(server_url)
+        .await
+        .expect("connect to PostgreSQL test server");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
     admin.close().await.ok();
     replace_database(server_url, &name)
 }
@@ -50,14 +61,25 @@ pub async fn create_postgres_database(server_url: &str) -> String {
 pub async fn postgres(test: &str) -> Option<TestDb> {
     let server = postgres_server(test)?;
     let url = create_postgres_database(&server).await;
-    let opts = ConnectOptions { max_connections: 8, ..ConnectOptions::default() };
-    let store = crate::connect(&url, &opts).await.expect("open PostgreSQL test database");
+    let opts = ConnectOptions {
+        max_connections: 8,
+        ..ConnectOptions::default()
+    };
+    let store = crate::connect(&url, &opts)
+        .await
+        .expect("open PostgreSQL test database");
     store.migrate().await.expect("migrate PostgreSQL");
-    Some(TestDb { url, store, _dir: None })
+    Some(TestDb {
+        url,
+        store,
+        _dir: None,
+    })
 }
 
 fn replace_database(server_url: &str, name: &str) -> String {
-    let (base, query) = server_url.split_once('?').map_or((server_url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = server_url
+        .split_once('?')
+        .map_or((server_url, None), |(b, q)| (b, Some(q)));
     let after_scheme = base.find("://").map_or(0, |i| i + 3);
     let base = match base[after_scheme..].find('/') {
         Some(slash) => &base[..after_scheme + slash],
@@ -84,7 +106,9 @@ macro_rules! store_test {
 
             #[tokio::test]
             async fn on_postgres() {
-                let Some(db) = $crate::testing::postgres(concat!(module_path!(), "::on_postgres")).await else {
+                let Some(db) =
+                    $crate::testing::postgres(concat!(module_path!(), "::on_postgres")).await
+                else {
                     return;
                 };
                 ($body)(std::sync::Arc::clone(&db.store)).await;
@@ -100,8 +124,17 @@ mod tests {
 
     #[test]
     fn the_database_name_replaces_the_one_in_the_server_url() {
-        assert_eq!(replace_database("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
-        assert_eq!(replace_database("postgres://u@h:5432", "x"), "postgres://u@h:5432/x");
-        assert_eq!(replace_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(
+            replace_database("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            replace_database("postgres://u@h:5432", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            replace_database("postgres://u@h/db?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
     }
 }

@@ -1,10 +1,14 @@
 //! The storage and queue suite. Every test runs on SQLite and on PostgreSQL (when
 //! `SWITCHBOARD_TEST_POSTGRES_URL` is set), against a fresh database each.
+#![allow(clippy::unwrap_used, reason = "test helpers fail loudly on purpose")]
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use switchboard_domain::audit::{AuditEvent, ChainVerifier};
-use switchboard_store::{store_test, AuditFilter, JobFilter, NewJob, SecretRow, SessionRow, Store, StoreError, TokenRow, UserRow};
+use switchboard_store::{
+    AuditFilter, JobFilter, NewJob, SecretRow, SessionRow, Store, StoreError, TokenRow, UserRow,
+    store_test,
+};
 
 fn user(id: &str, username: &str, role: &str) -> UserRow {
     UserRow {
@@ -45,111 +49,165 @@ fn job(kind: &str, dedupe: Option<&str>, run_at: i64) -> NewJob {
     }
 }
 
-store_test!(users_are_stored_read_back_and_unique_by_username, |store: Arc<dyn Store>| async move {
-    let mut tx = store.begin().await.unwrap();
-    tx.insert_user(&user("u1", "alice", "admin")).await.unwrap();
-    tx.commit().await.unwrap();
+store_test!(
+    users_are_stored_read_back_and_unique_by_username,
+    |store: Arc<dyn Store>| async move {
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_user(&user("u1", "alice", "admin")).await.unwrap();
+        tx.commit().await.unwrap();
 
-    let mut tx = store.begin().await.unwrap();
-    let err = tx.insert_user(&user("u2", "alice", "operator")).await.unwrap_err();
-    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
-    drop(tx);
+        let mut tx = store.begin().await.unwrap();
+        let err = tx
+            .insert_user(&user("u2", "alice", "operator"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        drop(tx);
 
-    let mut tx = store.read().await.unwrap();
-    let got = tx.get_user_by_username("alice").await.unwrap().unwrap();
-    assert_eq!(got, user("u1", "alice", "admin"));
-    assert_eq!(tx.count_admins().await.unwrap(), 1);
-    assert!(tx.get_user("u2").await.unwrap().is_none());
-});
-
-store_test!(a_rolled_back_transaction_leaves_nothing_behind, |store: Arc<dyn Store>| async move {
-    let mut tx = store.begin().await.unwrap();
-    tx.insert_user(&user("u1", "bob", "operator")).await.unwrap();
-    tx.append_audit(&AuditEvent::new("system", "user.created", "user:u1"), 0, 5).await.unwrap();
-    tx.enqueue_job(&job("webhook.deliver", None, 0)).await.unwrap();
-    drop(tx);
-
-    let mut tx = store.read().await.unwrap();
-    assert!(tx.list_users().await.unwrap().is_empty());
-    assert!(tx.list_audit(&AuditFilter { limit: 10, ..AuditFilter::default() }).await.unwrap().is_empty());
-    assert_eq!(tx.job_counts(0).await.unwrap().queued, 0);
-});
-
-store_test!(tokens_are_found_by_digest_with_their_user_and_revoked_once, |store: Arc<dyn Store>| async move {
-    let mut tx = store.begin().await.unwrap();
-    tx.insert_user(&user("u1", "carol", "auditor")).await.unwrap();
-    tx.insert_token(&token("t1", "u1", b"digest-1")).await.unwrap();
-    tx.commit().await.unwrap();
-
-    let mut tx = store.begin().await.unwrap();
-    let (t, u) = tx.find_token_by_digest(b"digest-1").await.unwrap().unwrap();
-    assert_eq!(t.id, "t1");
-    assert_eq!(u.username, "carol");
-    assert!(tx.find_token_by_digest(b"other").await.unwrap().is_none());
-    assert!(tx.revoke_token("t1", 99).await.unwrap());
-    assert!(!tx.revoke_token("t1", 100).await.unwrap(), "a second revoke changes nothing");
-    tx.commit().await.unwrap();
-
-    let mut tx = store.read().await.unwrap();
-    assert_eq!(tx.get_token("t1").await.unwrap().unwrap().revoked_at, Some(99));
-    assert_eq!(tx.list_tokens(Some("u1")).await.unwrap().len(), 1);
-    assert_eq!(tx.list_tokens(Some("nobody")).await.unwrap().len(), 0);
-});
-
-store_test!(sessions_expire_and_revoke, |store: Arc<dyn Store>| async move {
-    let mut tx = store.begin().await.unwrap();
-    tx.insert_user(&user("u1", "dan", "operator")).await.unwrap();
-    for (id, exp) in [("s1", 100), ("s2", 1_000)] {
-        tx.insert_session(&SessionRow {
-            id: id.into(),
-            digest: id.as_bytes().to_vec(),
-            user_id: "u1".into(),
-            csrf: "c".into(),
-            created_at: 1,
-            expires_at: exp,
-            revoked_at: None,
-        })
-        .await
-        .unwrap();
+        let mut tx = store.read().await.unwrap();
+        let got = tx.get_user_by_username("alice").await.unwrap().unwrap();
+        assert_eq!(got, user("u1", "alice", "admin"));
+        assert_eq!(tx.count_admins().await.unwrap(), 1);
+        assert!(tx.get_user("u2").await.unwrap().is_none());
     }
-    assert_eq!(tx.delete_expired_sessions(500).await.unwrap(), 1);
-    assert_eq!(tx.revoke_sessions_of_user("u1", 501).await.unwrap(), 1);
-    tx.commit().await.unwrap();
-    let mut tx = store.read().await.unwrap();
-    assert!(tx.find_session_by_digest(b"s1").await.unwrap().is_none());
-    let (s, _) = tx.find_session_by_digest(b"s2").await.unwrap().unwrap();
-    assert_eq!(s.revoked_at, Some(501));
-});
+);
 
-store_test!(secrets_upsert_in_place, |store: Arc<dyn Store>| async move {
-    let mut s = SecretRow {
-        id: "k1".into(),
-        owner: "env:1".into(),
-        purpose: "private_key".into(),
-        key_id: "mk1".into(),
-        nonce: vec![1; 12],
-        ciphertext: vec![2; 40],
-        created_at: 1,
-        updated_at: 1,
-    };
-    let mut tx = store.begin().await.unwrap();
-    tx.put_secret(&s).await.unwrap();
-    s.key_id = "mk2".into();
-    s.ciphertext = vec![3; 40];
-    s.updated_at = 2;
-    tx.put_secret(&s).await.unwrap();
-    tx.commit().await.unwrap();
-    let mut tx = store.read().await.unwrap();
-    let all = tx.list_secrets().await.unwrap();
-    assert_eq!(all.len(), 1);
-    assert_eq!(all[0], SecretRow { created_at: 1, ..s });
-});
+store_test!(
+    a_rolled_back_transaction_leaves_nothing_behind,
+    |store: Arc<dyn Store>| async move {
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_user(&user("u1", "bob", "operator"))
+            .await
+            .unwrap();
+        tx.append_audit(&AuditEvent::new("system", "user.created", "user:u1"), 0, 5)
+            .await
+            .unwrap();
+        tx.enqueue_job(&job("webhook.deliver", None, 0))
+            .await
+            .unwrap();
+        drop(tx);
 
-store_test!(audit_entries_chain_and_verify_and_filter, |store: Arc<dyn Store>| async move {
+        let mut tx = store.read().await.unwrap();
+        assert!(tx.list_users().await.unwrap().is_empty());
+        assert!(
+            tx.list_audit(&AuditFilter {
+                limit: 10,
+                ..AuditFilter::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+        );
+        assert_eq!(tx.job_counts(0).await.unwrap().queued, 0);
+    }
+);
+
+store_test!(
+    tokens_are_found_by_digest_with_their_user_and_revoked_once,
+    |store: Arc<dyn Store>| async move {
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_user(&user("u1", "carol", "auditor"))
+            .await
+            .unwrap();
+        tx.insert_token(&token("t1", "u1", b"digest-1"))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = store.begin().await.unwrap();
+        let (t, u) = tx.find_token_by_digest(b"digest-1").await.unwrap().unwrap();
+        assert_eq!(t.id, "t1");
+        assert_eq!(u.username, "carol");
+        assert!(tx.find_token_by_digest(b"other").await.unwrap().is_none());
+        assert!(tx.revoke_token("t1", 99).await.unwrap());
+        assert!(
+            !tx.revoke_token("t1", 100).await.unwrap(),
+            "a second revoke changes nothing"
+        );
+        tx.commit().await.unwrap();
+
+        let mut tx = store.read().await.unwrap();
+        assert_eq!(
+            tx.get_token("t1").await.unwrap().unwrap().revoked_at,
+            Some(99)
+        );
+        assert_eq!(tx.list_tokens(Some("u1")).await.unwrap().len(), 1);
+        assert_eq!(tx.list_tokens(Some("nobody")).await.unwrap().len(), 0);
+    }
+);
+
+store_test!(
+    sessions_expire_and_revoke,
+    |store: Arc<dyn Store>| async move {
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_user(&user("u1", "dan", "operator"))
+            .await
+            .unwrap();
+        for (id, exp) in [("s1", 100), ("s2", 1_000)] {
+            tx.insert_session(&SessionRow {
+                id: id.into(),
+                digest: id.as_bytes().to_vec(),
+                user_id: "u1".into(),
+                csrf: "c".into(),
+                created_at: 1,
+                expires_at: exp,
+                revoked_at: None,
+            })
+            .await
+            .unwrap();
+        }
+        assert_eq!(tx.delete_expired_sessions(500).await.unwrap(), 1);
+        assert_eq!(tx.revoke_sessions_of_user("u1", 501).await.unwrap(), 1);
+        tx.commit().await.unwrap();
+        let mut tx = store.read().await.unwrap();
+        assert!(tx.find_session_by_digest(b"s1").await.unwrap().is_none());
+        let (s, _) = tx.find_session_by_digest(b"s2").await.unwrap().unwrap();
+        assert_eq!(s.revoked_at, Some(501));
+    }
+);
+
+store_test!(
+    secrets_upsert_in_place,
+    |store: Arc<dyn Store>| async move {
+        let mut s = SecretRow {
+            id: "k1".into(),
+            owner: "env:1".into(),
+            purpose: "private_key".into(),
+            key_id: "mk1".into(),
+            nonce: vec![1; 12],
+            ciphertext: vec![2; 40],
+            created_at: 1,
+            updated_at: 1,
+        };
+        let mut tx = store.begin().await.unwrap();
+        tx.put_secret(&s).await.unwrap();
+        s.key_id = "mk2".into();
+        s.ciphertext = vec![3; 40];
+        s.updated_at = 2;
+        tx.put_secret(&s).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.read().await.unwrap();
+        let all = tx.list_secrets().await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0], SecretRow { created_at: 1, ..s });
+    }
+);
+
+store_test!(audit_entries_chain_and_verify_and_filter, |store: Arc<
+    dyn Store,
+>| async move {
     for i in 0..6 {
         let mut tx = store.begin().await.unwrap();
-        let ev = AuditEvent::new(format!("user:u{}", i % 2), if i < 3 { "user.created" } else { "token.revoked" }, format!("t:{i}"))
-            .with_details(serde_json::json!({"i": i}));
+        let ev = AuditEvent::new(
+            format!("user:u{}", i % 2),
+            if i < 3 {
+                "user.created"
+            } else {
+                "token.revoked"
+            },
+            format!("t:{i}"),
+        )
+        .with_details(serde_json::json!({"i": i}));
         tx.append_audit(&ev, i % 2, 1000 + i).await.unwrap();
         tx.commit().await.unwrap();
     }
@@ -166,80 +224,171 @@ store_test!(audit_entries_chain_and_verify_and_filter, |store: Arc<dyn Store>| a
         let head = &heads[usize::try_from(chain).unwrap()];
         assert_eq!(v.finish(head.seq, &head.hash).unwrap(), 3);
     }
-    let only = tx.list_audit(&AuditFilter { action: Some("token.".into()), limit: 10, ..AuditFilter::default() }).await.unwrap();
+    let only = tx
+        .list_audit(&AuditFilter {
+            action: Some("token.".into()),
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(only.len(), 3);
     assert!(only.windows(2).all(|w| w[0].id > w[1].id), "newest first");
-    let by_actor = tx.list_audit(&AuditFilter { actor: Some("user:u1".into()), limit: 10, ..AuditFilter::default() }).await.unwrap();
+    let by_actor = tx
+        .list_audit(&AuditFilter {
+            actor: Some("user:u1".into()),
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(by_actor.len(), 3);
-    let window = tx.list_audit(&AuditFilter { from_ms: Some(1002), to_ms: Some(1004), oldest_first: true, limit: 10, ..AuditFilter::default() }).await.unwrap();
-    assert_eq!(window.iter().map(|r| r.at).collect::<Vec<_>>(), vec![1002, 1003]);
+    let window = tx
+        .list_audit(&AuditFilter {
+            from_ms: Some(1002),
+            to_ms: Some(1004),
+            oldest_first: true,
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        window.iter().map(|r| r.at).collect::<Vec<_>>(),
+        vec![1002, 1003]
+    );
     assert_eq!(window[0].details, serde_json::json!({"i": 2}));
 });
 
-store_test!(dedupe_keys_keep_one_queued_job, |store: Arc<dyn Store>| async move {
-    let mut tx = store.begin().await.unwrap();
-    assert!(tx.enqueue_job(&job("a.b", Some("k"), 0)).await.unwrap().is_some());
-    assert!(tx.enqueue_job(&job("a.b", Some("k"), 0)).await.unwrap().is_none());
-    assert!(tx.enqueue_job(&job("a.b", None, 0)).await.unwrap().is_some());
-    tx.commit().await.unwrap();
-    let mut tx = store.read().await.unwrap();
-    assert_eq!(tx.job_counts(0).await.unwrap().queued, 2);
-});
+store_test!(
+    dedupe_keys_keep_one_queued_job,
+    |store: Arc<dyn Store>| async move {
+        let mut tx = store.begin().await.unwrap();
+        assert!(
+            tx.enqueue_job(&job("a.b", Some("k"), 0))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            tx.enqueue_job(&job("a.b", Some("k"), 0))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            tx.enqueue_job(&job("a.b", None, 0))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        tx.commit().await.unwrap();
+        let mut tx = store.read().await.unwrap();
+        assert_eq!(tx.job_counts(0).await.unwrap().queued, 2);
+    }
+);
 
-store_test!(claims_lease_due_jobs_and_an_expired_lease_lets_another_worker_run_it, |store: Arc<dyn Store>| async move {
-    let mut tx = store.begin().await.unwrap();
-    tx.enqueue_job(&job("a.b", None, 0)).await.unwrap();
-    tx.enqueue_job(&job("a.b", None, 5_000)).await.unwrap();
-    tx.commit().await.unwrap();
+store_test!(
+    claims_lease_due_jobs_and_an_expired_lease_lets_another_worker_run_it,
+    |store: Arc<dyn Store>| async move {
+        let mut tx = store.begin().await.unwrap();
+        tx.enqueue_job(&job("a.b", None, 0)).await.unwrap();
+        tx.enqueue_job(&job("a.b", None, 5_000)).await.unwrap();
+        tx.commit().await.unwrap();
 
-    let mut tx = store.begin().await.unwrap();
-    let got = tx.claim_jobs("w1", 100, 1_000, 10).await.unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(got.len(), 1, "only the due job");
-    assert_eq!(got[0].attempts, 1);
-    let id = got[0].id;
+        let mut tx = store.begin().await.unwrap();
+        let got = tx.claim_jobs("w1", 100, 1_000, 10).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(got.len(), 1, "only the due job");
+        assert_eq!(got[0].attempts, 1);
+        let id = got[0].id;
 
-    let mut tx = store.begin().await.unwrap();
-    assert!(tx.claim_jobs("w2", 500, 1_000, 10).await.unwrap().is_empty(), "leased");
-    let again = tx.claim_jobs("w2", 1_200, 1_000, 10).await.unwrap();
-    assert_eq!(again.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id], "lease ran out");
-    assert_eq!(again[0].attempts, 2);
-    assert!(!tx.complete_job(id, "w1").await.unwrap(), "w1 lost its lease");
-    assert!(tx.complete_job(id, "w2").await.unwrap());
-    tx.commit().await.unwrap();
-    let mut tx = store.read().await.unwrap();
-    assert!(tx.get_job(id).await.unwrap().is_none());
-});
+        let mut tx = store.begin().await.unwrap();
+        assert!(
+            tx.claim_jobs("w2", 500, 1_000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "leased"
+        );
+        let again = tx.claim_jobs("w2", 1_200, 1_000, 10).await.unwrap();
+        assert_eq!(
+            again.iter().map(|j| j.id).collect::<Vec<_>>(),
+            vec![id],
+            "lease ran out"
+        );
+        assert_eq!(again[0].attempts, 2);
+        assert!(
+            !tx.complete_job(id, "w1").await.unwrap(),
+            "w1 lost its lease"
+        );
+        assert!(tx.complete_job(id, "w2").await.unwrap());
+        tx.commit().await.unwrap();
+        let mut tx = store.read().await.unwrap();
+        assert!(tx.get_job(id).await.unwrap().is_none());
+    }
+);
 
-store_test!(failed_jobs_are_rescheduled_then_buried_and_operators_revive_or_discard_them, |store: Arc<dyn Store>| async move {
-    let mut tx = store.begin().await.unwrap();
-    let a = tx.enqueue_job(&job("a.b", Some("x"), 0)).await.unwrap().unwrap();
-    let b = tx.enqueue_job(&job("a.b", None, 0)).await.unwrap().unwrap();
-    tx.commit().await.unwrap();
+store_test!(
+    failed_jobs_are_rescheduled_then_buried_and_operators_revive_or_discard_them,
+    |store: Arc<dyn Store>| async move {
+        let mut tx = store.begin().await.unwrap();
+        let a = tx
+            .enqueue_job(&job("a.b", Some("x"), 0))
+            .await
+            .unwrap()
+            .unwrap();
+        let b = tx.enqueue_job(&job("a.b", None, 0)).await.unwrap().unwrap();
+        tx.commit().await.unwrap();
 
-    let mut tx = store.begin().await.unwrap();
-    tx.claim_jobs("w", 10, 1_000, 10).await.unwrap();
-    assert!(tx.retry_job_later(a, "w", 2_000, "503 from Epic", 11).await.unwrap());
-    assert!(tx.bury_job(b, "w", "400 bad request", 11).await.unwrap());
-    tx.commit().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.claim_jobs("w", 10, 1_000, 10).await.unwrap();
+        assert!(
+            tx.retry_job_later(a, "w", 2_000, "503 from Epic", 11)
+                .await
+                .unwrap()
+        );
+        assert!(tx.bury_job(b, "w", "400 bad request", 11).await.unwrap());
+        tx.commit().await.unwrap();
 
-    let mut tx = store.begin().await.unwrap();
-    let ja = tx.get_job(a).await.unwrap().unwrap();
-    assert_eq!((ja.state.as_str(), ja.run_at, ja.lease_owner.clone(), ja.last_error.as_deref()), ("queued", 2_000, None, Some("503 from Epic")));
-    let counts = tx.job_counts(20).await.unwrap();
-    assert_eq!((counts.queued, counts.running, counts.dead), (1, 0, 1));
-    let dead = tx.list_jobs(&JobFilter { state: Some("dead".into()), kind: None, limit: 10 }).await.unwrap();
-    assert_eq!(dead.iter().map(|j| j.id).collect::<Vec<_>>(), vec![b]);
-    assert_eq!(dead[0].last_error.as_deref(), Some("400 bad request"));
-    assert!(!tx.revive_dead_job(a, 30).await.unwrap(), "only dead jobs revive");
-    assert!(tx.revive_dead_job(b, 30).await.unwrap());
-    let revived = tx.get_job(b).await.unwrap().unwrap();
-    assert_eq!((revived.state.as_str(), revived.attempts), ("queued", 0));
-    assert!(!tx.discard_dead_job(b).await.unwrap(), "no longer dead");
-    tx.commit().await.unwrap();
-});
+        let mut tx = store.begin().await.unwrap();
+        let ja = tx.get_job(a).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                ja.state.as_str(),
+                ja.run_at,
+                ja.lease_owner.clone(),
+                ja.last_error.as_deref()
+            ),
+            ("queued", 2_000, None, Some("503 from Epic"))
+        );
+        let counts = tx.job_counts(20).await.unwrap();
+        assert_eq!((counts.queued, counts.running, counts.dead), (1, 0, 1));
+        let dead = tx
+            .list_jobs(&JobFilter {
+                state: Some("dead".into()),
+                kind: None,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(dead.iter().map(|j| j.id).collect::<Vec<_>>(), vec![b]);
+        assert_eq!(dead[0].last_error.as_deref(), Some("400 bad request"));
+        assert!(
+            !tx.revive_dead_job(a, 30).await.unwrap(),
+            "only dead jobs revive"
+        );
+        assert!(tx.revive_dead_job(b, 30).await.unwrap());
+        let revived = tx.get_job(b).await.unwrap().unwrap();
+        assert_eq!((revived.state.as_str(), revived.attempts), ("queued", 0));
+        assert!(!tx.discard_dead_job(b).await.unwrap(), "no longer dead");
+        tx.commit().await.unwrap();
+    }
+);
 
-store_test!(concurrent_claimers_never_share_a_job, |store: Arc<dyn Store>| async move {
+store_test!(concurrent_claimers_never_share_a_job, |store: Arc<
+    dyn Store,
+>| async move {
     let mut tx = store.begin().await.unwrap();
     for i in 0..200 {
         tx.enqueue_job(&job("a.b", None, i % 3)).await.unwrap();
@@ -252,7 +401,10 @@ store_test!(concurrent_claimers_never_share_a_job, |store: Arc<dyn Store>| async
             let mut mine = Vec::new();
             loop {
                 let mut tx = store.begin().await.unwrap();
-                let got = tx.claim_jobs(&format!("w{w}"), 10, 60_000, 7).await.unwrap();
+                let got = tx
+                    .claim_jobs(&format!("w{w}"), 10, 60_000, 7)
+                    .await
+                    .unwrap();
                 tx.commit().await.unwrap();
                 if got.is_empty() {
                     break mine;
@@ -270,7 +422,9 @@ store_test!(concurrent_claimers_never_share_a_job, |store: Arc<dyn Store>| async
     assert_eq!(seen.len(), 200);
 });
 
-store_test!(migrations_report_current_after_migrate, |store: Arc<dyn Store>| async move {
+store_test!(migrations_report_current_after_migrate, |store: Arc<
+    dyn Store,
+>| async move {
     let status = store.migration_status().await.unwrap();
     assert!(status.is_current(), "{status:?}");
     assert!(status.pending().is_empty());

@@ -1,10 +1,13 @@
 //! Test support: a real Switchboard started in-process on port 0, on SQLite or PostgreSQL.
-#![allow(dead_code, reason = "each test binary uses a different part of this module")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
 
 use secrecy::SecretString;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use switchboard_app::Config;
-use switchboard_cli::{start, standard_registry, Running};
+use switchboard_cli::{Running, standard_registry, start};
 
 pub struct TestServer {
     pub url: String,
@@ -33,9 +36,21 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temporary folder");
         let mut config = test_config(dir.path(), &db_url);
         tweak(&mut config);
-        let running = start(config, standard_registry()).await.expect("server starts");
-        let admin_token = running.bootstrap_token.clone().expect("first start creates the admin");
-        Self { url: format!("http://{}", running.addr), admin_token, db_url, running, http: reqwest::Client::new(), _dir: dir }
+        let running = start(config, standard_registry())
+            .await
+            .expect("server starts");
+        let admin_token = running
+            .bootstrap_token
+            .clone()
+            .expect("first start creates the admin");
+        Self {
+            url: format!("http://{}", running.addr),
+            admin_token,
+            db_url,
+            running,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
     }
 
     pub async fn sqlite() -> Self {
@@ -58,20 +73,43 @@ impl TestServer {
     }
 
     pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
-        self.http.get(self.api(path)).bearer_auth(token).send().await.expect("request")
+        self.http
+            .get(self.api(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
     }
 
     pub async fn post(&self, token: &str, path: &str, body: Value) -> reqwest::Response {
-        self.http.post(self.api(path)).bearer_auth(token).json(&body).send().await.expect("request")
+        self.http
+            .post(self.api(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
     }
 
     /// Creates a user with `role` and returns an API token for it.
     pub async fn token_for_role(&self, role: &str) -> String {
         let username = format!("{role}-{}", &uuid_like()[..8]);
-        let r = self.post(&self.admin_token, "/users", json!({"username": username, "role": role})).await;
+        let r = self
+            .post(
+                &self.admin_token,
+                "/users",
+                json!({"username": username, "role": role}),
+            )
+            .await;
         assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
         let user: Value = r.json().await.expect("json");
-        let r = self.post(&self.admin_token, "/tokens", json!({"name": "test", "user_id": user["id"]})).await;
+        let r = self
+            .post(
+                &self.admin_token,
+                "/tokens",
+                json!({"name": "test", "user_id": user["id"]}),
+            )
+            .await;
         assert_eq!(r.status(), 201);
         let t: Value = r.json().await.expect("json");
         t["secret"].as_str().expect("secret").to_owned()
@@ -84,10 +122,12 @@ impl TestServer {
 
 pub fn uuid_like() -> String {
     use std::fmt::Write;
-    switchboard_app::crypto::random_bytes::<16>().iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    switchboard_app::crypto::random_bytes::<16>()
+        .iter()
+        .fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Runs a server test on SQLite and on PostgreSQL (when enabled).

@@ -1,15 +1,15 @@
 //! Admin JSON API, `/admin/api/v1`: users, API tokens, audit log, jobs.
 
+use crate::AppState;
 use crate::auth::{AdminAccess, AuditAccess, OperatorAccess, ReadAccess};
 use crate::error::{ApiError, Json, Path, Query};
-use crate::AppState;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use switchboard_app::accounts::{ApiToken, CreatedToken, NewToken, NewUser, User, UserChange};
 use switchboard_app::App;
+use switchboard_app::accounts::{ApiToken, CreatedToken, NewToken, NewUser, User, UserChange};
 use switchboard_domain::ValidationErrors;
 use switchboard_store::{AuditFilter, AuditRecord, JobCounts, JobFilter, JobRow};
 use utoipa::{IntoParams, ToSchema};
@@ -104,7 +104,10 @@ impl From<ApiToken> for TokenView {
 
 impl From<CreatedToken> for TokenView {
     fn from(c: CreatedToken) -> Self {
-        Self { secret: Some(c.secret), ..Self::from(c.token) }
+        Self {
+            secret: Some(c.secret),
+            ..Self::from(c.token)
+        }
     }
 }
 
@@ -218,26 +221,44 @@ pub fn parse_time(field: &str, value: &str, end_of_day: bool) -> Result<i64, Val
         return Ok(t.timestamp_millis());
     }
     if let Ok(d) = chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d") {
-        let d = if end_of_day { d.succ_opt().unwrap_or(d) } else { d };
+        let d = if end_of_day {
+            d.succ_opt().unwrap_or(d)
+        } else {
+            d
+        };
         if let Some(t) = d.and_hms_opt(0, 0, 0) {
             return Ok(t.and_utc().timestamp_millis());
         }
     }
-    Err(ValidationErrors::single(field, format!("`{v}` is neither an RFC 3339 time nor a YYYY-MM-DD date")))
+    Err(ValidationErrors::single(
+        field,
+        format!("`{v}` is neither an RFC 3339 time nor a YYYY-MM-DD date"),
+    ))
 }
 
 impl AuditQuery {
     pub fn into_filter(self) -> Result<AuditFilter, ValidationErrors> {
         let mut errors = ValidationErrors::new();
-        let from_ms = self.from.as_deref().filter(|s| !s.is_empty()).and_then(|s| errors.check("from", parse_time("from", s, false).map_err(first)));
-        let to_ms = self.to.as_deref().filter(|s| !s.is_empty()).and_then(|s| errors.check("to", parse_time("to", s, true).map_err(first)));
-        if let Some(l) = self.limit {
-            if !(1..=1000).contains(&l) {
-                errors.add("limit", "must be between 1 and 1000");
-            }
+        let from_ms = self
+            .from
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .and_then(|s| errors.check("from", parse_time("from", s, false).map_err(first)));
+        let to_ms = self
+            .to
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .and_then(|s| errors.check("to", parse_time("to", s, true).map_err(first)));
+        if let Some(l) = self.limit
+            && !(1..=1000).contains(&l)
+        {
+            errors.add("limit", "must be between 1 and 1000");
         }
         errors.into_result()?;
-        let nonempty = |s: Option<String>| s.filter(|v| !v.trim().is_empty()).map(|v| v.trim().to_owned());
+        let nonempty = |s: Option<String>| {
+            s.filter(|v| !v.trim().is_empty())
+                .map(|v| v.trim().to_owned())
+        };
         Ok(AuditFilter {
             actor: nonempty(self.actor),
             action: nonempty(self.action),
@@ -253,7 +274,11 @@ impl AuditQuery {
 }
 
 fn first(v: ValidationErrors) -> String {
-    v.errors.into_iter().next().map(|e| e.message).unwrap_or_default()
+    v.errors
+        .into_iter()
+        .next()
+        .map(|e| e.message)
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -311,7 +336,11 @@ pub struct JobStatsView {
 
 impl From<JobCounts> for JobStatsView {
     fn from(c: JobCounts) -> Self {
-        Self { queued: c.queued, running: c.running, dead: c.dead }
+        Self {
+            queued: c.queued,
+            running: c.running,
+            dead: c.dead,
+        }
     }
 }
 
@@ -336,23 +365,51 @@ async fn me(auth: ReadAccess) -> Json<MeView> {
         switchboard_app::AuthMethod::Token { .. } => "token",
         _ => "console",
     };
-    Json(MeView { user_id: p.user_id, username: p.username, display_name: p.display_name, role: p.role.as_str().to_owned(), authenticated_by: by.to_owned() })
+    Json(MeView {
+        user_id: p.user_id,
+        username: p.username,
+        display_name: p.display_name,
+        role: p.role.as_str().to_owned(),
+        authenticated_by: by.to_owned(),
+    })
 }
 
 /// List users.
 #[utoipa::path(get, path = "/users", tag = "accounts", security(("api_token" = ["read"]), ("console_session" = ["read"])),
     responses((status = 200, body = Vec<UserView>)))]
-async fn list_users(_auth: ReadAccess, State(app): State<App>) -> Result<Json<Vec<UserView>>, ApiError> {
-    Ok(Json(app.list_users().await?.into_iter().map(UserView::from).collect()))
+async fn list_users(
+    _auth: ReadAccess,
+    State(app): State<App>,
+) -> Result<Json<Vec<UserView>>, ApiError> {
+    Ok(Json(
+        app.list_users()
+            .await?
+            .into_iter()
+            .map(UserView::from)
+            .collect(),
+    ))
 }
 
 /// Create a user.
 #[utoipa::path(post, path = "/users", tag = "accounts", request_body = CreateUserBody,
     security(("api_token" = ["administer"]), ("console_session" = ["administer"])),
     responses((status = 201, body = UserView)))]
-async fn create_user(auth: AdminAccess, State(app): State<App>, Json(b): Json<CreateUserBody>) -> Result<(StatusCode, Json<UserView>), ApiError> {
+async fn create_user(
+    auth: AdminAccess,
+    State(app): State<App>,
+    Json(b): Json<CreateUserBody>,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let u = app
-        .create_user(&auth.principal, &auth.ctx, NewUser { username: b.username, display_name: b.display_name, role: b.role, password: b.password })
+        .create_user(
+            &auth.principal,
+            &auth.ctx,
+            NewUser {
+                username: b.username,
+                display_name: b.display_name,
+                role: b.role,
+                password: b.password,
+            },
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(u.into())))
 }
@@ -361,7 +418,11 @@ async fn create_user(auth: AdminAccess, State(app): State<App>, Json(b): Json<Cr
 #[utoipa::path(get, path = "/users/{id}", tag = "accounts", params(("id" = String, Path)),
     security(("api_token" = ["read"]), ("console_session" = ["read"])),
     responses((status = 200, body = UserView)))]
-async fn get_user(_auth: ReadAccess, State(app): State<App>, Path(id): Path<String>) -> Result<Json<UserView>, ApiError> {
+async fn get_user(
+    _auth: ReadAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<UserView>, ApiError> {
     Ok(Json(app.get_user(&id).await?.into()))
 }
 
@@ -369,9 +430,23 @@ async fn get_user(_auth: ReadAccess, State(app): State<App>, Path(id): Path<Stri
 #[utoipa::path(patch, path = "/users/{id}", tag = "accounts", params(("id" = String, Path)), request_body = UpdateUserBody,
     security(("api_token" = ["administer"]), ("console_session" = ["administer"])),
     responses((status = 200, body = UserView)))]
-async fn update_user(auth: AdminAccess, State(app): State<App>, Path(id): Path<String>, Json(b): Json<UpdateUserBody>) -> Result<Json<UserView>, ApiError> {
+async fn update_user(
+    auth: AdminAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(b): Json<UpdateUserBody>,
+) -> Result<Json<UserView>, ApiError> {
     let u = app
-        .update_user(&auth.principal, &auth.ctx, &id, UserChange { display_name: b.display_name, role: b.role, disabled: b.disabled })
+        .update_user(
+            &auth.principal,
+            &auth.ctx,
+            &id,
+            UserChange {
+                display_name: b.display_name,
+                role: b.role,
+                disabled: b.disabled,
+            },
+        )
         .await?;
     Ok(Json(u.into()))
 }
@@ -380,25 +455,53 @@ async fn update_user(auth: AdminAccess, State(app): State<App>, Path(id): Path<S
 #[utoipa::path(put, path = "/users/{id}/password", tag = "accounts", params(("id" = String, Path)), request_body = SetPasswordBody,
     security(("api_token" = ["administer"]), ("console_session" = ["administer"])),
     responses((status = 204, description = "Password set")))]
-async fn set_password(auth: AdminAccess, State(app): State<App>, Path(id): Path<String>, Json(b): Json<SetPasswordBody>) -> Result<StatusCode, ApiError> {
-    app.set_password(&auth.principal, &auth.ctx, &id, b.password).await?;
+async fn set_password(
+    auth: AdminAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(b): Json<SetPasswordBody>,
+) -> Result<StatusCode, ApiError> {
+    app.set_password(&auth.principal, &auth.ctx, &id, b.password)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// List API tokens (all for admins, your own otherwise).
 #[utoipa::path(get, path = "/tokens", tag = "accounts", security(("api_token" = ["read"]), ("console_session" = ["read"])),
     responses((status = 200, body = Vec<TokenView>)))]
-async fn list_tokens(auth: ReadAccess, State(app): State<App>) -> Result<Json<Vec<TokenView>>, ApiError> {
-    Ok(Json(app.list_tokens(&auth.principal).await?.into_iter().map(TokenView::from).collect()))
+async fn list_tokens(
+    auth: ReadAccess,
+    State(app): State<App>,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    Ok(Json(
+        app.list_tokens(&auth.principal)
+            .await?
+            .into_iter()
+            .map(TokenView::from)
+            .collect(),
+    ))
 }
 
 /// Create an API token. The secret is in this answer only.
 #[utoipa::path(post, path = "/tokens", tag = "accounts", request_body = CreateTokenBody,
     security(("api_token" = ["read"]), ("console_session" = ["read"])),
     responses((status = 201, body = TokenView)))]
-async fn create_token(auth: ReadAccess, State(app): State<App>, Json(b): Json<CreateTokenBody>) -> Result<(StatusCode, Json<TokenView>), ApiError> {
+async fn create_token(
+    auth: ReadAccess,
+    State(app): State<App>,
+    Json(b): Json<CreateTokenBody>,
+) -> Result<(StatusCode, Json<TokenView>), ApiError> {
     let t = app
-        .create_token(&auth.principal, &auth.ctx, NewToken { name: b.name, user_id: b.user_id, role: b.role, expires_in_days: b.expires_in_days })
+        .create_token(
+            &auth.principal,
+            &auth.ctx,
+            NewToken {
+                name: b.name,
+                user_id: b.user_id,
+                role: b.role,
+                expires_in_days: b.expires_in_days,
+            },
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(t.into())))
 }
@@ -407,24 +510,46 @@ async fn create_token(auth: ReadAccess, State(app): State<App>, Json(b): Json<Cr
 #[utoipa::path(delete, path = "/tokens/{id}", tag = "accounts", params(("id" = String, Path)),
     security(("api_token" = ["read"]), ("console_session" = ["read"])),
     responses((status = 200, body = TokenView)))]
-async fn revoke_token(auth: ReadAccess, State(app): State<App>, Path(id): Path<String>) -> Result<Json<TokenView>, ApiError> {
-    Ok(Json(app.revoke_token(&auth.principal, &auth.ctx, &id).await?.into()))
+async fn revoke_token(
+    auth: ReadAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<TokenView>, ApiError> {
+    Ok(Json(
+        app.revoke_token(&auth.principal, &auth.ctx, &id)
+            .await?
+            .into(),
+    ))
 }
 
 /// Audit log entries, newest first.
 #[utoipa::path(get, path = "/audit", tag = "audit", params(AuditQuery),
     security(("api_token" = ["audit"]), ("console_session" = ["audit"])),
     responses((status = 200, body = Vec<AuditView>)))]
-async fn list_audit(_auth: AuditAccess, State(app): State<App>, Query(q): Query<AuditQuery>) -> Result<Json<Vec<AuditView>>, ApiError> {
+async fn list_audit(
+    _auth: AuditAccess,
+    State(app): State<App>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<AuditView>>, ApiError> {
     let filter = q.into_filter().map_err(switchboard_app::AppError::from)?;
-    Ok(Json(app.list_audit(filter).await?.into_iter().map(AuditView::from).collect()))
+    Ok(Json(
+        app.list_audit(filter)
+            .await?
+            .into_iter()
+            .map(AuditView::from)
+            .collect(),
+    ))
 }
 
 /// Export the audit log as JSON lines, oldest first, streamed (same filters as the list).
 #[utoipa::path(get, path = "/audit/export", tag = "audit", params(AuditQuery),
     security(("api_token" = ["audit"]), ("console_session" = ["audit"])),
     responses((status = 200, description = "One JSON audit entry per line", content_type = "application/x-ndjson", body = String)))]
-async fn export_audit(_auth: AuditAccess, State(app): State<App>, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
+async fn export_audit(
+    _auth: AuditAccess,
+    State(app): State<App>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, ApiError> {
     let mut filter = q.into_filter().map_err(switchboard_app::AppError::from)?;
     filter.oldest_first = true;
     filter.limit = 1_000;
@@ -450,31 +575,56 @@ async fn export_audit(_auth: AuditAccess, State(app): State<App>, Query(q): Quer
             }
         }
     });
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 /// Verify the audit chains: detects edited, deleted, inserted or truncated entries.
 #[utoipa::path(get, path = "/audit/verify", tag = "audit",
     security(("api_token" = ["audit"]), ("console_session" = ["audit"])),
     responses((status = 200, body = VerifyView)))]
-async fn verify_audit(_auth: AuditAccess, State(app): State<App>) -> Result<Json<VerifyView>, ApiError> {
+async fn verify_audit(
+    _auth: AuditAccess,
+    State(app): State<App>,
+) -> Result<Json<VerifyView>, ApiError> {
     let r = app.verify_audit().await?;
-    Ok(Json(VerifyView { ok: r.ok, entries_checked: r.entries_checked, chains: r.chains, problems: r.problems.iter().map(ToString::to_string).collect() }))
+    Ok(Json(VerifyView {
+        ok: r.ok,
+        entries_checked: r.entries_checked,
+        chains: r.chains,
+        problems: r.problems.iter().map(ToString::to_string).collect(),
+    }))
 }
 
 /// List jobs (queued or dead letters), newest first.
 #[utoipa::path(get, path = "/jobs", tag = "jobs", params(JobQuery),
     security(("api_token" = ["read"]), ("console_session" = ["read"])),
     responses((status = 200, body = Vec<JobView>)))]
-async fn list_jobs(_auth: ReadAccess, State(app): State<App>, Query(q): Query<JobQuery>) -> Result<Json<Vec<JobView>>, ApiError> {
-    let jobs = app.list_jobs(JobFilter { state: q.state, kind: q.kind, limit: q.limit.unwrap_or(100) }).await?;
+async fn list_jobs(
+    _auth: ReadAccess,
+    State(app): State<App>,
+    Query(q): Query<JobQuery>,
+) -> Result<Json<Vec<JobView>>, ApiError> {
+    let jobs = app
+        .list_jobs(JobFilter {
+            state: q.state,
+            kind: q.kind,
+            limit: q.limit.unwrap_or(100),
+        })
+        .await?;
     Ok(Json(jobs.into_iter().map(JobView::from).collect()))
 }
 
 /// Queue depth: queued, running, dead.
 #[utoipa::path(get, path = "/jobs/stats", tag = "jobs", security(("api_token" = ["read"]), ("console_session" = ["read"])),
     responses((status = 200, body = JobStatsView)))]
-async fn job_stats(_auth: ReadAccess, State(app): State<App>) -> Result<Json<JobStatsView>, ApiError> {
+async fn job_stats(
+    _auth: ReadAccess,
+    State(app): State<App>,
+) -> Result<Json<JobStatsView>, ApiError> {
     Ok(Json(app.job_counts().await?.into()))
 }
 
@@ -482,7 +632,11 @@ async fn job_stats(_auth: ReadAccess, State(app): State<App>) -> Result<Json<Job
 #[utoipa::path(get, path = "/jobs/{id}", tag = "jobs", params(("id" = i64, Path)),
     security(("api_token" = ["read"]), ("console_session" = ["read"])),
     responses((status = 200, body = JobView)))]
-async fn get_job(_auth: ReadAccess, State(app): State<App>, Path(id): Path<i64>) -> Result<Json<JobView>, ApiError> {
+async fn get_job(
+    _auth: ReadAccess,
+    State(app): State<App>,
+    Path(id): Path<i64>,
+) -> Result<Json<JobView>, ApiError> {
     Ok(Json(app.get_job(id).await?.into()))
 }
 
@@ -490,15 +644,27 @@ async fn get_job(_auth: ReadAccess, State(app): State<App>, Path(id): Path<i64>)
 #[utoipa::path(post, path = "/jobs/{id}/retry", tag = "jobs", params(("id" = i64, Path)),
     security(("api_token" = ["operate"]), ("console_session" = ["operate"])),
     responses((status = 200, body = JobView)))]
-async fn retry_job(auth: OperatorAccess, State(app): State<App>, Path(id): Path<i64>) -> Result<Json<JobView>, ApiError> {
-    Ok(Json(app.retry_dead_job(&auth.principal, &auth.ctx, id).await?.into()))
+async fn retry_job(
+    auth: OperatorAccess,
+    State(app): State<App>,
+    Path(id): Path<i64>,
+) -> Result<Json<JobView>, ApiError> {
+    Ok(Json(
+        app.retry_dead_job(&auth.principal, &auth.ctx, id)
+            .await?
+            .into(),
+    ))
 }
 
 /// Discard a dead job (audited with its last error).
 #[utoipa::path(post, path = "/jobs/{id}/discard", tag = "jobs", params(("id" = i64, Path)),
     security(("api_token" = ["operate"]), ("console_session" = ["operate"])),
     responses((status = 204, description = "Discarded")))]
-async fn discard_job(auth: OperatorAccess, State(app): State<App>, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
+async fn discard_job(
+    auth: OperatorAccess,
+    State(app): State<App>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
     app.discard_dead_job(&auth.principal, &auth.ctx, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,11 +1,11 @@
 //! Operations: liveness, readiness, metrics and the OpenAPI document. No authentication.
 
 use crate::AppState;
+use axum::Router;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use serde_json::json;
 
 pub fn router() -> Router<AppState> {
@@ -27,14 +27,20 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     let db = store.ping().await;
     let migrations = store.migration_status().await;
     let (status, body) = match (db, migrations) {
-        (Ok(()), Ok(m)) if m.is_current() => (StatusCode::OK, json!({"status": "ready", "database": "ok", "migrations": "current"})),
+        (Ok(()), Ok(m)) if m.is_current() => (
+            StatusCode::OK,
+            json!({"status": "ready", "database": "ok", "migrations": "current"}),
+        ),
         (Ok(()), Ok(m)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"status": "not_ready", "database": "ok", "migrations": "pending", "pending": m.pending(), "hint": "run `switchboard migrate`"}),
         ),
         (Err(e), _) | (Ok(()), Err(e)) => {
             tracing::warn!(error = %e, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, json!({"status": "not_ready", "database": "unreachable"}))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "not_ready", "database": "unreachable"}),
+            )
         }
     };
     (status, axum::Json(body))
@@ -53,9 +59,15 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         }
         Err(e) => tracing::warn!(error = %e, "job counts unavailable for metrics"),
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
 }
 
 async fn openapi(State(s): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], s.openapi.as_str().to_owned())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        s.openapi.as_str().to_owned(),
+    )
 }
