@@ -49,7 +49,6 @@ pub fn router(app: App, metrics: PrometheusHandle) -> Router {
     };
     Router::new()
         .merge(api)
-        .merge(routes::ops::router())
         .merge(console::router())
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)

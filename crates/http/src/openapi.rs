@@ -20,6 +20,7 @@ pub const ADMIN_PREFIX: &str = "/admin/api/v1";
     ),
     components(schemas(Problem, FieldErrorSchema)),
     tags(
+        (name = "operations", description = "Liveness, readiness, metrics and this document (no authentication)"),
         (name = "accounts", description = "Staff users and API tokens"),
         (name = "audit", description = "The tamper-evident audit log"),
         (name = "jobs", description = "The durable job queue and its dead letters"),
@@ -29,6 +30,7 @@ struct ApiDoc;
 
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(crate::routes::ops::router())
         .nest(ADMIN_PREFIX, crate::routes::admin::router())
 }
 
