@@ -31,6 +31,8 @@ CREATE TABLE sessions (
     digest     BYTEA NOT NULL UNIQUE,
     user_id    TEXT NOT NULL REFERENCES users (id),
     csrf       TEXT NOT NULL,
+    -- A narrower role than the user's, when the session was opened with a narrowed API token.
+    role       TEXT CHECK (role IN ('admin', 'operator', 'auditor')),
     created_at BIGINT NOT NULL,
     expires_at BIGINT NOT NULL,
     revoked_at BIGINT

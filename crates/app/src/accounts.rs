@@ -519,7 +519,7 @@ impl App {
         let ok = blocking(move || verify_password(&password, &hash)).await?;
         match user {
             Some(u) if ok && u.password_hash.is_some() && !u.disabled => {
-                self.start_session(ctx, &u, "password").await
+                self.start_session(ctx, &u, None, "password").await
             }
             _ => {
                 let mut tx = self.store().begin().await?;
@@ -546,13 +546,14 @@ impl App {
             .await?
             .ok_or(AppError::Unauthenticated("unknown user"))?;
         drop(tx);
-        self.start_session(ctx, &user, "token").await
+        self.start_session(ctx, &user, Some(p.role), "token").await
     }
 
     async fn start_session(
         &self,
         ctx: &RequestContext,
         user: &UserRow,
+        narrowed: Option<Role>,
         method: &str,
     ) -> Result<NewSession, AppError> {
         let cookie = new_secret(SESSION_PREFIX);
@@ -564,6 +565,7 @@ impl App {
             digest: sha256(cookie.as_bytes()),
             user_id: user.id.clone(),
             csrf: csrf.clone(),
+            role: narrowed.map(|r| r.as_str().to_owned()),
             created_at: now,
             expires_at: now + ttl,
             revoked_at: None,
@@ -572,7 +574,7 @@ impl App {
             user_id: user.id.clone(),
             username: user.username.clone(),
             display_name: user.display_name.clone(),
-            role: effective_role(user, None)?,
+            role: effective_role(user, row.role.as_deref())?,
             via: AuthMethod::Session {
                 id: row.id.clone(),
                 csrf: csrf.clone(),

@@ -36,6 +36,8 @@ pub struct SessionRow {
     pub digest: Vec<u8>,
     pub user_id: String,
     pub csrf: String,
+    /// Narrower than the user's role when opened with a narrowed token.
+    pub role: Option<String>,
     pub created_at: i64,
     pub expires_at: i64,
     pub revoked_at: Option<i64>,

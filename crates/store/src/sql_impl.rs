@@ -69,6 +69,7 @@ macro_rules! impl_tx {
                 digest: row.try_get("digest")?,
                 user_id: row.try_get("user_id")?,
                 csrf: row.try_get("csrf")?,
+                role: row.try_get("role")?,
                 created_at: row.try_get("created_at")?,
                 expires_at: row.try_get("expires_at")?,
                 revoked_at: row.try_get("revoked_at")?,
@@ -298,9 +299,10 @@ macro_rules! impl_tx {
 
             async fn insert_session(&mut self, s: &$crate::SessionRow) -> Result<(), $crate::StoreError> {
                 sqlx::query(
-                    "INSERT INTO sessions (id, digest, user_id, csrf, created_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO sessions (id, digest, user_id, csrf, role, created_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(&s.id).bind(&s.digest).bind(&s.user_id).bind(&s.csrf)
+                .bind(&s.role)
                 .bind(s.created_at).bind(s.expires_at).bind(s.revoked_at)
                 .execute(&mut *self.inner)
                 .await?;
@@ -309,7 +311,7 @@ macro_rules! impl_tx {
 
             async fn find_session_by_digest(&mut self, digest: &[u8]) -> Result<Option<($crate::SessionRow, $crate::UserRow)>, $crate::StoreError> {
                 let row = sqlx::query(
-                    "SELECT s.id, s.digest, s.user_id, s.csrf, s.created_at, s.expires_at, s.revoked_at, \
+                    "SELECT s.id, s.digest, s.user_id, s.csrf, s.role, s.created_at, s.expires_at, s.revoked_at, \
                      u.id AS u_id, u.username AS u_username, u.display_name AS u_display_name, u.role AS u_role, \
                      u.password_hash AS u_password_hash, u.disabled AS u_disabled, u.created_at AS u_created_at, u.updated_at AS u_updated_at \
                      FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.digest = $1",

@@ -149,6 +149,7 @@ store_test!(
                 digest: id.as_bytes().to_vec(),
                 user_id: "u1".into(),
                 csrf: "c".into(),
+                role: None,
                 created_at: 1,
                 expires_at: exp,
                 revoked_at: None,
