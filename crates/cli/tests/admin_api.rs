@@ -493,6 +493,61 @@ async fn a_console_session_started_on_one_replica_works_on_another() {
 }
 
 server_test!(
+    a_console_session_opened_with_a_narrowed_token_keeps_the_narrow_role,
+    |s| {
+        let r = s
+            .post(
+                &s.admin_token,
+                "/tokens",
+                json!({"name": "read-only", "role": "auditor"}),
+            )
+            .await;
+        let narrowed: Value = r.json().await.unwrap();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let login = http
+            .post(format!("{}/console/login", s.url))
+            .form(&[("token", narrowed["secret"].as_str().unwrap())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status(), 303);
+        let cookie = login.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let me: Value = http
+            .get(s.api("/me"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(me["role"], "auditor");
+        let page = http
+            .get(format!("{}/console/users", s.url))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !page.contains("id=\"new-user\""),
+            "no admin form for an auditor session"
+        );
+    }
+);
+
+server_test!(
     a_failing_job_is_dead_lettered_then_retried_or_discarded_by_an_operator,
     |s| {
         use axum::routing::post;
