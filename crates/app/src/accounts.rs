@@ -609,7 +609,7 @@ impl App {
             return Err(AppError::Unauthenticated("session ended"));
         }
         Ok(Principal {
-            role: effective_role(&user, None)?,
+            role: effective_role(&user, session.role.as_deref())?,
             user_id: user.id,
             username: user.username,
             display_name: user.display_name,
