@@ -1,0 +1,4 @@
+//! Talking to Epic: JOSE for backend OAuth (client assertions signed by Switchboard and verified
+//! by Epic — or by `switchboard epic-sim`).
+
+pub mod jose;
