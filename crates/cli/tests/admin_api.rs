@@ -197,7 +197,7 @@ server_test!(
                     .post(s.api("/users"))
                     .bearer_auth(t)
                     .header("content-type", "application/json")
-                    .body(vec![b' '; 200_000]),
+                    .body(vec![b' '; 70_000]),
                 413,
                 "payload_too_large",
             ),
