@@ -1,0 +1,188 @@
+//! `/_sim/...`: the simulator's own control API, for tests and demos (not part of Epic).
+
+use crate::config::ClientConfig;
+use crate::faults::FaultRule;
+use crate::state::{Sim, lock};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub fn router() -> Router<Sim> {
+    Router::new()
+        .route("/_sim/clients", get(list_clients).post(put_client))
+        .route("/_sim/clients/{id}", delete(delete_client))
+        .route("/_sim/mobile", get(mobile).post(mobile_login))
+        .route("/_sim/presence", get(presence))
+        .route(
+            "/_sim/faults",
+            get(list_faults).post(add_fault).delete(clear_faults),
+        )
+        .route("/_sim/calls", get(calls).delete(clear_calls))
+        .route("/_sim/jwks-fetches", get(jwks_fetches))
+        .route("/_sim/connection-status", get(statuses))
+        .route("/_sim/hl7", get(hl7))
+        .route("/_sim/data/{resource_type}", get(data_ids))
+        .route("/_sim/launches", axum::routing::post(register_launch))
+}
+
+fn bad(why: impl Into<String>) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({"error": why.into()})),
+    )
+        .into_response()
+}
+
+async fn list_clients(State(sim): State<Sim>) -> Json<Vec<ClientConfig>> {
+    let mut v: Vec<_> = crate::state::lock_r(&sim.inner.clients)
+        .values()
+        .cloned()
+        .collect();
+    v.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+    Json(v)
+}
+
+async fn put_client(
+    State(sim): State<Sim>,
+    body: Result<Json<ClientConfig>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(c)) = body else {
+        return bad(
+            "expected a client: {client_id, jwks_url?, public_jwk?, background_user, apis, ...}",
+        );
+    };
+    if c.client_id.trim().is_empty() {
+        return bad("client_id is required");
+    }
+    sim.register_client(c.clone());
+    (StatusCode::CREATED, Json(c)).into_response()
+}
+
+async fn delete_client(State(sim): State<Sim>, Path(id): Path<String>) -> StatusCode {
+    if crate::state::lock_w(&sim.inner.clients)
+        .remove(&id)
+        .is_some()
+    {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MobileLoginBody {
+    install_id: String,
+    user: String,
+    app: Option<String>,
+}
+
+async fn mobile(State(sim): State<Sim>) -> Json<Value> {
+    Json(json!(sim.mobile_logins()))
+}
+
+async fn mobile_login(
+    State(sim): State<Sim>,
+    body: Result<Json<MobileLoginBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(b)) = body else {
+        return bad("expected {install_id, user, app?}");
+    };
+    if b.install_id.is_empty() || b.user.is_empty() {
+        return bad("install_id and user are required");
+    }
+    sim.mobile_login(&b.install_id, &b.user, b.app);
+    StatusCode::CREATED.into_response()
+}
+
+async fn presence(State(sim): State<Sim>) -> Json<Value> {
+    Json(json!(sim.presence()))
+}
+
+async fn list_faults(State(sim): State<Sim>) -> Json<Vec<FaultRule>> {
+    Json(sim.faults())
+}
+
+async fn add_fault(
+    State(sim): State<Sim>,
+    body: Result<Json<FaultRule>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(rule)) if (0.0..=1.0).contains(&rule.rate) => {
+            sim.add_fault(rule.clone());
+            (StatusCode::CREATED, Json(rule)).into_response()
+        }
+        Ok(_) => bad("rate must be between 0 and 1"),
+        Err(e) => bad(e.body_text()),
+    }
+}
+
+async fn clear_faults(State(sim): State<Sim>) -> StatusCode {
+    sim.clear_faults();
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct CallQuery {
+    path_contains: Option<String>,
+    since_seq: Option<u64>,
+}
+
+async fn calls(State(sim): State<Sim>, Query(q): Query<CallQuery>) -> Json<Value> {
+    let v: Vec<_> = sim
+        .calls()
+        .into_iter()
+        .filter(|c| {
+            q.path_contains
+                .as_deref()
+                .is_none_or(|p| c.path.contains(p))
+                && q.since_seq.is_none_or(|s| c.seq > s)
+        })
+        .collect();
+    Json(json!(v))
+}
+
+async fn clear_calls(State(sim): State<Sim>) -> StatusCode {
+    sim.clear_calls();
+    StatusCode::NO_CONTENT
+}
+
+async fn jwks_fetches(State(sim): State<Sim>) -> Json<Value> {
+    Json(json!(sim.jwks_fetches()))
+}
+
+async fn statuses(State(sim): State<Sim>) -> Json<Value> {
+    Json(json!(sim.connection_statuses()))
+}
+
+async fn hl7(State(sim): State<Sim>) -> Json<Value> {
+    Json(json!(sim.hl7_messages()))
+}
+
+async fn data_ids(State(sim): State<Sim>, Path(t): Path<String>) -> Response {
+    if !crate::data::TYPES.contains(&t.as_str()) {
+        return bad(format!("unknown resource type {t}"));
+    }
+    Json(json!(sim.resource_ids(&t))).into_response()
+}
+
+/// Registers the context a `launch` value stands for (as Epic does when it opens a launch URL).
+async fn register_launch(State(sim): State<Sim>, Json(body): Json<Value>) -> Response {
+    let Some(launch) = body["launch"].as_str().filter(|l| !l.is_empty()) else {
+        return bad("launch is required");
+    };
+    lock(&sim.inner.launches).insert(launch.to_owned(), body["context"].clone());
+    StatusCode::CREATED.into_response()
+}
+
+/// The launch context for an authorize request (`{}` when the launch is unknown).
+#[must_use]
+pub fn launch_context(sim: &Sim, launch: Option<&str>) -> Value {
+    launch
+        .and_then(|l| lock(&sim.inner.launches).get(l).cloned())
+        .unwrap_or_else(|| json!({}))
+}
