@@ -57,11 +57,33 @@ enum Command {
     },
     /// Generate a new master key and re-seal every stored secret with it.
     RotateMasterKey,
+    /// Run the Epic simulator (a stand-in for a customer's Interconnect) on its own port.
+    EpicSim(EpicSimArgs),
     /// Print a random key as `value: <base64>` (32 bytes for Epic AES-256-CBC; 16 for legacy).
     Keygen {
         /// Key size in bytes: 32 or 16.
         size: usize,
     },
+}
+
+#[derive(clap::Args)]
+struct EpicSimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    listen: std::net::SocketAddr,
+    /// Simulator configuration (TOML or JSON): instances, clients, system users. See docs/epic-sim.md.
+    #[arg(long)]
+    sim_config: Option<PathBuf>,
+    /// Seed of the generated data set and of fault injection.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Lifetime of issued access tokens, in seconds.
+    #[arg(long)]
+    token_lifetime_secs: Option<u64>,
+    /// Inject a fault: `PATH_PART:EFFECT[:RATE]`, EFFECT = an HTTP status, `timeout` or `drop`
+    /// (e.g. `DisassociateMobileDevice:503:0.2`). Repeatable.
+    #[arg(long = "fault")]
+    faults: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -137,6 +159,9 @@ enum TokensCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::EpicSim(args) = cli.command {
+        return run_epic_sim(&args);
+    }
     if let Command::Keygen { size } = cli.command {
         return match keygen(size) {
             Ok(v) => {
@@ -174,6 +199,84 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_epic_sim(args: &EpicSimArgs) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(std::env::var("SWITCHBOARD_LOG").unwrap_or_else(|_| "info".to_owned()))
+        .try_init();
+    let mut config = match &args.sim_config {
+        Some(p) => match switchboard_epic_sim::SimConfig::from_file(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => switchboard_epic_sim::SimConfig::default(),
+    };
+    config.listen = args.listen;
+    if let Some(seed) = args.seed {
+        config.seed = seed;
+    }
+    if let Some(t) = args.token_lifetime_secs {
+        config.token_lifetime_secs = t;
+    }
+    let mut rules = Vec::new();
+    for spec in &args.faults {
+        match switchboard_epic_sim::faults::parse_fault_spec(spec) {
+            Ok(r) => rules.push(r),
+            Err(e) => {
+                eprintln!("error: --fault {spec}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let sim = match switchboard_epic_sim::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: starting the Epic simulator: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for r in rules {
+            sim.sim.add_fault(r);
+        }
+        println!("Epic simulator listening on {}", sim.base_url());
+        for i in &sim.sim.config().instances {
+            println!(
+                "  {} ({}):",
+                i.name,
+                if i.production {
+                    "production"
+                } else {
+                    "non-production"
+                }
+            );
+            println!("    token URL  {}", sim.token_url(&i.name));
+            println!("    FHIR R4    {}", sim.fhir_base(&i.name));
+        }
+        println!(
+            "  control API {}/_sim/ (clients, mobile, faults, calls)",
+            sim.base_url()
+        );
+        std::io::stdout().flush().ok();
+        shutdown_signal().await;
+        sim.shutdown().await;
+        ExitCode::SUCCESS
+    })
 }
 
 fn read_line_from_stdin(what: &str) -> anyhow::Result<String> {
@@ -232,7 +335,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     let cli = Principal::cli();
     let ctx = RequestContext::default();
     match command {
-        Command::Keygen { .. } => unreachable!("handled before configuration is loaded"),
+        Command::Keygen { .. } | Command::EpicSim(_) => {
+            unreachable!("handled before configuration is loaded")
+        }
         Command::Serve => {
             let token_path = config.bootstrap_token_path();
             let running = start(config, standard_registry()).await?;

@@ -115,6 +115,9 @@ fn authorize(
     }
 }
 
+/// A private API implementation: (sim, instance, production, path, query, headers, body).
+type Handler = fn(&Sim, &str, bool, &str, Option<&str>, &HeaderMap, &[u8]) -> Response;
+
 pub async fn dispatch(
     State(sim): State<Sim>,
     Path((base, rest)): Path<(String, String)>,
@@ -125,10 +128,7 @@ pub async fn dispatch(
     let Some((instance, flavor, production)) = sim.instance(&base) else {
         return not_found().await;
     };
-    let (api, handler): (
-        &str,
-        fn(&Sim, &str, bool, &str, Option<&str>, &HeaderMap, &[u8]) -> Response,
-    ) = if rest == DISASSOCIATE_PATH {
+    let (api, handler): (&str, Handler) = if rest == DISASSOCIATE_PATH {
         ("DisassociateMobileDevice", disassociate)
     } else if rest == CONNECTION_STATUS_PATH {
         ("SetExternalConnectionStatus", connection_status)

@@ -236,3 +236,65 @@ impl Sim {
         lock_r(&self.inner.faults).clone()
     }
 }
+
+/// Parses the command line's `PATH_PART:EFFECT[:RATE]` (EFFECT: an HTTP status, `timeout`, `drop`).
+pub fn parse_fault_spec(spec: &str) -> Result<FaultRule, String> {
+    let mut parts = spec.split(':');
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or("the path part is empty")?;
+    let effect = match parts.next().ok_or("expected PATH_PART:EFFECT[:RATE]")? {
+        "timeout" => Effect::Timeout { hold_ms: None },
+        "drop" => Effect::Drop,
+        code => {
+            let status: u16 = code
+                .parse()
+                .map_err(|_| format!("`{code}` is not an HTTP status, `timeout` or `drop`"))?;
+            if !(100..=599).contains(&status) {
+                return Err(format!("{status} is not an HTTP status"));
+            }
+            Effect::Status { status }
+        }
+    };
+    let rate = match parts.next() {
+        Some(r) => r
+            .parse::<f64>()
+            .ok()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or("the rate must be a number between 0 and 1")?,
+        None => 1.0,
+    };
+    if parts.next().is_some() {
+        return Err("too many parts".to_owned());
+    }
+    Ok(FaultRule {
+        path_contains: path.to_owned(),
+        method: None,
+        rate,
+        effect,
+        latency_ms: 0,
+        from_ms: None,
+        until_ms: None,
+        max_faults: None,
+        faulted: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_specs_parse_and_mistakes_are_named() {
+        let r = parse_fault_spec("DisassociateMobileDevice:503:0.2").unwrap();
+        assert_eq!((r.effect, r.rate), (Effect::Status { status: 503 }, 0.2));
+        assert_eq!(
+            parse_fault_spec("/oauth2/token:drop").unwrap().effect,
+            Effect::Drop
+        );
+        assert!(parse_fault_spec("x:teapot").unwrap_err().contains("teapot"));
+        assert!(parse_fault_spec("x:503:2").unwrap_err().contains("rate"));
+        assert!(parse_fault_spec(":503").is_err());
+    }
+}

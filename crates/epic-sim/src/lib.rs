@@ -5,6 +5,11 @@
 //! receives is written to a call journal (`/_sim/calls`) that tests read, and faults can be
 //! injected per endpoint (`/_sim/faults`). See docs/epic-sim.md.
 
+#![allow(
+    clippy::result_large_err,
+    reason = "handlers return ready-made axum responses as their error; built only for failed requests"
+)]
+
 pub mod config;
 pub mod control;
 pub mod data;
@@ -63,7 +68,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<RunningSim> {
         .base_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
-    let sim = Sim::new(config, base).map_err(std::io::Error::other)?;
+    let sim = Sim::new(config, &base).map_err(std::io::Error::other)?;
     let app = router(sim.clone());
     let (stop, mut rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {

@@ -176,10 +176,10 @@ async fn client_credentials(sim: &Sim, instance: &str, form: &HashMap<String, St
             }
         }
     }
-    if let Some(jku) = &jwt.header.jku {
-        if client.jwks_url.as_deref() != Some(jku.as_str()) {
-            return invalid_client("jku must equal the registered JWK Set URL");
-        }
+    if let Some(jku) = &jwt.header.jku
+        && client.jwks_url.as_deref() != Some(jku.as_str())
+    {
+        return invalid_client("jku must equal the registered JWK Set URL");
     }
     {
         let mut jtis = lock(&sim.inner.jtis);
@@ -213,23 +213,23 @@ fn issue(
 ) -> Response {
     let token = random_token("sim-at-");
     let lifetime = sim.config().token_lifetime_secs;
-    let issued = IssuedToken {
-        client_id: client_id.to_owned(),
-        instance: instance.to_owned(),
-        expires_at_ms: now_ms() + i64::try_from(lifetime).unwrap_or(3600) * 1000,
-        scope: scope.clone(),
-        context: context.clone(),
-    };
     let mut body = json!({"access_token": token, "token_type": "bearer", "expires_in": lifetime, "scope": scope});
-    if with_refresh {
-        let refresh = random_token("sim-rt-");
-        lock(&sim.inner.refresh_tokens).insert(refresh.clone(), issued.clone());
-        body["refresh_token"] = Value::String(refresh);
-    }
     if let (Some(Value::Object(ctx)), Value::Object(b)) = (&context, &mut body) {
         for (k, v) in ctx {
             b.insert(k.clone(), v.clone());
         }
+    }
+    let issued = IssuedToken {
+        client_id: client_id.to_owned(),
+        instance: instance.to_owned(),
+        expires_at_ms: now_ms() + i64::try_from(lifetime).unwrap_or(3600) * 1000,
+        scope,
+        context,
+    };
+    if with_refresh {
+        let refresh = random_token("sim-rt-");
+        lock(&sim.inner.refresh_tokens).insert(refresh.clone(), issued.clone());
+        body["refresh_token"] = Value::String(refresh);
     }
     lock_w(&sim.inner.tokens).insert(token, issued);
     let mut r = axum::Json(body).into_response();

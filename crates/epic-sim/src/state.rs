@@ -134,7 +134,7 @@ pub fn now_ms() -> i64 {
 }
 
 impl Sim {
-    pub fn new(config: SimConfig, base_url: String) -> Result<Self, String> {
+    pub fn new(config: SimConfig, base_url: &str) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
