@@ -494,6 +494,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses_and_every_key_is_documented() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let example = root.join("config/example.toml");
+        Config::load_from(Some(&example), vars(&[])).unwrap();
+        let example_text = std::fs::read_to_string(&example).unwrap();
+        let doc = std::fs::read_to_string(root.join("docs/CONFIG.md")).unwrap();
+        for key in KEYS {
+            assert!(example_text.contains(&format!("{key} =")), "config/example.toml lacks {key}");
+            assert!(doc.contains(&format!("`{key}`")), "docs/CONFIG.md lacks {key}");
+        }
+    }
+
+    #[test]
     fn misspelt_variables_are_warned_about_with_a_suggestion() {
         let c = Config::load_from(None, vars(&[])).unwrap();
         let w = c.warnings(&vars(&[("SWITCHBOARD_DATABSE_URL", "x")]));
