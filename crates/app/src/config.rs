@@ -501,8 +501,14 @@ mod tests {
         let example_text = std::fs::read_to_string(&example).unwrap();
         let doc = std::fs::read_to_string(root.join("docs/CONFIG.md")).unwrap();
         for key in KEYS {
-            assert!(example_text.contains(&format!("{key} =")), "config/example.toml lacks {key}");
-            assert!(doc.contains(&format!("`{key}`")), "docs/CONFIG.md lacks {key}");
+            assert!(
+                example_text.contains(&format!("{key} =")),
+                "config/example.toml lacks {key}"
+            );
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "docs/CONFIG.md lacks {key}"
+            );
         }
     }
 

@@ -27,6 +27,7 @@ pub fn router() -> Router<Sim> {
         .route("/_sim/hl7", get(hl7))
         .route("/_sim/data/{resource_type}", get(data_ids))
         .route("/_sim/launches", axum::routing::post(register_launch))
+        .route("/_sim/tokens", axum::routing::post(mint_token))
 }
 
 fn bad(why: impl Into<String>) -> Response {
@@ -185,4 +186,45 @@ pub fn launch_context(sim: &Sim, launch: Option<&str>) -> Value {
     launch
         .and_then(|l| lock(&sim.inner.launches).get(l).cloned())
         .unwrap_or_else(|| json!({}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintToken {
+    client_id: String,
+    instance: String,
+}
+
+/// Issues an access token for a registered client without an assertion — for benchmarks and
+/// demos that need a token but are not testing OAuth.
+async fn mint_token(
+    State(sim): State<Sim>,
+    body: Result<Json<MintToken>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(m)) = body else {
+        return bad("expected {client_id, instance}");
+    };
+    let Some(client) = sim.client(&m.client_id) else {
+        return bad(format!("unknown client {}", m.client_id));
+    };
+    if !sim.config().instances.iter().any(|i| i.name == m.instance) {
+        return bad(format!("unknown instance {}", m.instance));
+    }
+    let token = crate::oauth::random_token("sim-at-");
+    let lifetime = sim.config().token_lifetime_secs;
+    crate::state::lock_w(&sim.inner.tokens).insert(
+        token.clone(),
+        crate::state::IssuedToken {
+            client_id: client.client_id,
+            instance: m.instance,
+            expires_at_ms: crate::state::now_ms() + i64::try_from(lifetime).unwrap_or(3600) * 1000,
+            scope: client.apis.join(" "),
+            context: None,
+        },
+    );
+    (
+        StatusCode::CREATED,
+        Json(json!({"access_token": token, "token_type": "bearer", "expires_in": lifetime})),
+    )
+        .into_response()
 }

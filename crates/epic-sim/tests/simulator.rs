@@ -992,3 +992,86 @@ async fn the_authorization_code_flow_checks_redirect_uri_pkce_and_refreshes() {
         .unwrap();
     assert_eq!(wrong_uri.status(), 400);
 }
+
+/// Whether the Python peers are installed; on CI their absence is a failure, elsewhere a skip.
+fn python_peer_available(test: &str) -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import jwt, cryptography"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: PyJWT is required on CI (pip install -r tests/peers/requirements.txt)"
+        );
+        eprintln!("SKIPPED (peer): {test}: pip install -r tests/peers/requirements.txt to run it");
+    }
+    ok
+}
+
+#[tokio::test]
+async fn assertions_signed_by_pyjwt_are_accepted_for_rs384_and_es384() {
+    if !python_peer_available("assertions_signed_by_pyjwt_are_accepted_for_rs384_and_es384") {
+        return;
+    }
+    let f = fixture().await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/peers/pyjwt_assertion.py");
+    for (alg, kid) in [
+        ("RS384", "py-rsa"),
+        ("ES384", "py-ec"),
+        ("RS256", "py-rsa-256"),
+    ] {
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .args([alg, "backend-app", &f.token_url(), kid])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        f.jwks
+            .keys
+            .lock()
+            .unwrap()
+            .keys
+            .push(serde_json::from_value(v["jwk"].clone()).unwrap());
+        let (s, body, reason) = f.post_token(v["assertion"].as_str().unwrap()).await;
+        assert_eq!(s, 200, "{alg}: {body} {reason}");
+    }
+}
+
+#[tokio::test]
+async fn the_control_api_mints_tokens_only_for_registered_clients() {
+    let f = fixture().await;
+    let base = f.sim.base_url();
+    let r = f
+        .http
+        .post(format!("{base}/_sim/tokens"))
+        .json(&json!({"client_id": "backend-app", "instance": INSTANCE}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let t: Value = r.json().await.unwrap();
+    let patient = f.sim.sim.resource_ids("Patient")[0].clone();
+    let ok = f
+        .http
+        .get(format!("{}/Patient/{patient}", f.sim.fhir_base(INSTANCE)))
+        .bearer_auth(t["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let r = f
+        .http
+        .post(format!("{base}/_sim/tokens"))
+        .json(&json!({"client_id": "nobody", "instance": INSTANCE}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+}
