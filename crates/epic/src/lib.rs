@@ -2,3 +2,4 @@
 //! by Epic — or by `switchboard epic-sim`).
 
 pub mod jose;
+pub mod launch;
