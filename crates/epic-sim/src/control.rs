@@ -28,6 +28,10 @@ pub fn router() -> Router<Sim> {
         .route("/_sim/data/{resource_type}", get(data_ids))
         .route("/_sim/launches", axum::routing::post(register_launch))
         .route("/_sim/tokens", axum::routing::post(mint_token))
+        .route(
+            "/_sim/telehealth/launch",
+            axum::routing::post(telehealth_launch),
+        )
 }
 
 fn bad(why: impl Into<String>) -> Response {
@@ -227,4 +231,163 @@ async fn mint_token(
         Json(json!({"access_token": token, "token_type": "bearer", "expires_in": lifetime})),
     )
         .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LaunchRequest {
+    /// Switchboard's launch URL for the profile, e.g. `https://sb/telehealth/v1/provider/launch/<id>`.
+    launch_url: String,
+    instance: String,
+    /// AES-256 key (base64 of 32 bytes) …
+    key: Option<String>,
+    /// … or the legacy AES-128 password.
+    password: Option<String>,
+    #[serde(default)]
+    iv_mode: switchboard_epic::launch::IvMode,
+    /// Query parameter that carries the encrypted context (default `data`).
+    param: Option<String>,
+    /// `provider` or `patient`.
+    role: Option<String>,
+    /// The launching Epic user.
+    user: Option<String>,
+    /// Fields to encrypt; by default built from a booked appointment of the data set.
+    fields: Option<std::collections::BTreeMap<String, String>>,
+    /// Which booked appointment to use (default: the first).
+    appointment: Option<String>,
+    /// Override `ts` (Unix seconds), e.g. to produce a stale link.
+    ts: Option<i64>,
+}
+
+/// Produces the launch URL Epic would open when a provider or patient clicks the video-visit
+/// button: the context (patient names, department, appointment, user, role, time) encrypted as
+/// the profile is configured, plus `iss` and a `launch` value for the SMART authorize step.
+async fn telehealth_launch(
+    State(sim): State<Sim>,
+    body: Result<Json<LaunchRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    use switchboard_epic::launch::{LaunchKey, format_fields};
+    let r = match body {
+        Ok(Json(r)) => r,
+        Err(e) => return bad(e.body_text()),
+    };
+    if !sim.config().instances.iter().any(|i| i.name == r.instance) {
+        return bad(format!("unknown instance {}", r.instance));
+    }
+    let key = match (&r.key, &r.password) {
+        (Some(k), None) => LaunchKey::aes256_from_base64(k),
+        (None, Some(p)) => LaunchKey::aes128_from_password(p),
+        _ => return bad("give exactly one of key (AES-256, base64) or password (legacy AES-128)"),
+    };
+    let key = match key {
+        Ok(k) => k,
+        Err(e) => return bad(e.to_string()),
+    };
+    let role = r.role.clone().unwrap_or_else(|| "provider".to_owned());
+    if !matches!(role.as_str(), "provider" | "patient") {
+        return bad("role must be provider or patient");
+    }
+    let mut fields = match r.fields.clone() {
+        Some(f) => f,
+        None => match default_fields(&sim, r.appointment.as_deref()) {
+            Ok(f) => f,
+            Err(e) => return bad(e),
+        },
+    };
+    fields.entry("role".to_owned()).or_insert(role);
+    fields
+        .entry("user".to_owned())
+        .or_insert_with(|| r.user.clone().unwrap_or_else(|| "EPICDOC".to_owned()));
+    fields.insert(
+        "ts".to_owned(),
+        r.ts.unwrap_or_else(|| crate::state::now_ms() / 1000)
+            .to_string(),
+    );
+    let plaintext = format_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let encrypted = match key.encrypt(r.iv_mode, plaintext.as_bytes()) {
+        Ok(e) => e,
+        Err(e) => return bad(e.to_string()),
+    };
+    let launch = crate::oauth::random_token("sim-launch-");
+    lock(&sim.inner.launches).insert(
+        launch.clone(),
+        json!({"appointment": fields.get("apptid"), "csn": fields.get("csn"), "patient": fields.get("patient_id")}),
+    );
+    let iss = format!("{}/{}-oauth/api/FHIR/R4", sim.base_url(), r.instance);
+    let mut url = match url::Url::parse(&r.launch_url) {
+        Ok(u) => u,
+        Err(e) => return bad(format!("launch_url: {e}")),
+    };
+    url.query_pairs_mut()
+        .append_pair("iss", &iss)
+        .append_pair("launch", &launch)
+        .append_pair(r.param.as_deref().unwrap_or("data"), &encrypted);
+    (StatusCode::CREATED, Json(json!({"url": url.to_string(), "launch": launch, "iss": iss, "encrypted": encrypted, "fields": fields}))).into_response()
+}
+
+fn default_fields(
+    sim: &Sim,
+    appointment: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let data = crate::state::lock_r(&sim.inner.data);
+    let appts = data.resources.get("Appointment").ok_or("no appointments")?;
+    let appt = match appointment {
+        Some(id) => appts
+            .get(id)
+            .ok_or_else(|| format!("unknown appointment {id}"))?,
+        None => appts.values().next().ok_or("no appointments")?,
+    };
+    let actor = |prefix: &str| {
+        appt["participant"].as_array().and_then(|ps| {
+            ps.iter().find_map(|p| {
+                p["actor"]["reference"]
+                    .as_str()?
+                    .strip_prefix(prefix)
+                    .map(str::to_owned)
+            })
+        })
+    };
+    let patient_id = actor("Patient/").ok_or("the appointment has no patient")?;
+    let patient = data.get("Patient", &patient_id).ok_or("unknown patient")?;
+    let given: Vec<&str> = patient["name"][0]["given"]
+        .as_array()
+        .map(|g| g.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let dept = actor("Location/")
+        .and_then(|l| {
+            data.get("Location", &l)
+                .and_then(|x| x["name"].as_str().map(str::to_owned))
+        })
+        .unwrap_or_default();
+    let mut f = std::collections::BTreeMap::new();
+    f.insert(
+        "fname".to_owned(),
+        given.first().copied().unwrap_or_default().to_owned(),
+    );
+    f.insert(
+        "mname".to_owned(),
+        given.get(1).copied().unwrap_or_default().to_owned(),
+    );
+    f.insert(
+        "lname".to_owned(),
+        patient["name"][0]["family"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    );
+    f.insert("dept".to_owned(), dept);
+    let appt_id = appt["id"].as_str().unwrap_or_default().to_owned();
+    f.insert(
+        "csn".to_owned(),
+        format!(
+            "{}",
+            appt_id
+                .bytes()
+                .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+                % 1_000_000_000
+        ),
+    );
+    f.insert("apptid".to_owned(), appt_id);
+    f.insert("patient_id".to_owned(), patient_id);
+    Ok(f)
 }

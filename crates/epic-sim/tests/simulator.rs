@@ -1075,3 +1075,69 @@ async fn the_control_api_mints_tokens_only_for_registered_clients() {
         .unwrap();
     assert_eq!(r.status(), 422);
 }
+
+#[tokio::test]
+async fn the_launch_helper_encrypts_the_appointment_context_as_epic_would() {
+    use switchboard_epic::launch::{IvMode, LaunchKey, parse_fields};
+    let f = fixture().await;
+    let key = "fTW2KwlJZ6JEpRS+RlN2fruKPgggBe+Y9txLIk3QpA0=";
+    let r = f
+        .http
+        .post(format!("{}/_sim/telehealth/launch", f.sim.base_url()))
+        .json(&json!({"launch_url": "http://127.0.0.1:8080/telehealth/v1/provider/launch/p1", "instance": INSTANCE, "key": key, "user": "DRWHO"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    let url = url::Url::parse(v["url"].as_str().unwrap()).unwrap();
+    let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+    assert_eq!(q["iss"], f.sim.fhir_base(INSTANCE));
+    let plain = LaunchKey::aes256_from_base64(key)
+        .unwrap()
+        .decrypt(IvMode::Zero, &q["data"])
+        .unwrap();
+    let fields: std::collections::HashMap<_, _> =
+        parse_fields(std::str::from_utf8(&plain).unwrap())
+            .into_iter()
+            .collect();
+    assert_eq!(fields["role"], "provider");
+    assert_eq!(fields["user"], "DRWHO");
+    assert!(
+        !fields["lname"].is_empty() && !fields["apptid"].is_empty() && !fields["dept"].is_empty()
+    );
+    assert!(
+        f.sim
+            .sim
+            .resource_ids("Appointment")
+            .contains(&fields["apptid"])
+    );
+    let legacy = f
+        .http
+        .post(format!("{}/_sim/telehealth/launch", f.sim.base_url()))
+        .json(&json!({"launch_url": "http://x/l", "instance": INSTANCE, "password": "old-epic", "role": "patient"}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = legacy.json().await.unwrap();
+    let blob = url::Url::parse(v["url"].as_str().unwrap())
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "data")
+        .unwrap()
+        .1
+        .into_owned();
+    let plain = LaunchKey::aes128_from_password("old-epic")
+        .unwrap()
+        .decrypt(IvMode::Zero, &blob)
+        .unwrap();
+    assert!(String::from_utf8(plain).unwrap().contains("role=patient"));
+    let bad = f
+        .http
+        .post(format!("{}/_sim/telehealth/launch", f.sim.base_url()))
+        .json(&json!({"launch_url": "http://x/l", "instance": INSTANCE, "key": "c2hvcnQ="}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+}
