@@ -168,3 +168,66 @@ pub fn standard_registry() -> Registry {
 pub fn arc_app(app: &App) -> Arc<dyn switchboard_store::Store> {
     Arc::clone(app.store())
 }
+
+/// The demo: Switchboard and the Epic simulator side by side on loopback.
+pub struct Demo {
+    pub server: Running,
+    pub sim: switchboard_epic_sim::RunningSim,
+    /// The admin token (from this start, or read back from the token file of an earlier one).
+    pub admin_token: Option<String>,
+}
+
+/// The simulator configuration the demo runs with: both Epic instances, a backend client with
+/// every API, a Basic-auth system user and a telehealth app pointing back at Switchboard.
+#[must_use]
+pub fn demo_sim_config(
+    listen: std::net::SocketAddr,
+    switchboard_url: &str,
+) -> switchboard_epic_sim::SimConfig {
+    use switchboard_epic_sim::{ClientConfig, SimConfig, SystemUser};
+    SimConfig {
+        listen,
+        clients: vec![
+            ClientConfig {
+                client_id: "switchboard-demo".to_owned(),
+                apis: vec!["*".to_owned()],
+                ..ClientConfig::default()
+            },
+            ClientConfig {
+                client_id: "switchboard-demo-telehealth".to_owned(),
+                client_secret: Some("demo-telehealth-secret".to_owned()),
+                redirect_uris: vec![
+                    format!("{switchboard_url}/telehealth/v1/provider/oauth2authorized/demo"),
+                    format!("{switchboard_url}/telehealth/v1/patient/oauth2authorized/demo"),
+                ],
+                ..ClientConfig::default()
+            },
+        ],
+        system_users: vec![SystemUser {
+            username: "emp$SWITCHBOARD".to_owned(),
+            password: "demo-interconnect-password".to_owned(),
+        }],
+        ..SimConfig::default()
+    }
+}
+
+/// Starts the simulator on `sim_listen`, then Switchboard with `config`.
+pub async fn start_demo(config: Config, sim_listen: std::net::SocketAddr) -> anyhow::Result<Demo> {
+    let token_file = config.bootstrap_token_path();
+    let public = config.public_url();
+    let sim = switchboard_epic_sim::start(demo_sim_config(sim_listen, &public))
+        .await
+        .context("starting the Epic simulator")?;
+    let server = start(config, standard_registry()).await?;
+    let admin_token = server.bootstrap_token.clone().or_else(|| {
+        std::fs::read_to_string(&token_file)
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+    });
+    Ok(Demo {
+        server,
+        sim,
+        admin_token,
+    })
+}

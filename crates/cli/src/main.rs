@@ -28,6 +28,12 @@ struct Cli {
 enum Command {
     /// Run the server (HTTP and job workers).
     Serve,
+    /// Run Switchboard and the Epic simulator together, pre-wired, with seeded data.
+    Demo {
+        /// Where the Epic simulator listens.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        sim_listen: std::net::SocketAddr,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// Configuration tools.
@@ -364,6 +370,55 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 stop.cancel();
             });
             running.wait().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { sim_listen } => {
+            let mut config = config;
+            if config.data_dir == std::path::Path::new("./switchboard-data") {
+                // Keep demo data apart from a real installation's.
+                config.data_dir = PathBuf::from("./switchboard-demo-data");
+            }
+            let demo = switchboard_cli::start_demo(config, sim_listen).await?;
+            let url = format!("http://{}", demo.server.addr);
+            let sim = demo.sim.base_url();
+            println!("Switchboard demo");
+            println!();
+            println!("  Console       {url}/console");
+            match &demo.admin_token {
+                Some(t) => println!("  Admin token   {t}"),
+                None => println!(
+                    "  Admin token   (not found: delete ./switchboard-demo-data to start afresh)"
+                ),
+            }
+            println!("  API           {url}/admin/api/v1  (OpenAPI: {url}/openapi.json)");
+            println!();
+            println!("  Epic simulator {sim}");
+            println!(
+                "    non-production token URL  {}",
+                demo.sim.token_url("interconnect-tst")
+            );
+            println!(
+                "    non-production FHIR R4    {}",
+                demo.sim.fhir_base("interconnect-tst")
+            );
+            println!("    control API               {sim}/_sim/ (clients, mobile, faults, calls)");
+            println!();
+            println!(
+                "  Try:  curl -H \"Authorization: Bearer <admin token>\" {url}/admin/api/v1/users"
+            );
+            println!(
+                "        curl -X POST -H 'content-type: application/json' -d '{{\"client_id\":\"switchboard-demo\",\"instance\":\"interconnect-tst\"}}' {sim}/_sim/tokens"
+            );
+            println!();
+            println!("Press Ctrl-C to stop.");
+            std::io::stdout().flush().ok();
+            let stop = demo.server.stop.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                stop.cancel();
+            });
+            demo.server.wait().await?;
+            demo.sim.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {

@@ -622,3 +622,48 @@ fn keygen_prints_32_random_bytes_as_base64_and_refuses_other_sizes() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("use 32"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_switchboard_and_the_epic_simulator_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("demo.db").display());
+    let demo = switchboard_cli::start_demo(
+        common::test_config(dir.path(), &db),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let token = demo.admin_token.clone().expect("first start has a token");
+    let users = http
+        .get(format!("http://{}/admin/api/v1/users", demo.server.addr))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(users.status(), 200);
+    let minted: Value = http
+        .post(format!("{}/_sim/tokens", demo.sim.base_url()))
+        .json(&json!({"client_id": "switchboard-demo", "instance": "interconnect-tst"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let patients: Value = http
+        .get(format!(
+            "{}/Patient?_count=1",
+            demo.sim.fhir_base("interconnect-tst")
+        ))
+        .bearer_auth(minted["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(patients["total"], 300);
+    demo.server.shutdown().await.unwrap();
+    demo.sim.shutdown().await;
+}
