@@ -128,3 +128,47 @@ pub struct SystemUser {
     pub username: String,
     pub password: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_registry_loads_from_toml_and_json_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml_path = dir.path().join("sim.toml");
+        std::fs::write(
+            &toml_path,
+            "token_lifetime_secs = 30\n[[instances]]\nname = \"interconnect-aocurprd\"\nproduction = true\n[[clients]]\nclient_id = \"a\"\njwks_url = \"http://127.0.0.1:1/jwks.json\"\nbackground_user = false\napis = [\"FHIR.Patient\"]\n[[system_users]]\nusername = \"emp$X\"\npassword = \"p\"\n",
+        )
+        .unwrap();
+        let c = SimConfig::from_file(&toml_path).unwrap();
+        assert_eq!(
+            (
+                c.token_lifetime_secs,
+                c.instances[0].name.as_str(),
+                c.clients[0].background_user
+            ),
+            (30, "interconnect-aocurprd", false)
+        );
+        assert!(c.clients[0].allows("FHIR.Patient") && !c.clients[0].allows("FHIR.Slot"));
+        let json_path = dir.path().join("sim.json");
+        std::fs::write(
+            &json_path,
+            r#"{"clients": [{"client_id": "b", "apis": ["FHIR"]}]}"#,
+        )
+        .unwrap();
+        let c = SimConfig::from_file(&json_path).unwrap();
+        assert!(c.clients[0].allows("FHIR.Slot") && !c.clients[0].allows("HL7v2"));
+        std::fs::write(
+            &json_path,
+            r#"{"clients": [{"client_id": "b", "colour": "blue"}]}"#,
+        )
+        .unwrap();
+        assert!(
+            SimConfig::from_file(&json_path)
+                .unwrap_err()
+                .contains("colour")
+        );
+    }
+}

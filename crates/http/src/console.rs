@@ -361,7 +361,7 @@ async fn audit(State(s): State<AppState>, c: Console, Query(q): Query<AuditQuery
                 && let Some(last) = records.last()
             {
                 {
-                    let qs = serde_urlencoded_pairs(&[
+                    let qs = query_string(&[
                         ("actor", &page.f_actor),
                         ("action", &page.f_action),
                         ("target", &page.f_target),
@@ -389,24 +389,11 @@ async fn audit(State(s): State<AppState>, c: Console, Query(q): Query<AuditQuery
     }
 }
 
-fn serde_urlencoded_pairs(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| format!("{k}={}", percent_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// A query string of the non-empty pairs.
+fn query_string(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs.iter().filter(|(_, v)| !v.is_empty()))
+        .finish()
 }
 
 struct JobLine {
@@ -623,11 +610,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn query_values_are_percent_encoded() {
-        assert_eq!(percent_encode("user:a b&c"), "user%3Aa%20b%26c");
+    fn query_strings_encode_values_and_skip_empty_ones() {
         assert_eq!(
-            serde_urlencoded_pairs(&[("a", "x"), ("b", ""), ("c", "y.z")]),
-            "a=x&c=y.z"
+            query_string(&[("actor", "user:a b&c"), ("b", ""), ("c", "y.z")]),
+            "actor=user%3Aa+b%26c&c=y.z"
         );
     }
 }
