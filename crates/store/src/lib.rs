@@ -183,6 +183,25 @@ pub trait Tx: Send {
     ) -> Result<Vec<StoredEntry>, StoreError>;
     async fn audit_heads(&mut self) -> Result<Vec<AuditHead>, StoreError>;
 
+    // --- key sets and signing keys
+    async fn insert_key_set(&mut self, k: &KeySetRow) -> Result<(), StoreError>;
+    async fn get_key_set(&mut self, id: &str) -> Result<Option<KeySetRow>, StoreError>;
+    async fn update_key_set(&mut self, k: &KeySetRow) -> Result<(), StoreError>;
+    /// Key sets whose scheduled rotation is due.
+    async fn due_key_sets(&mut self, now: i64) -> Result<Vec<KeySetRow>, StoreError>;
+    async fn insert_signing_key(&mut self, k: &SigningKeyRow) -> Result<(), StoreError>;
+    async fn update_signing_key(&mut self, k: &SigningKeyRow) -> Result<(), StoreError>;
+    /// Every key of a set, newest first.
+    async fn signing_keys(&mut self, key_set_id: &str) -> Result<Vec<SigningKeyRow>, StoreError>;
+    async fn touch_signing_key(&mut self, kid: &str, at: i64) -> Result<(), StoreError>;
+
+    // --- Epic environments
+    async fn insert_environment(&mut self, e: &EnvironmentRow) -> Result<(), StoreError>;
+    async fn update_environment(&mut self, e: &EnvironmentRow) -> Result<(), StoreError>;
+    async fn get_environment(&mut self, id: &str) -> Result<Option<EnvironmentRow>, StoreError>;
+    async fn list_environments(&mut self) -> Result<Vec<EnvironmentRow>, StoreError>;
+    async fn delete_environment(&mut self, id: &str) -> Result<bool, StoreError>;
+
     // --- job queue
     /// Enqueues a job; with a `dedupe_key` that is already queued, returns `None` and adds nothing.
     async fn enqueue_job(&mut self, job: &NewJob) -> Result<Option<i64>, StoreError>;

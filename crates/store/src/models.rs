@@ -135,3 +135,60 @@ pub struct JobCounts {
     pub running: i64,
     pub dead: i64,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeySetRow {
+    /// The public id in the JWK URL (`/jwks/{id}.json`).
+    pub id: String,
+    /// What it belongs to: `epic_environment:<id>`, `activation:<id>`.
+    pub owner: String,
+    pub alg: String,
+    pub publish_delay_secs: i64,
+    pub rotate_every_days: Option<i64>,
+    pub next_rotation_at: Option<i64>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SigningKeyRow {
+    pub kid: String,
+    pub key_set_id: String,
+    pub alg: String,
+    /// The public JWK as JSON text.
+    pub public_jwk: String,
+    /// Id of the sealed PKCS#8 private key in `secrets`.
+    #[serde(skip)]
+    pub private_secret: String,
+    /// `published` (in the JWK set, not yet signing), `active` (signing), `retiring` (still in
+    /// the set, no longer signing), `retired` (removed from the set).
+    pub state: String,
+    pub created_at: i64,
+    pub activate_after: i64,
+    pub activated_at: Option<i64>,
+    pub retiring_at: Option<i64>,
+    pub retired_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnvironmentRow {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub interconnect_url: String,
+    pub instance: String,
+    pub token_url_override: Option<String>,
+    pub client_id: String,
+    /// JSON array of Epic app names.
+    pub apps: String,
+    pub basic_username: Option<String>,
+    /// Id of the sealed Basic password in `secrets`.
+    #[serde(skip)]
+    pub basic_password_ref: Option<String>,
+    pub epic_client_id: Option<String>,
+    pub timeout_ms: i64,
+    pub rate_limit_per_sec: Option<i64>,
+    pub key_set_id: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}

@@ -27,6 +27,63 @@ macro_rules! impl_tx {
 
         const USER_COLS: &str = "id, username, display_name, role, password_hash, disabled, created_at, updated_at";
         const TOKEN_COLS: &str = "id, user_id, name, digest, prefix, role, created_at, expires_at, last_used_at, revoked_at";
+        const KEY_SET_COLS: &str = "id, owner, alg, publish_delay_secs, rotate_every_days, next_rotation_at, created_at";
+        const SIGNING_KEY_COLS: &str = "kid, key_set_id, alg, public_jwk, private_secret, state, created_at, activate_after, activated_at, retiring_at, retired_at, last_used_at";
+        const ENV_COLS: &str = "id, name, kind, interconnect_url, instance, token_url_override, client_id, apps, basic_username, basic_password_ref, epic_client_id, timeout_ms, rate_limit_per_sec, key_set_id, created_at, updated_at";
+
+        fn key_set_from(row: &DbRow) -> Result<$crate::KeySetRow, sqlx::Error> {
+            use sqlx::Row;
+            Ok($crate::KeySetRow {
+                id: row.try_get("id")?,
+                owner: row.try_get("owner")?,
+                alg: row.try_get("alg")?,
+                publish_delay_secs: row.try_get("publish_delay_secs")?,
+                rotate_every_days: row.try_get("rotate_every_days")?,
+                next_rotation_at: row.try_get("next_rotation_at")?,
+                created_at: row.try_get("created_at")?,
+            })
+        }
+
+        fn signing_key_from(row: &DbRow) -> Result<$crate::SigningKeyRow, sqlx::Error> {
+            use sqlx::Row;
+            Ok($crate::SigningKeyRow {
+                kid: row.try_get("kid")?,
+                key_set_id: row.try_get("key_set_id")?,
+                alg: row.try_get("alg")?,
+                public_jwk: row.try_get("public_jwk")?,
+                private_secret: row.try_get("private_secret")?,
+                state: row.try_get("state")?,
+                created_at: row.try_get("created_at")?,
+                activate_after: row.try_get("activate_after")?,
+                activated_at: row.try_get("activated_at")?,
+                retiring_at: row.try_get("retiring_at")?,
+                retired_at: row.try_get("retired_at")?,
+                last_used_at: row.try_get("last_used_at")?,
+            })
+        }
+
+        fn environment_from(row: &DbRow) -> Result<$crate::EnvironmentRow, sqlx::Error> {
+            use sqlx::Row;
+            Ok($crate::EnvironmentRow {
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                kind: row.try_get("kind")?,
+                interconnect_url: row.try_get("interconnect_url")?,
+                instance: row.try_get("instance")?,
+                token_url_override: row.try_get("token_url_override")?,
+                client_id: row.try_get("client_id")?,
+                apps: row.try_get("apps")?,
+                basic_username: row.try_get("basic_username")?,
+                basic_password_ref: row.try_get("basic_password_ref")?,
+                epic_client_id: row.try_get("epic_client_id")?,
+                timeout_ms: row.try_get("timeout_ms")?,
+                rate_limit_per_sec: row.try_get("rate_limit_per_sec")?,
+                key_set_id: row.try_get("key_set_id")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+            })
+        }
+
         const JOB_COLS: &str = "id, kind, payload, dedupe_key, state, run_at, attempts, max_attempts, lease_owner, lease_until, last_error, created_at, updated_at";
 
         type DbRow = <$db as sqlx::Database>::Row;
@@ -478,6 +535,118 @@ macro_rules! impl_tx {
                 collect(rows, |r| {
                     Ok($crate::AuditHead { chain: r.try_get("chain")?, seq: r.try_get("seq")?, hash: r.try_get("hash")? })
                 })
+            }
+
+            async fn insert_key_set(&mut self, k: &$crate::KeySetRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(&format!("INSERT INTO key_sets ({KEY_SET_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"))
+                    .bind(&k.id).bind(&k.owner).bind(&k.alg).bind(k.publish_delay_secs)
+                    .bind(k.rotate_every_days).bind(k.next_rotation_at).bind(k.created_at)
+                    .execute(&mut *self.inner)
+                    .await?;
+                Ok(())
+            }
+
+            async fn get_key_set(&mut self, id: &str) -> Result<Option<$crate::KeySetRow>, $crate::StoreError> {
+                let row = sqlx::query(&format!("SELECT {KEY_SET_COLS} FROM key_sets WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&mut *self.inner)
+                    .await?;
+                Ok(row.as_ref().map(key_set_from).transpose()?)
+            }
+
+            async fn update_key_set(&mut self, k: &$crate::KeySetRow) -> Result<(), $crate::StoreError> {
+                sqlx::query("UPDATE key_sets SET publish_delay_secs = $2, rotate_every_days = $3, next_rotation_at = $4 WHERE id = $1")
+                    .bind(&k.id).bind(k.publish_delay_secs).bind(k.rotate_every_days).bind(k.next_rotation_at)
+                    .execute(&mut *self.inner)
+                    .await?;
+                Ok(())
+            }
+
+            async fn due_key_sets(&mut self, now: i64) -> Result<Vec<$crate::KeySetRow>, $crate::StoreError> {
+                let rows = sqlx::query(&format!("SELECT {KEY_SET_COLS} FROM key_sets WHERE next_rotation_at IS NOT NULL AND next_rotation_at <= $1 ORDER BY id"))
+                    .bind(now)
+                    .fetch_all(&mut *self.inner)
+                    .await?;
+                collect(rows, key_set_from)
+            }
+
+            async fn insert_signing_key(&mut self, k: &$crate::SigningKeyRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(&format!("INSERT INTO signing_keys ({SIGNING_KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"))
+                    .bind(&k.kid).bind(&k.key_set_id).bind(&k.alg).bind(&k.public_jwk).bind(&k.private_secret).bind(&k.state)
+                    .bind(k.created_at).bind(k.activate_after).bind(k.activated_at).bind(k.retiring_at).bind(k.retired_at).bind(k.last_used_at)
+                    .execute(&mut *self.inner)
+                    .await?;
+                Ok(())
+            }
+
+            async fn update_signing_key(&mut self, k: &$crate::SigningKeyRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "UPDATE signing_keys SET state = $2, activate_after = $3, activated_at = $4, retiring_at = $5, retired_at = $6, last_used_at = $7 WHERE kid = $1",
+                )
+                .bind(&k.kid).bind(&k.state).bind(k.activate_after).bind(k.activated_at).bind(k.retiring_at).bind(k.retired_at).bind(k.last_used_at)
+                .execute(&mut *self.inner)
+                .await?;
+                Ok(())
+            }
+
+            async fn signing_keys(&mut self, key_set_id: &str) -> Result<Vec<$crate::SigningKeyRow>, $crate::StoreError> {
+                let rows = sqlx::query(&format!("SELECT {SIGNING_KEY_COLS} FROM signing_keys WHERE key_set_id = $1 ORDER BY created_at DESC, kid"))
+                    .bind(key_set_id)
+                    .fetch_all(&mut *self.inner)
+                    .await?;
+                collect(rows, signing_key_from)
+            }
+
+            async fn touch_signing_key(&mut self, kid: &str, at: i64) -> Result<(), $crate::StoreError> {
+                sqlx::query("UPDATE signing_keys SET last_used_at = $2 WHERE kid = $1")
+                    .bind(kid).bind(at)
+                    .execute(&mut *self.inner)
+                    .await?;
+                Ok(())
+            }
+
+            async fn insert_environment(&mut self, e: &$crate::EnvironmentRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(&format!("INSERT INTO epic_environments ({ENV_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"))
+                    .bind(&e.id).bind(&e.name).bind(&e.kind).bind(&e.interconnect_url).bind(&e.instance).bind(&e.token_url_override)
+                    .bind(&e.client_id).bind(&e.apps).bind(&e.basic_username).bind(&e.basic_password_ref).bind(&e.epic_client_id)
+                    .bind(e.timeout_ms).bind(e.rate_limit_per_sec).bind(&e.key_set_id).bind(e.created_at).bind(e.updated_at)
+                    .execute(&mut *self.inner)
+                    .await?;
+                Ok(())
+            }
+
+            async fn update_environment(&mut self, e: &$crate::EnvironmentRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "UPDATE epic_environments SET name = $2, kind = $3, interconnect_url = $4, instance = $5, token_url_override = $6, \
+                     client_id = $7, apps = $8, basic_username = $9, basic_password_ref = $10, epic_client_id = $11, timeout_ms = $12, \
+                     rate_limit_per_sec = $13, updated_at = $14 WHERE id = $1",
+                )
+                .bind(&e.id).bind(&e.name).bind(&e.kind).bind(&e.interconnect_url).bind(&e.instance).bind(&e.token_url_override)
+                .bind(&e.client_id).bind(&e.apps).bind(&e.basic_username).bind(&e.basic_password_ref).bind(&e.epic_client_id)
+                .bind(e.timeout_ms).bind(e.rate_limit_per_sec).bind(e.updated_at)
+                .execute(&mut *self.inner)
+                .await?;
+                Ok(())
+            }
+
+            async fn get_environment(&mut self, id: &str) -> Result<Option<$crate::EnvironmentRow>, $crate::StoreError> {
+                let row = sqlx::query(&format!("SELECT {ENV_COLS} FROM epic_environments WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&mut *self.inner)
+                    .await?;
+                Ok(row.as_ref().map(environment_from).transpose()?)
+            }
+
+            async fn list_environments(&mut self) -> Result<Vec<$crate::EnvironmentRow>, $crate::StoreError> {
+                let rows = sqlx::query(&format!("SELECT {ENV_COLS} FROM epic_environments ORDER BY kind DESC, name"))
+                    .fetch_all(&mut *self.inner)
+                    .await?;
+                collect(rows, environment_from)
+            }
+
+            async fn delete_environment(&mut self, id: &str) -> Result<bool, $crate::StoreError> {
+                let r = sqlx::query("DELETE FROM epic_environments WHERE id = $1").bind(id).execute(&mut *self.inner).await?;
+                Ok(r.rows_affected() == 1)
             }
 
             async fn enqueue_job(&mut self, j: &$crate::NewJob) -> Result<Option<i64>, $crate::StoreError> {

@@ -431,3 +431,107 @@ store_test!(migrations_report_current_after_migrate, |store: Arc<
     assert!(status.pending().is_empty());
     store.ping().await.unwrap();
 });
+
+store_test!(
+    key_sets_signing_keys_and_environments_round_trip,
+    |store: Arc<dyn Store>| async move {
+        use switchboard_store::{EnvironmentRow, KeySetRow, SigningKeyRow};
+        let ks = KeySetRow {
+            id: "ks_1".into(),
+            owner: "epic_environment:e1".into(),
+            alg: "RS384".into(),
+            publish_delay_secs: 600,
+            rotate_every_days: Some(90),
+            next_rotation_at: Some(5_000),
+            created_at: 1,
+        };
+        let key = |kid: &str, state: &str, at: i64| SigningKeyRow {
+            kid: kid.into(),
+            key_set_id: "ks_1".into(),
+            alg: "RS384".into(),
+            public_jwk: "{}".into(),
+            private_secret: format!("secret-{kid}"),
+            state: state.into(),
+            created_at: at,
+            activate_after: at,
+            activated_at: None,
+            retiring_at: None,
+            retired_at: None,
+            last_used_at: None,
+        };
+        let env = EnvironmentRow {
+            id: "e1".into(),
+            name: "PRD".into(),
+            kind: "production".into(),
+            interconnect_url: "https://epic.example".into(),
+            instance: "interconnect-prd".into(),
+            token_url_override: None,
+            client_id: "c1".into(),
+            apps: r#"["Rover"]"#.into(),
+            basic_username: None,
+            basic_password_ref: None,
+            epic_client_id: None,
+            timeout_ms: 10_000,
+            rate_limit_per_sec: Some(20),
+            key_set_id: "ks_1".into(),
+            created_at: 1,
+            updated_at: 1,
+        };
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_key_set(&ks).await.unwrap();
+        tx.insert_signing_key(&key("k1", "active", 10))
+            .await
+            .unwrap();
+        tx.insert_signing_key(&key("k2", "published", 20))
+            .await
+            .unwrap();
+        tx.insert_environment(&env).await.unwrap();
+        let dup = tx
+            .insert_environment(&EnvironmentRow {
+                id: "e2".into(),
+                ..env.clone()
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(dup, StoreError::Conflict(_)), "names are unique");
+        tx.commit().await.unwrap();
+
+        let mut tx = store.begin().await.unwrap();
+        let mut k1 = tx.signing_keys("ks_1").await.unwrap().pop().unwrap();
+        assert_eq!(k1.kid, "k1", "newest first, so k1 is last");
+        k1.state = "retiring".into();
+        k1.retiring_at = Some(30);
+        tx.update_signing_key(&k1).await.unwrap();
+        tx.touch_signing_key("k2", 40).await.unwrap();
+        tx.update_environment(&EnvironmentRow {
+            name: "Production".into(),
+            updated_at: 2,
+            ..env.clone()
+        })
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = store.read().await.unwrap();
+        let keys = tx.signing_keys("ks_1").await.unwrap();
+        assert_eq!(
+            keys.iter()
+                .map(|k| (k.kid.as_str(), k.state.as_str(), k.last_used_at))
+                .collect::<Vec<_>>(),
+            vec![("k2", "published", Some(40)), ("k1", "retiring", None)]
+        );
+        assert_eq!(tx.get_key_set("ks_1").await.unwrap(), Some(ks.clone()));
+        assert_eq!(tx.due_key_sets(4_999).await.unwrap().len(), 0);
+        assert_eq!(tx.due_key_sets(5_000).await.unwrap().len(), 1);
+        assert_eq!(
+            tx.get_environment("e1").await.unwrap().unwrap().name,
+            "Production"
+        );
+        assert_eq!(tx.list_environments().await.unwrap().len(), 1);
+        drop(tx);
+        let mut tx = store.begin().await.unwrap();
+        assert!(tx.delete_environment("e1").await.unwrap());
+        assert!(!tx.delete_environment("e1").await.unwrap());
+        tx.commit().await.unwrap();
+    }
+);
