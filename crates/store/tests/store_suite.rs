@@ -486,6 +486,9 @@ store_test!(
             .await
             .unwrap();
         tx.insert_environment(&env).await.unwrap();
+        tx.commit().await.unwrap();
+        // A failed statement aborts a PostgreSQL transaction, so the duplicate gets its own.
+        let mut tx = store.begin().await.unwrap();
         let dup = tx
             .insert_environment(&EnvironmentRow {
                 id: "e2".into(),
@@ -494,7 +497,7 @@ store_test!(
             .await
             .unwrap_err();
         assert!(matches!(dup, StoreError::Conflict(_)), "names are unique");
-        tx.commit().await.unwrap();
+        drop(tx);
 
         let mut tx = store.begin().await.unwrap();
         let mut k1 = tx.signing_keys("ks_1").await.unwrap().pop().unwrap();
