@@ -4,6 +4,7 @@
 pub mod access;
 pub mod accounts;
 pub mod audit;
+pub mod epic;
 pub mod ids;
 pub mod jobs;
 pub mod validation;
