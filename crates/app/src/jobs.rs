@@ -104,7 +104,9 @@ impl Registry {
     /// Every kind Switchboard ships.
     #[must_use]
     pub fn standard() -> Self {
-        Self::default().with(WebhookDelivery)
+        Self::default()
+            .with(WebhookDelivery)
+            .with(crate::epic_env::AdvanceKeySet)
     }
 }
 

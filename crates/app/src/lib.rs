@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod audit;
 pub mod config;
 pub mod crypto;
+pub mod epic_env;
 mod error;
 pub mod files;
 pub mod jobs;
@@ -115,6 +116,10 @@ struct AppInner {
     keyring: std::sync::RwLock<Keyring>,
     config: Config,
     http: reqwest::Client,
+    epic_tokens: switchboard_epic::auth::TokenCache,
+    signing_keys: std::sync::Mutex<
+        std::collections::HashMap<String, Arc<switchboard_epic::jose::SigningKey>>,
+    >,
 }
 
 impl App {
@@ -126,12 +131,15 @@ impl App {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| AppError::Internal(format!("HTTP client: {e}")))?;
+        let epic_tokens = switchboard_epic::auth::TokenCache::new(http.clone());
         Ok(Self {
             inner: Arc::new(AppInner {
                 store,
                 keyring: std::sync::RwLock::new(keyring),
                 config,
                 http,
+                epic_tokens,
+                signing_keys: std::sync::Mutex::default(),
             }),
         })
     }
@@ -149,6 +157,29 @@ impl App {
     #[must_use]
     pub fn http(&self) -> &reqwest::Client {
         &self.inner.http
+    }
+
+    /// Epic access tokens, cached per environment.
+    #[must_use]
+    pub fn epic_tokens(&self) -> &switchboard_epic::auth::TokenCache {
+        &self.inner.epic_tokens
+    }
+
+    fn cached_signing_key(&self, kid: &str) -> Option<Arc<switchboard_epic::jose::SigningKey>> {
+        self.inner
+            .signing_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(kid)
+            .cloned()
+    }
+
+    fn cache_signing_key(&self, kid: &str, key: Arc<switchboard_epic::jose::SigningKey>) {
+        self.inner
+            .signing_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(kid.to_owned(), key);
     }
 
     #[must_use]

@@ -91,16 +91,20 @@ impl Running {
 }
 
 /// Starts the server on `config.listen` (port 0 picks a free port) with the given job kinds.
-pub async fn start(config: Config, registry: Registry) -> anyhow::Result<Running> {
+pub async fn start(mut config: Config, registry: Registry) -> anyhow::Result<Running> {
     let started = std::time::Instant::now();
     let listen = config.listen;
     let run_workers_here = config.run_workers;
-    let (app, _) = open_app(config).await?;
-    let bootstrap_token = app.bootstrap().await?.map(|t| t.secret);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
+    if config.public_url.is_none() {
+        // Without a public URL, JWK URLs and redirect URIs use the address actually bound.
+        config.public_url = Some(format!("http://{addr}"));
+    }
+    let (app, _) = open_app(config).await?;
+    let bootstrap_token = app.bootstrap().await?.map(|t| t.secret);
     let stop = CancellationToken::new();
     let router = switchboard_http::router(app.clone(), switchboard_http::metrics_layer::handle());
     let server_stop = stop.clone();

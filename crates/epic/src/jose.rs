@@ -351,6 +351,27 @@ impl SigningKey {
         jwk
     }
 
+    /// The public key as PEM (`-----BEGIN PUBLIC KEY-----`, SubjectPublicKeyInfo), the form Epic's
+    /// App Orchard / Showroom accepts for upload.
+    pub fn public_key_pem(&self) -> Result<String, JoseError> {
+        use aws_lc_rs::encoding::PublicKeyX509Der;
+        let der: Vec<u8> = match self {
+            Self::Rsa(k) => AsDer::<PublicKeyX509Der<'static>>::as_der(k.public_key())
+                .map(|d| d.as_ref().to_vec()),
+            Self::Ec(k, _) => AsDer::<PublicKeyX509Der<'static>>::as_der(k.public_key())
+                .map(|d| d.as_ref().to_vec()),
+        }
+        .map_err(|_| JoseError::SigningFailed)?;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PUBLIC KEY-----\n");
+        Ok(pem)
+    }
+
     /// Signs `header.claims` and returns the compact JWS.
     pub fn sign_jwt(
         &self,

@@ -23,6 +23,7 @@ pub const ADMIN_PREFIX: &str = "/admin/api/v1";
         (name = "operations", description = "Liveness, readiness, metrics and this document (no authentication)"),
         (name = "accounts", description = "Staff users and API tokens"),
         (name = "audit", description = "The tamper-evident audit log"),
+        (name = "epic", description = "Epic environments, their key sets and the public JWK sets registered with Epic"),
         (name = "jobs", description = "The durable job queue and its dead letters"),
     )
 )]
@@ -31,7 +32,11 @@ struct ApiDoc;
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(crate::routes::ops::router())
-        .nest(ADMIN_PREFIX, crate::routes::admin::router())
+        .merge(crate::routes::epic_env::public_router())
+        .nest(
+            ADMIN_PREFIX,
+            crate::routes::admin::router().merge(crate::routes::epic_env::admin_router()),
+        )
 }
 
 fn problem_response(description: &str) -> utoipa::openapi::Response {

@@ -1,2 +1,3 @@
 pub mod admin;
+pub mod epic_env;
 pub mod ops;

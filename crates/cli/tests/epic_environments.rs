@@ -1,0 +1,336 @@
+//! Epic environments: validation, the hosted JWK set, PEM, and backend OAuth against the
+//! simulator including a key rotation the simulator has to notice.
+#![allow(clippy::unwrap_used, reason = "test helpers fail loudly on purpose")]
+
+mod common;
+
+use common::TestServer;
+use serde_json::{Value, json};
+
+fn env_body(url: &str) -> Value {
+    json!({"name": "Test environment", "kind": "non_production", "interconnect_url": url, "instance": "interconnect-tst",
+           "client_id": "switchboard-test", "apps": ["Rover", "Haiku"], "basic_username": "emp$SWITCHBOARD",
+           "basic_password": "interconnect-secret-pw", "epic_client_id": "switchboard-test", "publish_delay_secs": 0})
+}
+
+server_test!(
+    bad_environments_are_refused_field_by_field_and_nothing_is_stored,
+    |s| {
+        let cases = [
+            (
+                json!({"name": "P", "kind": "production", "interconnect_url": "http://epic.example", "instance": "prd", "client_id": "c"}),
+                "interconnect_url",
+            ),
+            (
+                json!({"name": "P", "kind": "production", "interconnect_url": "not a url", "instance": "prd", "client_id": "c"}),
+                "interconnect_url",
+            ),
+            (
+                json!({"name": "P", "kind": "production", "interconnect_url": "https://epic.example", "instance": "a/../b", "client_id": "c"}),
+                "instance",
+            ),
+            (
+                json!({"name": "P", "kind": "production", "interconnect_url": "https://epic.example", "instance": "prd", "client_id": "c", "key_algorithm": "HS256"}),
+                "key_algorithm",
+            ),
+            (
+                json!({"name": "P", "kind": "production", "interconnect_url": "https://epic.example", "instance": "prd", "client_id": "c", "apps": ["rover"]}),
+                "apps",
+            ),
+            (
+                json!({"name": "P", "kind": "staging", "interconnect_url": "https://epic.example", "instance": "prd", "client_id": "c"}),
+                "kind",
+            ),
+            (
+                json!({"name": "P", "kind": "production", "interconnect_url": "https://epic.example", "instance": "prd", "client_id": "c", "basic_username": "bob"}),
+                "basic_username",
+            ),
+            (json!({"kind": "production"}), "client_id"),
+        ];
+        for (body, field) in cases {
+            let r = s
+                .post(&s.admin_token, "/epic-environments", body.clone())
+                .await;
+            assert_eq!(r.status(), 422, "{body}");
+            let p: Value = r.json().await.unwrap();
+            assert!(
+                p["errors"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["field"] == field),
+                "{field} not named in {p}"
+            );
+        }
+        let listed: Vec<Value> = s
+            .get(&s.admin_token, "/epic-environments")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(listed.is_empty());
+    }
+);
+
+server_test!(
+    an_environment_hosts_its_jwk_set_offers_pem_and_keeps_secrets_out_of_answers,
+    |s| {
+        let r = s
+            .post(
+                &s.admin_token,
+                "/epic-environments",
+                env_body("https://epic.example"),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        let text = r.text().await.unwrap();
+        assert!(
+            !text.contains("interconnect-secret-pw"),
+            "the Basic password never comes back"
+        );
+        let e: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            e["token_url"],
+            "https://epic.example/interconnect-tst-oauth/oauth2/token"
+        );
+        assert_eq!(e["has_basic_password"], true);
+        let jwk_url = e["key_set"]["jwk_url"].as_str().unwrap().to_owned();
+        assert!(jwk_url.starts_with(&s.url) && jwk_url.ends_with(".json"));
+        let r = s.http.get(&jwk_url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers()["cache-control"]
+                .to_str()
+                .unwrap()
+                .contains("max-age=")
+        );
+        let set: Value = r.json().await.unwrap();
+        assert_eq!(set["keys"].as_array().unwrap().len(), 1);
+        let jwk = &set["keys"][0];
+        assert_eq!(
+            (jwk["kty"].as_str(), jwk["alg"].as_str()),
+            (Some("RSA"), Some("RS384"))
+        );
+        assert_eq!(jwk["kid"], e["key_set"]["keys"][0]["kid"]);
+        assert!(jwk.get("d").is_none(), "no private parts");
+        let pem = s
+            .get(
+                &s.admin_token,
+                &format!(
+                    "/epic-environments/{}/public-key.pem",
+                    e["id"].as_str().unwrap()
+                ),
+            )
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            pem.starts_with("-----BEGIN PUBLIC KEY-----\n")
+                && pem.trim_end().ends_with("-----END PUBLIC KEY-----")
+        );
+        assert_eq!(
+            s.http
+                .get(format!("{}/jwks/ks_nope.json", s.url))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        let again = s
+            .post(
+                &s.admin_token,
+                "/epic-environments",
+                env_body("https://epic.example"),
+            )
+            .await;
+        assert_eq!(again.status(), 422, "names are unique");
+        let id = e["id"].as_str().unwrap();
+        let patched = s.http.patch(s.api(&format!("/epic-environments/{id}"))).bearer_auth(&s.admin_token).json(&json!({"apps": ["Canto"], "kind": "production", "interconnect_url": "https://epic.example"})).send().await.unwrap();
+        assert_eq!(patched.status(), 200);
+        let patched: Value = patched.json().await.unwrap();
+        assert_eq!(
+            (patched["apps"].clone(), patched["kind"].clone()),
+            (json!(["Canto"]), json!("production"))
+        );
+        let es = s.post(&s.admin_token, "/epic-environments", json!({"name": "EC", "kind": "non_production", "interconnect_url": "https://epic.example", "instance": "tst", "client_id": "c2", "key_algorithm": "ES384"})).await;
+        let es: Value = es.json().await.unwrap();
+        let set: Value = s
+            .http
+            .get(es["key_set"]["jwk_url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                set["keys"][0]["kty"].as_str(),
+                set["keys"][0]["crv"].as_str()
+            ),
+            (Some("EC"), Some("P-384"))
+        );
+        assert_eq!(
+            s.http
+                .delete(s.api(&format!("/epic-environments/{id}")))
+                .bearer_auth(&s.admin_token)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            204
+        );
+        let set: Value = s
+            .http
+            .get(&jwk_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            set["keys"].as_array().unwrap().is_empty(),
+            "a removed environment's keys leave the set"
+        );
+        let audit: Vec<Value> = s
+            .get(&s.admin_token, "/audit?action=epic_environment.")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(audit.len(), 4);
+        assert!(
+            !serde_json::to_string(&audit)
+                .unwrap()
+                .contains("interconnect-secret-pw")
+        );
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_come_from_the_simulator_and_a_rotation_is_noticed_through_one_jwk_set_refetch() {
+    let s = TestServer::sqlite().await;
+    let mut sim_cfg = switchboard_epic_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    sim_cfg.instances = vec![switchboard_epic_sim::InstanceConfig {
+        name: "interconnect-tst".into(),
+        production: false,
+    }];
+    let sim = switchboard_epic_sim::start(sim_cfg).await.unwrap();
+    let e: Value = s
+        .post(
+            &s.admin_token,
+            "/epic-environments",
+            env_body(&sim.base_url()),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = e["id"].as_str().unwrap().to_owned();
+    sim.sim.register_client(switchboard_epic_sim::ClientConfig {
+        client_id: "switchboard-test".into(),
+        jwks_url: Some(e["key_set"]["jwk_url"].as_str().unwrap().into()),
+        ..Default::default()
+    });
+    let app = &s.running.app;
+    let t1 = app.epic_token(&id).await.unwrap();
+    assert_eq!(sim.sim.jwks_fetches().len(), 1);
+    assert_eq!(app.epic_token(&id).await.unwrap(), t1, "cached");
+
+    let rotated: Value = s
+        .post(
+            &s.admin_token,
+            &format!("/epic-environments/{id}/rotate-keys"),
+            json!({}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let keys = rotated["key_set"]["keys"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 2);
+    let new_kid = keys.iter().find(|k| k["state"] == "published").unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The worker activates the new key (publish delay 0) and starts retiring the old one.
+    let mut active = String::new();
+    for _ in 0..100 {
+        let env: Value = s
+            .get(&s.admin_token, &format!("/epic-environments/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if let Some(k) = env["key_set"]["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["state"] == "active")
+        {
+            active = k["kid"].as_str().unwrap().to_owned();
+            if active == new_kid {
+                assert!(
+                    env["key_set"]["keys"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|k| k["state"] == "retiring"),
+                    "the old key overlaps"
+                );
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(active, new_kid);
+    let set: Value = s
+        .http
+        .get(e["key_set"]["jwk_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        set["keys"].as_array().unwrap().len(),
+        2,
+        "both keys are published during the overlap"
+    );
+    // The next assertion carries the new kid; the simulator refetches once and accepts.
+    let creds = app.backend_credentials(&id).await.unwrap();
+    assert_eq!(creds.kid, new_kid);
+    app.epic_tokens().invalidate(&creds);
+    let t2 = app.epic_token(&id).await.unwrap();
+    assert_ne!(t1, t2);
+    assert_eq!(
+        sim.sim.jwks_fetches().len(),
+        2,
+        "exactly one refetch for the new kid"
+    );
+    let audit: Vec<Value> = s
+        .get(&s.admin_token, "/audit?action=key_set.")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"key_set.rotation_started")
+            && actions.contains(&"key_set.key_activated")
+            && actions.contains(&"key_set.key_retiring"),
+        "{actions:?}"
+    );
+    sim.shutdown().await;
+    s.stop().await;
+}
