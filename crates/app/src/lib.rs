@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod audit;
 pub mod config;
 pub mod crypto;
+pub mod doctor;
 pub mod epic_env;
 mod error;
 pub mod files;

@@ -61,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Epic environments.
+    Epic {
+        #[command(subcommand)]
+        command: EpicCommand,
+    },
     /// Generate a new master key and re-seal every stored secret with it.
     RotateMasterKey,
     /// Run the Epic simulator (a stand-in for a customer's Interconnect) on its own port.
@@ -90,6 +95,14 @@ struct EpicSimArgs {
     /// (e.g. `DisassociateMobileDevice:503:0.2`). Repeatable.
     #[arg(long = "fault")]
     faults: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum EpicCommand {
+    /// List Epic environments with their JWK URLs.
+    List,
+    /// Test the connection to an environment (by name or id): DNS, TCP, TLS, metadata, token.
+    Test { environment: String },
 }
 
 #[derive(Subcommand)]
@@ -665,6 +678,58 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Epic { command } => {
+            let (app, _) = open_app(config).await?;
+            let envs = app.list_environments().await.map_err(describe)?;
+            match command {
+                EpicCommand::List => {
+                    for e in envs {
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}",
+                            e.id,
+                            e.name,
+                            e.kind.to_uppercase(),
+                            e.token_url,
+                            e.key_set.jwk_url
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                EpicCommand::Test { environment } => {
+                    let env = envs
+                        .into_iter()
+                        .find(|e| e.id == environment || e.name == environment);
+                    let env =
+                        env.with_context(|| format!("no Epic environment named `{environment}`"))?;
+                    let report = app
+                        .test_connection(&cli, &ctx, &env.id)
+                        .await
+                        .map_err(describe)?;
+                    println!(
+                        "{} ({}): {}",
+                        env.name,
+                        env.kind.to_uppercase(),
+                        if report.ok { "OK" } else { "PROBLEMS FOUND" }
+                    );
+                    for s in &report.steps {
+                        let mark = match s.status {
+                            switchboard_app::doctor::StepStatus::Pass => "pass",
+                            switchboard_app::doctor::StepStatus::Fail => "FAIL",
+                            switchboard_app::doctor::StepStatus::Skipped => "skip",
+                        };
+                        println!("  [{mark}] {:<9} {}", s.name, s.detail);
+                        if let Some(h) = &s.hint {
+                            println!("              fix: {h}");
+                        }
+                    }
+                    Ok(if report.ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    })
+                }
+            }
         }
         Command::RotateMasterKey => {
             let (app, _) = open_app(config).await?;

@@ -334,3 +334,233 @@ async fn tokens_come_from_the_simulator_and_a_rotation_is_noticed_through_one_jw
     sim.shutdown().await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_doctor_names_each_failing_step_and_the_logout_test_explains_unknown_install_ids()
+ {
+    let s = TestServer::sqlite().await;
+    let mut sim_cfg = switchboard_epic_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    sim_cfg.instances = vec![switchboard_epic_sim::InstanceConfig {
+        name: "interconnect-tst".into(),
+        production: false,
+    }];
+    let sim = switchboard_epic_sim::start(sim_cfg).await.unwrap();
+    let e: Value = s
+        .post(
+            &s.admin_token,
+            "/epic-environments",
+            env_body(&sim.base_url()),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = e["id"].as_str().unwrap().to_owned();
+    let jwk_url = e["key_set"]["jwk_url"].as_str().unwrap().to_owned();
+    let op = s.token_for_role("operator").await;
+    let status_of = |report: &Value, step: &str| {
+        report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == step)
+            .map(|x| x["status"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+
+    // Not registered with Epic yet: everything up to the token works; the token step says why.
+    let r: Value = s
+        .post(
+            &op,
+            &format!("/epic-environments/{id}/test-connection"),
+            json!({}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], false);
+    assert_eq!(
+        (
+            status_of(&r, "dns"),
+            status_of(&r, "tcp"),
+            status_of(&r, "tls"),
+            status_of(&r, "metadata"),
+            status_of(&r, "token")
+        ),
+        (
+            "pass".into(),
+            "pass".into(),
+            "skipped".into(),
+            "pass".into(),
+            "fail".into()
+        )
+    );
+    let token_step = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "token")
+        .unwrap()
+        .clone();
+    assert!(
+        token_step["hint"].as_str().unwrap().contains("12 hours"),
+        "{token_step}"
+    );
+
+    // Registered, but no background user mapped.
+    sim.sim.register_client(switchboard_epic_sim::ClientConfig {
+        client_id: "switchboard-test".into(),
+        jwks_url: Some(jwk_url.clone()),
+        background_user: false,
+        ..Default::default()
+    });
+    let r: Value = s
+        .post(
+            &op,
+            &format!("/epic-environments/{id}/test-connection"),
+            json!({}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token_step = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "token")
+        .unwrap()
+        .clone();
+    assert!(
+        token_step["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("not_mapped"),
+        "{token_step}"
+    );
+    assert!(
+        token_step["hint"]
+            .as_str()
+            .unwrap()
+            .contains("background user")
+    );
+
+    // Mapped: all green, and the stored result reads back.
+    sim.sim.register_client(switchboard_epic_sim::ClientConfig {
+        client_id: "switchboard-test".into(),
+        jwks_url: Some(jwk_url),
+        ..Default::default()
+    });
+    let r: Value = s
+        .post(
+            &op,
+            &format!("/epic-environments/{id}/test-connection"),
+            json!({}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    let stored: Value = s
+        .get(&op, &format!("/epic-environments/{id}/test-connection"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["at"], r["at"]);
+
+    // Test Epic API logout for a device, AppName on.
+    sim.sim
+        .mobile_login("J4X7X22WGARover", "nurse.kim", Some("Rover".into()));
+    let r: Value = s
+        .post(
+            &op,
+            &format!("/epic-environments/{id}/test-logout"),
+            json!({"serial": "J4X7X22WGA", "app": "Rover"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(sim.sim.mobile_logins().is_empty());
+    let r: Value = s
+        .post(
+            &op,
+            &format!("/epic-environments/{id}/test-logout"),
+            json!({"serial": "J4X7X22WGA", "app": "Rover"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], false);
+    let logout = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "logout")
+        .unwrap()
+        .clone();
+    assert!(
+        logout["hint"]
+            .as_str()
+            .unwrap()
+            .contains("No user has signed in"),
+        "{logout}"
+    );
+    let bad = s
+        .post(
+            &op,
+            &format!("/epic-environments/{id}/test-logout"),
+            json!({"serial": "J4X7X22WGA", "app": "rover"}),
+        )
+        .await;
+    assert_eq!(bad.status(), 422);
+
+    // Unreachable hosts fail at the step that breaks, and the rest is skipped.
+    for (url, failing) in [
+        ("http://no-such-host.invalid", "dns"),
+        ("http://127.0.0.1:9", "tcp"),
+    ] {
+        let e2: Value = s.post(&s.admin_token, "/epic-environments", json!({"name": format!("broken {failing}"), "kind": "non_production", "interconnect_url": url, "instance": "x", "client_id": "c", "timeout_ms": 2000})).await.json().await.unwrap();
+        let r: Value = s
+            .post(
+                &op,
+                &format!(
+                    "/epic-environments/{}/test-connection",
+                    e2["id"].as_str().unwrap()
+                ),
+                json!({}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(status_of(&r, failing), "fail", "{r}");
+        assert_eq!(status_of(&r, "token"), "skipped");
+    }
+    let audit: Vec<Value> = s
+        .get(&s.admin_token, "/audit?action=epic_environment.")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a["action"] == "epic_environment.connection_tested")
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|a| a["action"] == "epic_environment.logout_tested")
+    );
+    sim.shutdown().await;
+    s.stop().await;
+}

@@ -202,6 +202,14 @@ pub trait Tx: Send {
     async fn list_environments(&mut self) -> Result<Vec<EnvironmentRow>, StoreError>;
     async fn delete_environment(&mut self, id: &str) -> Result<bool, StoreError>;
 
+    async fn insert_connection_check(&mut self, c: &ConnectionCheckRow) -> Result<(), StoreError>;
+    /// The newest check of `kind` for an environment.
+    async fn latest_connection_check(
+        &mut self,
+        environment_id: &str,
+        kind: &str,
+    ) -> Result<Option<ConnectionCheckRow>, StoreError>;
+
     // --- job queue
     /// Enqueues a job; with a `dedupe_key` that is already queued, returns `None` and adds nothing.
     async fn enqueue_job(&mut self, job: &NewJob) -> Result<Option<i64>, StoreError>;

@@ -192,3 +192,15 @@ pub struct EnvironmentRow {
     pub created_at: i64,
     pub updated_at: i64,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConnectionCheckRow {
+    pub id: String,
+    pub environment_id: String,
+    /// `connection` or `logout`.
+    pub kind: String,
+    pub at: i64,
+    pub ok: bool,
+    /// JSON array of steps.
+    pub steps: String,
+}

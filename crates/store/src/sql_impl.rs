@@ -649,6 +649,35 @@ macro_rules! impl_tx {
                 Ok(r.rows_affected() == 1)
             }
 
+            async fn insert_connection_check(&mut self, c: &$crate::ConnectionCheckRow) -> Result<(), $crate::StoreError> {
+                sqlx::query("INSERT INTO connection_checks (id, environment_id, kind, at, ok, steps) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(&c.id).bind(&c.environment_id).bind(&c.kind).bind(c.at).bind(c.ok).bind(&c.steps)
+                    .execute(&mut *self.inner)
+                    .await?;
+                Ok(())
+            }
+
+            async fn latest_connection_check(&mut self, environment_id: &str, kind: &str) -> Result<Option<$crate::ConnectionCheckRow>, $crate::StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query(
+                    "SELECT id, environment_id, kind, at, ok, steps FROM connection_checks WHERE environment_id = $1 AND kind = $2 ORDER BY at DESC, id DESC LIMIT 1",
+                )
+                .bind(environment_id).bind(kind)
+                .fetch_optional(&mut *self.inner)
+                .await?;
+                match row {
+                    Some(r) => Ok(Some($crate::ConnectionCheckRow {
+                        id: r.try_get("id")?,
+                        environment_id: r.try_get("environment_id")?,
+                        kind: r.try_get("kind")?,
+                        at: r.try_get("at")?,
+                        ok: r.try_get("ok")?,
+                        steps: r.try_get("steps")?,
+                    })),
+                    None => Ok(None),
+                }
+            }
+
             async fn enqueue_job(&mut self, j: &$crate::NewJob) -> Result<Option<i64>, $crate::StoreError> {
                 use sqlx::Row;
                 let row = sqlx::query(

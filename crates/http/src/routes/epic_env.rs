@@ -1,7 +1,7 @@
 //! Epic environments (`/admin/api/v1/epic-environments`) and the public JWK sets (`/jwks/...`).
 
 use crate::AppState;
-use crate::auth::{AdminAccess, ReadAccess};
+use crate::auth::{AdminAccess, OperatorAccess, ReadAccess};
 use crate::error::{ApiError, Json, Path};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -23,6 +23,8 @@ pub fn admin_router() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(rotate_keys))
         .routes(routes!(public_key_pem))
+        .routes(routes!(test_connection, latest_connection_test))
+        .routes(routes!(test_logout, latest_logout_test))
 }
 
 pub fn public_router() -> OpenApiRouter<AppState> {
@@ -267,4 +269,103 @@ async fn jwks(State(app): State<App>, Path(file): Path<String>) -> Result<Respon
         axum::Json(set),
     )
         .into_response())
+}
+
+/// A stored test: every step with pass / fail / skipped, a cause and a fix.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckView {
+    pub environment_id: String,
+    /// `connection` or `logout`.
+    pub kind: String,
+    pub at: i64,
+    pub ok: bool,
+    #[schema(value_type = Vec<Object>)]
+    pub steps: serde_json::Value,
+}
+
+impl From<switchboard_app::doctor::CheckReport> for CheckView {
+    fn from(r: switchboard_app::doctor::CheckReport) -> Self {
+        Self {
+            steps: serde_json::to_value(&r.steps).unwrap_or_default(),
+            environment_id: r.environment_id,
+            kind: r.kind,
+            at: r.at,
+            ok: r.ok,
+        }
+    }
+}
+
+/// Test connection: DNS, TCP, TLS, FHIR metadata and token acquisition, each with a hint.
+#[utoipa::path(post, path = "/epic-environments/{id}/test-connection", tag = "epic", params(("id" = String, Path)),
+    security(("api_token" = ["operate"]), ("console_session" = ["operate"])),
+    responses((status = 200, body = CheckView)))]
+async fn test_connection(
+    a: OperatorAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<CheckView>, ApiError> {
+    Ok(Json(
+        app.test_connection(&a.principal, &a.ctx, &id).await?.into(),
+    ))
+}
+
+/// The newest connection test.
+#[utoipa::path(get, path = "/epic-environments/{id}/test-connection", tag = "epic", params(("id" = String, Path)),
+    security(("api_token" = ["read"]), ("console_session" = ["read"])),
+    responses((status = 200, body = CheckView)))]
+async fn latest_connection_test(
+    _a: ReadAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<CheckView>, ApiError> {
+    Ok(Json(app.latest_check(&id, "connection").await?.into()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestLogoutBody {
+    /// The device's serial number (or UUID), as its EpicMobileDeviceID AppConfig resolves.
+    #[schema(example = "J4X7X22WGA")]
+    pub serial: String,
+    /// `Rover`, `Haiku` or `Canto` (case-sensitive).
+    #[schema(example = "Rover")]
+    pub app: String,
+    /// Whether the app's EpicMobileDeviceIDAppName is on (the app name is appended to the serial). Default true.
+    pub append_app_name: Option<bool>,
+}
+
+/// Test Epic API logout (DisassociateMobileDevice) for one device and app, without a check-in.
+#[utoipa::path(post, path = "/epic-environments/{id}/test-logout", tag = "epic", params(("id" = String, Path)), request_body = TestLogoutBody,
+    security(("api_token" = ["operate"]), ("console_session" = ["operate"])),
+    responses((status = 200, body = CheckView)))]
+async fn test_logout(
+    a: OperatorAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(b): Json<TestLogoutBody>,
+) -> Result<Json<CheckView>, ApiError> {
+    Ok(Json(
+        app.test_logout(
+            &a.principal,
+            &a.ctx,
+            &id,
+            &b.serial,
+            &b.app,
+            b.append_app_name.unwrap_or(true),
+        )
+        .await?
+        .into(),
+    ))
+}
+
+/// The newest logout test.
+#[utoipa::path(get, path = "/epic-environments/{id}/test-logout", tag = "epic", params(("id" = String, Path)),
+    security(("api_token" = ["read"]), ("console_session" = ["read"])),
+    responses((status = 200, body = CheckView)))]
+async fn latest_logout_test(
+    _a: ReadAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<CheckView>, ApiError> {
+    Ok(Json(app.latest_check(&id, "logout").await?.into()))
 }

@@ -1,0 +1,416 @@
+//! The connection doctor ("Test connection") and "Test Epic API logout" for an Epic environment.
+//! Each step says pass / fail / skipped with a plain-language cause and fix; results are stored
+//! with their time and audited.
+
+use crate::epic_env::oauth_base;
+use crate::{App, AppError, Principal, RequestContext, now_ms};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use switchboard_domain::audit::AuditEvent;
+use switchboard_store::ConnectionCheckRow;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pass,
+    Fail,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub status: StepStatus,
+    pub detail: String,
+    /// What to do about a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub environment_id: String,
+    pub kind: String,
+    pub at: i64,
+    pub ok: bool,
+    pub steps: Vec<Step>,
+}
+
+fn step(
+    name: &str,
+    status: StepStatus,
+    detail: impl Into<String>,
+    hint: Option<&str>,
+    started: std::time::Instant,
+) -> Step {
+    Step {
+        name: name.to_owned(),
+        status,
+        detail: detail.into(),
+        hint: hint.map(str::to_owned),
+        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+fn skipped(name: &str, why: &str) -> Step {
+    Step {
+        name: name.to_owned(),
+        status: StepStatus::Skipped,
+        detail: why.to_owned(),
+        hint: None,
+        elapsed_ms: 0,
+    }
+}
+
+/// Describes a TLS or connection failure from reqwest's error chain without URLs.
+fn tls_cause(e: &reqwest::Error) -> Option<&'static str> {
+    let mut src: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = src {
+        let text = s.to_string().to_ascii_lowercase();
+        if text.contains("expired") {
+            return Some("the server's TLS certificate has expired");
+        }
+        if text.contains("unknown issuer") || text.contains("unknownissuer") {
+            return Some(
+                "the server's TLS certificate is not signed by a trusted authority (a private CA needs its bundle configured)",
+            );
+        }
+        if text.contains("not valid for name") || text.contains("notvalidforname") {
+            return Some("the server's TLS certificate does not match its host name");
+        }
+        if text.contains("certificate") || text.contains("handshake") {
+            return Some("the TLS handshake failed");
+        }
+        src = s.source();
+    }
+    None
+}
+
+impl App {
+    fn http_for(&self, timeout_ms: i64) -> Result<reqwest::Client, AppError> {
+        reqwest::Client::builder()
+            .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+            .timeout(Duration::from_millis(
+                u64::try_from(timeout_ms).unwrap_or(15_000),
+            ))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| AppError::Internal(format!("HTTP client: {e}")))
+    }
+
+    async fn record_check(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        report: &CheckReport,
+    ) -> Result<(), AppError> {
+        let mut tx = self.store().begin().await?;
+        tx.insert_connection_check(&ConnectionCheckRow {
+            id: switchboard_domain::ids::SecretId::new().to_string(),
+            environment_id: report.environment_id.clone(),
+            kind: report.kind.clone(),
+            at: report.at,
+            ok: report.ok,
+            steps: serde_json::to_string(&report.steps)
+                .map_err(|e| AppError::Internal(e.to_string()))?,
+        })
+        .await?;
+        let failed: Vec<&str> = report
+            .steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Fail)
+            .map(|s| s.name.as_str())
+            .collect();
+        let ev = AuditEvent::new(
+            "",
+            format!("epic_environment.{}_tested", report.kind),
+            format!("epic_environment:{}", report.environment_id),
+        )
+        .with_details(serde_json::json!({"ok": report.ok, "failed_steps": failed}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// DNS → TCP → TLS → metadata → token, stopping at the first step everything after depends on.
+    pub async fn test_connection(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        env_id: &str,
+    ) -> Result<CheckReport, AppError> {
+        let env = self.get_environment(env_id).await?;
+        let url = url::Url::parse(&env.interconnect_url)
+            .map_err(|e| AppError::Internal(format!("stored URL: {e}")))?;
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let port = url.port_or_known_default().unwrap_or(443);
+        let timeout = Duration::from_millis(u64::try_from(env.timeout_ms).unwrap_or(15_000));
+        let mut steps = Vec::new();
+
+        let t = std::time::Instant::now();
+        let addrs =
+            match tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port)))
+                .await
+            {
+                Ok(Ok(a)) => a.collect::<Vec<_>>(),
+                _ => Vec::new(),
+            };
+        if addrs.is_empty() {
+            steps.push(step("dns", StepStatus::Fail, format!("`{host}` does not resolve"), Some("Check the Interconnect server URL, and that this server can resolve it (DNS, split horizon, /etc/hosts)."), t));
+        } else {
+            steps.push(step(
+                "dns",
+                StepStatus::Pass,
+                format!("`{host}` resolves to {} address(es)", addrs.len()),
+                None,
+                t,
+            ));
+        }
+
+        let t = std::time::Instant::now();
+        let tcp_ok = if addrs.is_empty() {
+            steps.push(skipped("tcp", "no address to connect to"));
+            false
+        } else {
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addrs[0])).await {
+                Ok(Ok(_)) => {
+                    steps.push(step(
+                        "tcp",
+                        StepStatus::Pass,
+                        format!("connected to port {port}"),
+                        None,
+                        t,
+                    ));
+                    true
+                }
+                Ok(Err(e)) => {
+                    steps.push(step("tcp", StepStatus::Fail, format!("connection to port {port} failed ({})", e.kind()), Some("A firewall, proxy or the wrong port blocks the way to Interconnect; it must be reachable from this server."), t));
+                    false
+                }
+                Err(_) => {
+                    steps.push(step("tcp", StepStatus::Fail, format!("no answer on port {port} within {} ms", env.timeout_ms), Some("A firewall is probably dropping the connection; ask the network team to allow this server to reach Interconnect."), t));
+                    false
+                }
+            }
+        };
+
+        let http = self.http_for(env.timeout_ms)?;
+        let t = std::time::Instant::now();
+        let metadata = if tcp_ok {
+            Some(
+                http.get(format!(
+                    "{}/api/FHIR/R4/metadata",
+                    oauth_base(&env.interconnect_url, &env.instance)
+                ))
+                .header("accept", "application/fhir+json")
+                .send()
+                .await,
+            )
+        } else {
+            None
+        };
+        match (&metadata, url.scheme()) {
+            (None, _) => steps.push(skipped("tls", "no connection")),
+            (Some(_), "http") => steps.push(skipped(
+                "tls",
+                "http:// (allowed for non-production and for a simulator on this machine only)",
+            )),
+            (Some(Err(e)), _) if tls_cause(e).is_some() => {
+                steps.push(step("tls", StepStatus::Fail, tls_cause(e).unwrap_or_default(), Some("Epic requires a valid certificate: renew it, fix the host name, or configure the hospital's CA bundle."), t));
+            }
+            (Some(_), _) => steps.push(step(
+                "tls",
+                StepStatus::Pass,
+                "the certificate is valid for the host",
+                None,
+                t,
+            )),
+        }
+        match &metadata {
+            None => steps.push(skipped("metadata", "no connection")),
+            Some(Ok(r)) if r.status().is_success() => steps.push(step("metadata", StepStatus::Pass, "the FHIR CapabilityStatement answered", None, t)),
+            Some(Ok(r)) => steps.push(step(
+                "metadata",
+                StepStatus::Fail,
+                format!("the FHIR metadata answered HTTP {}", r.status().as_u16()),
+                Some("Check the instance name: Switchboard calls {interconnect}/{instance}-oauth/api/FHIR/R4/metadata."),
+                t,
+            )),
+            Some(Err(e)) if tls_cause(e).is_some() => steps.push(skipped("metadata", "TLS failed")),
+            Some(Err(e)) => steps.push(step("metadata", StepStatus::Fail, format!("the FHIR metadata request {}", crate::outbound_error(e)), Some("Interconnect did not answer in time; check its health and the timeout."), t)),
+        }
+
+        let t = std::time::Instant::now();
+        if tcp_ok {
+            if let Ok(creds) = self.backend_credentials(env_id).await {
+                self.epic_tokens().invalidate(&creds);
+            }
+            match self.epic_token(env_id).await {
+                Ok(_) => steps.push(step(
+                    "token",
+                    StepStatus::Pass,
+                    format!("client {} got an access token", env.client_id),
+                    None,
+                    t,
+                )),
+                Err(crate::epic_env::EpicTokenError::Epic(e)) => steps.push(step(
+                    "token",
+                    StepStatus::Fail,
+                    format!("{}: {e}", e.class()),
+                    Some(token_hint(e.class())),
+                    t,
+                )),
+                Err(crate::epic_env::EpicTokenError::App(e)) => {
+                    steps.push(step("token", StepStatus::Fail, e.to_string(), None, t))
+                }
+            }
+        } else {
+            steps.push(skipped("token", "no connection"));
+        }
+        let report = CheckReport {
+            environment_id: env_id.to_owned(),
+            kind: "connection".to_owned(),
+            at: now_ms(),
+            ok: steps.iter().all(|s| s.status != StepStatus::Fail),
+            steps,
+        };
+        self.record_check(p, ctx, &report).await?;
+        Ok(report)
+    }
+
+    /// Calls DisassociateMobileDevice for a device serial and app, outside any check-in.
+    /// The Install ID is the serial with the app name appended when `append_app_name` is set.
+    pub async fn test_logout(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        env_id: &str,
+        serial: &str,
+        app_name: &str,
+        append_app_name: bool,
+    ) -> Result<CheckReport, AppError> {
+        let mut errors = switchboard_domain::ValidationErrors::new();
+        if serial.trim().is_empty()
+            || serial.len() > 64
+            || !serial
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            errors.add(
+                "serial",
+                "must be a device serial number or UUID (letters, digits, '-')",
+            );
+        }
+        errors.check("app", switchboard_domain::epic::check_app(app_name));
+        errors.into_result()?;
+        let env = self.get_environment(env_id).await?;
+        let install_id = if append_app_name {
+            format!("{serial}{app_name}")
+        } else {
+            serial.to_owned()
+        };
+        let t = std::time::Instant::now();
+        let mut steps = Vec::new();
+        let token = match self.epic_token(env_id).await {
+            Ok(t2) => {
+                steps.push(step(
+                    "token",
+                    StepStatus::Pass,
+                    "access token available",
+                    None,
+                    t,
+                ));
+                Some(t2)
+            }
+            Err(crate::epic_env::EpicTokenError::Epic(e)) => {
+                steps.push(step(
+                    "token",
+                    StepStatus::Fail,
+                    e.to_string(),
+                    Some(token_hint(e.class())),
+                    t,
+                ));
+                None
+            }
+            Err(crate::epic_env::EpicTokenError::App(e)) => return Err(e),
+        };
+        let t = std::time::Instant::now();
+        if let Some(token) = token {
+            let url = format!(
+                "{}/api/epic/2023/Security/MobileDevice/DisassociateMobileDevice",
+                oauth_base(&env.interconnect_url, &env.instance)
+            );
+            let resp = self
+                .http_for(env.timeout_ms)?
+                .post(url)
+                .bearer_auth(&*token)
+                .json(&serde_json::json!({"InstallID": install_id}))
+                .send()
+                .await;
+            match resp {
+                Ok(r) if r.status().is_success() => steps.push(step("logout", StepStatus::Pass, format!("Install ID {install_id} was disassociated; the app returns to its sign-in screen"), None, t)),
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let body = r.text().await.unwrap_or_default();
+                    if body.contains("Install ID not found") {
+                        steps.push(step(
+                            "logout",
+                            StepStatus::Fail,
+                            format!("Epic does not know Install ID {install_id}"),
+                            Some("No user has signed in to the app on this device since its AppConfig (EpicMobileDeviceID, EpicMobileDeviceIDAppName) was applied, or the Install ID format differs (check the app name's case)."),
+                            t,
+                        ));
+                    } else {
+                        steps.push(step("logout", StepStatus::Fail, format!("Epic answered HTTP {status}"), Some(if status == 403 { "DisassociateMobileDevice is not attached to this client in Epic; ask your Epic team." } else { "See Epic's Interconnect logs for this request." }), t));
+                    }
+                }
+                Err(e) => steps.push(step("logout", StepStatus::Fail, format!("the request {}", crate::outbound_error(&e)), Some("Interconnect must be reachable from this server with a valid TLS certificate."), t)),
+            }
+        } else {
+            steps.push(skipped("logout", "no access token"));
+        }
+        let report = CheckReport {
+            environment_id: env_id.to_owned(),
+            kind: "logout".to_owned(),
+            at: now_ms(),
+            ok: steps.iter().all(|s| s.status != StepStatus::Fail),
+            steps,
+        };
+        self.record_check(p, ctx, &report).await?;
+        Ok(report)
+    }
+
+    /// The newest stored result of a check (`connection` or `logout`).
+    pub async fn latest_check(&self, env_id: &str, kind: &str) -> Result<CheckReport, AppError> {
+        let mut tx = self.store().read().await?;
+        let row = tx
+            .latest_connection_check(env_id, kind)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("a {kind} test of environment {env_id}")))?;
+        Ok(CheckReport {
+            environment_id: row.environment_id,
+            kind: row.kind,
+            at: row.at,
+            ok: row.ok,
+            steps: serde_json::from_str(&row.steps)
+                .map_err(|e| AppError::Internal(e.to_string()))?,
+        })
+    }
+}
+
+fn token_hint(class: &str) -> &'static str {
+    match class {
+        "not_mapped" => {
+            "Ask your Epic client systems administrator to map a background user to this client (Interconnect Administrator's menu → OAuth2 Management)."
+        }
+        "rejected" => {
+            "Register this environment's JWK URL with Epic; a newly registered JWK URL can take up to 12 hours to sync, and authentication fails until then."
+        }
+        "epic_down" => {
+            "Epic's token endpoint is failing; try again later or check Interconnect's health."
+        }
+        "network" => "Interconnect's OAuth endpoint could not be reached.",
+        _ => "Check the token URL, the client id and the environment's settings.",
+    }
+}
