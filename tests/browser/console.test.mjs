@@ -83,6 +83,28 @@ test('the audit page lists the sign-in and filters by action prefix', async () =
   assert.equal(await page.locator('.empty').count(), 1);
 });
 
+test('an admin adds an Epic environment and runs the connection doctor from the console', async () => {
+  await page.click('nav a[href="/console/epic"]');
+  await page.waitForURL(/\/console\/epic/);
+  assert.equal((await page.locator('h1').textContent()).trim(), 'Epic environments');
+  await page.fill('#new-environment input[name="name"]', 'Browser test TST');
+  await page.selectOption('#new-environment select[name="kind"]', 'non_production');
+  await page.fill('#new-environment input[name="interconnect_url"]', 'http://127.0.0.1:9');
+  await page.fill('#new-environment input[name="instance"]', 'interconnect-tst');
+  await page.fill('#new-environment input[name="client_id"]', 'browser-client');
+  await page.check('#new-environment input[name="app_rover"]');
+  await Promise.all([page.waitForLoadState('load'), page.click('#new-environment button[type="submit"]')]);
+  assert.match(await page.locator('.notice').textContent(), /created/);
+  const card = page.locator('.card.env', { hasText: 'Browser test TST' });
+  assert.equal((await card.locator('.badge.kind-non_production').textContent()).trim(), 'NON-PRODUCTION');
+  assert.match((await card.locator('.jwk-url').textContent()).trim(), /\/jwks\/ks_[0-9a-f]+\.json$/);
+  await Promise.all([page.waitForLoadState('load'), card.locator('button.test-connection').click()]);
+  assert.match(await page.locator('.error').textContent(), /problems/);
+  const failed = await page.locator('.card.env', { hasText: 'Browser test TST' }).locator('tr.step-fail td.mono').allTextContents();
+  assert.ok(failed.includes('tcp'), `failed steps: ${failed.join(', ')}`);
+  await shot('epic');
+});
+
 test('signing out ends the session', async () => {
   await Promise.all([page.waitForURL(`${base}/console/login`), page.click('#sign-out')]);
   await page.goto(`${base}/console/audit`);

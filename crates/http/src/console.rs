@@ -31,6 +31,8 @@ pub fn router() -> Router<AppState> {
         .route("/console/jobs", get(jobs))
         .route("/console/jobs/{id}/{action}", post(job_action))
         .route("/console/users", get(users).post(create_user))
+        .route("/console/epic", get(epic_page).post(create_environment))
+        .route("/console/epic/{id}/{action}", post(environment_action))
         .route("/console/assets/console.css", get(css))
 }
 
@@ -615,5 +617,279 @@ mod tests {
             query_string(&[("actor", "user:a b&c"), ("b", ""), ("c", "y.z")]),
             "actor=user%3Aa+b%26c&c=y.z"
         );
+    }
+}
+
+// ------------------------------------------------------------------ Epic environments
+
+struct KeyLine {
+    kid: String,
+    state: String,
+    created: String,
+    last_used: String,
+}
+
+struct StepLine {
+    name: String,
+    status: String,
+    detail: String,
+    hint: String,
+}
+
+struct TestLine {
+    ok: bool,
+    at: String,
+    steps: Vec<StepLine>,
+}
+
+struct EnvCard {
+    id: String,
+    name: String,
+    kind: String,
+    interconnect_url: String,
+    instance: String,
+    client_id: String,
+    token_url: String,
+    jwk_url: String,
+    apps: String,
+    basic: String,
+    alg: String,
+    keys: Vec<KeyLine>,
+    last_test: Option<TestLine>,
+}
+
+#[derive(Template)]
+#[template(path = "epic.html")]
+struct EpicPage {
+    chrome: Chrome,
+    notice: Option<String>,
+    error: Option<String>,
+    envs: Vec<EnvCard>,
+    can_operate: bool,
+    can_admin: bool,
+}
+
+async fn epic_page_with(
+    s: &AppState,
+    c: &Console,
+    status: StatusCode,
+    notice: Option<String>,
+    error: Option<String>,
+) -> Response {
+    let list = match s.app.list_environments().await {
+        Ok(l) => l,
+        Err(e) => return app_error(c.chrome("epic"), e),
+    };
+    let mut envs = Vec::with_capacity(list.len());
+    for e in list {
+        let last_test = s
+            .app
+            .latest_check(&e.id, "connection")
+            .await
+            .ok()
+            .map(|t| TestLine {
+                ok: t.ok,
+                at: fmt_time(t.at),
+                steps: t
+                    .steps
+                    .into_iter()
+                    .map(|st| StepLine {
+                        name: st.name,
+                        status: serde_json::to_value(st.status)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                        detail: st.detail,
+                        hint: st.hint.unwrap_or_default(),
+                    })
+                    .collect(),
+            });
+        envs.push(EnvCard {
+            basic: match (&e.basic_username, e.has_basic_password, &e.epic_client_id) {
+                (Some(u), true, Some(cid)) => format!("{u} (password set), Epic-Client-ID {cid}"),
+                (Some(u), has, cid) => format!(
+                    "{u}{}{}",
+                    if has {
+                        " (password set)"
+                    } else {
+                        " (no password)"
+                    },
+                    cid.as_ref()
+                        .map(|c| format!(", Epic-Client-ID {c}"))
+                        .unwrap_or_default()
+                ),
+                (None, _, _) => "not configured".to_owned(),
+            },
+            apps: if e.apps.is_empty() {
+                "none".to_owned()
+            } else {
+                e.apps.join(", ")
+            },
+            keys: e
+                .key_set
+                .keys
+                .iter()
+                .map(|k| KeyLine {
+                    kid: k.kid.clone(),
+                    state: k.state.clone(),
+                    created: fmt_time(k.created_at),
+                    last_used: k
+                        .last_used_at
+                        .map(fmt_time)
+                        .unwrap_or_else(|| "never".to_owned()),
+                })
+                .collect(),
+            alg: e.key_set.alg.clone(),
+            jwk_url: e.key_set.jwk_url.clone(),
+            id: e.id,
+            name: e.name,
+            kind: e.kind,
+            interconnect_url: e.interconnect_url,
+            instance: e.instance,
+            client_id: e.client_id,
+            token_url: e.token_url,
+            last_test,
+        });
+    }
+    render(
+        status,
+        &EpicPage {
+            chrome: c.chrome("epic"),
+            notice,
+            error,
+            envs,
+            can_operate: c.allows(Permission::Operate),
+            can_admin: c.allows(Permission::Administer),
+        },
+    )
+}
+
+async fn epic_page(State(s): State<AppState>, c: Console) -> Response {
+    epic_page_with(&s, &c, StatusCode::OK, None, None).await
+}
+
+#[derive(Deserialize)]
+struct NewEnvironmentForm {
+    csrf: String,
+    name: String,
+    kind: String,
+    interconnect_url: String,
+    instance: String,
+    client_id: String,
+    key_algorithm: Option<String>,
+    app_rover: Option<String>,
+    app_haiku: Option<String>,
+    app_canto: Option<String>,
+}
+
+async fn create_environment(
+    State(s): State<AppState>,
+    c: Console,
+    Form(f): Form<NewEnvironmentForm>,
+) -> Response {
+    if let Some(r) = c.csrf_mismatch(&f.csrf) {
+        return r;
+    }
+    if let Some(r) = c.denied(Permission::Administer, "epic") {
+        return r;
+    }
+    let apps: Vec<String> = [
+        ("Rover", &f.app_rover),
+        ("Haiku", &f.app_haiku),
+        ("Canto", &f.app_canto),
+    ]
+    .into_iter()
+    .filter(|(_, v)| v.is_some())
+    .map(|(n, _)| n.to_owned())
+    .collect();
+    let input = switchboard_app::epic_env::EnvironmentInput {
+        name: Some(f.name),
+        kind: Some(f.kind),
+        interconnect_url: Some(f.interconnect_url),
+        instance: Some(f.instance),
+        client_id: Some(f.client_id),
+        apps: Some(apps),
+        key_algorithm: f.key_algorithm,
+        ..Default::default()
+    };
+    match s.app.create_environment(&c.principal, &c.ctx, input).await {
+        Ok(e) => {
+            epic_page_with(
+                &s,
+                &c,
+                StatusCode::OK,
+                Some(format!(
+                    "Environment `{}` created. Register its JWK URL with Epic: {}",
+                    e.name, e.key_set.jwk_url
+                )),
+                None,
+            )
+            .await
+        }
+        Err(AppError::Validation(v)) => {
+            epic_page_with(
+                &s,
+                &c,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                None,
+                Some(v.to_string()),
+            )
+            .await
+        }
+        Err(e) => app_error(c.chrome("epic"), e),
+    }
+}
+
+async fn environment_action(
+    State(s): State<AppState>,
+    c: Console,
+    Path((id, action)): Path<(String, String)>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if let Some(r) = c.csrf_mismatch(&f.csrf) {
+        return r;
+    }
+    // (message, whether it reports a problem)
+    let result = match action.as_str() {
+        "test" => match c.denied(Permission::Operate, "epic") {
+            Some(r) => return r,
+            None => s
+                .app
+                .test_connection(&c.principal, &c.ctx, &id)
+                .await
+                .map(|r| {
+                    if r.ok {
+                        ("Connection test passed.".to_owned(), false)
+                    } else {
+                        (
+                            "Connection test found problems; see the steps below.".to_owned(),
+                            true,
+                        )
+                    }
+                }),
+        },
+        "rotate" => match c.denied(Permission::Administer, "epic") {
+            Some(r) => return r,
+            None => s
+                .app
+                .rotate_environment_keys(&c.principal, &c.ctx, &id)
+                .await
+                .map(|_| {
+                    (
+                        "A new key is published; it starts signing after the publish delay."
+                            .to_owned(),
+                        false,
+                    )
+                }),
+        },
+        _ => Err(AppError::NotFound(format!("environment action `{action}`"))),
+    };
+    match result {
+        Ok((m, false)) => epic_page_with(&s, &c, StatusCode::OK, Some(m), None).await,
+        Ok((m, true)) => epic_page_with(&s, &c, StatusCode::OK, None, Some(m)).await,
+        Err(AppError::Conflict(m)) => {
+            epic_page_with(&s, &c, StatusCode::CONFLICT, None, Some(m)).await
+        }
+        Err(e) => app_error(c.chrome("epic"), e),
     }
 }
