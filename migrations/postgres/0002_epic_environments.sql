@@ -40,6 +40,7 @@ CREATE TABLE epic_environments (
     epic_client_id      TEXT,
     timeout_ms          BIGINT NOT NULL,
     rate_limit_per_sec  BIGINT,
+    ca_bundle           TEXT,
     key_set_id          TEXT NOT NULL REFERENCES key_sets (id),
     created_at          BIGINT NOT NULL,
     updated_at          BIGINT NOT NULL

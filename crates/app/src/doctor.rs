@@ -13,6 +13,8 @@ use switchboard_store::ConnectionCheckRow;
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Pass,
+    /// Works, but needs attention soon (e.g. a certificate close to expiry).
+    Warn,
     Fail,
     Skipped,
 }
@@ -87,16 +89,82 @@ fn tls_cause(e: &reqwest::Error) -> Option<&'static str> {
     None
 }
 
+/// Reads one DER element: (tag, contents, rest).
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        (
+            rest[..n]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b)),
+            &rest[n..],
+        )
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `notAfter` of an X.509 certificate (DER), in Unix seconds.
+#[must_use]
+pub fn cert_not_after(cert: &[u8]) -> Option<i64> {
+    let (_, certificate, _) = der(cert)?;
+    let (_, tbs, _) = der(certificate)?;
+    let mut rest = tbs;
+    let (tag, _, after_version) = der(rest)?;
+    if tag == 0xA0 {
+        rest = after_version;
+    }
+    for _ in 0..3 {
+        rest = der(rest)?.2; // serialNumber, signature, issuer
+    }
+    let (_, validity, _) = der(rest)?;
+    let (_, _, after_not_before) = der(validity)?;
+    let (tag, t, _) = der(after_not_before)?;
+    let text = std::str::from_utf8(t).ok()?;
+    let num = |a: usize, b: usize| text.get(a..b).and_then(|x| x.parse::<i64>().ok());
+    let (year, o) = match tag {
+        0x17 => {
+            let yy = num(0, 2)?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, 2)
+        }
+        0x18 => (num(0, 4)?, 4),
+        _ => return None,
+    };
+    let (mo, d, h, mi, se) = (
+        num(o, o + 2)?,
+        num(o + 2, o + 4)?,
+        num(o + 4, o + 6)?,
+        num(o + 6, o + 8)?,
+        num(o + 8, o + 10)?,
+    );
+    Some(days_from_civil(year, mo, d) * 86_400 + h * 3600 + mi * 60 + se)
+}
+
 impl App {
-    fn http_for(&self, timeout_ms: i64) -> Result<reqwest::Client, AppError> {
-        reqwest::Client::builder()
-            .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
-            .timeout(Duration::from_millis(
-                u64::try_from(timeout_ms).unwrap_or(15_000),
-            ))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| AppError::Internal(format!("HTTP client: {e}")))
+    async fn environment_row(
+        &self,
+        env_id: &str,
+    ) -> Result<switchboard_store::EnvironmentRow, AppError> {
+        let mut tx = self.store().read().await?;
+        tx.get_environment(env_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("Epic environment {env_id}")))
     }
 
     async fn record_check(
@@ -195,8 +263,12 @@ impl App {
             }
         };
 
-        let http = self.http_for(env.timeout_ms)?;
+        let row = self.environment_row(env_id).await?;
+        let http = self.epic_http(&row)?;
         let t = std::time::Instant::now();
+        if tcp_ok {
+            self.epic_permit(&row).await?;
+        }
         let metadata = if tcp_ok {
             Some(
                 http.get(format!(
@@ -219,7 +291,39 @@ impl App {
             (Some(Err(e)), _) if tls_cause(e).is_some() => {
                 steps.push(step("tls", StepStatus::Fail, tls_cause(e).unwrap_or_default(), Some("Epic requires a valid certificate: renew it, fix the host name, or configure the hospital's CA bundle."), t));
             }
-            (Some(_), _) => steps.push(step(
+            (Some(Ok(resp)), _) => {
+                let not_after = resp
+                    .extensions()
+                    .get::<reqwest::tls::TlsInfo>()
+                    .and_then(|i| i.peer_certificate())
+                    .and_then(cert_not_after);
+                match not_after {
+                    Some(at) => {
+                        let days = (at - now_ms() / 1000) / 86_400;
+                        if days < 30 {
+                            steps.push(step("tls", StepStatus::Warn, format!("the certificate is valid but expires in {days} days"), Some("Renew Interconnect's TLS certificate before it expires: Epic calls fail from that moment."), t));
+                        } else {
+                            steps.push(step(
+                                "tls",
+                                StepStatus::Pass,
+                                format!(
+                                    "the certificate is valid for the host and for {days} more days"
+                                ),
+                                None,
+                                t,
+                            ));
+                        }
+                    }
+                    None => steps.push(step(
+                        "tls",
+                        StepStatus::Pass,
+                        "the certificate is valid for the host",
+                        None,
+                        t,
+                    )),
+                }
+            }
+            (Some(Err(_)), _) => steps.push(step(
                 "tls",
                 StepStatus::Pass,
                 "the certificate is valid for the host",
@@ -305,6 +409,7 @@ impl App {
         errors.check("app", switchboard_domain::epic::check_app(app_name));
         errors.into_result()?;
         let env = self.get_environment(env_id).await?;
+        let row = self.environment_row(env_id).await?;
         let install_id = if append_app_name {
             format!("{serial}{app_name}")
         } else {
@@ -341,8 +446,9 @@ impl App {
                 "{}/api/epic/2023/Security/MobileDevice/DisassociateMobileDevice",
                 oauth_base(&env.interconnect_url, &env.instance)
             );
+            self.epic_permit(&row).await?;
             let resp = self
-                .http_for(env.timeout_ms)?
+                .epic_http(&row)?
                 .post(url)
                 .bearer_auth(&*token)
                 .json(&serde_json::json!({"InstallID": install_id}))
@@ -412,5 +518,23 @@ fn token_hint(class: &str) -> &'static str {
         }
         "network" => "Interconnect's OAuth endpoint could not be reached.",
         _ => "Check the token URL, the client id and the environment's settings.",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_days_match_known_dates() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(2026, 11, 24) * 86_400, 1_795_478_400);
+    }
+
+    #[test]
+    fn garbage_is_not_a_certificate() {
+        assert_eq!(cert_not_after(b""), None);
+        assert_eq!(cert_not_after(&[0x30, 0x03, 0x02, 0x01, 0x01]), None);
     }
 }

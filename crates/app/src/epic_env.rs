@@ -37,6 +37,8 @@ pub struct EnvironmentInput {
     pub epic_client_id: Option<String>,
     pub timeout_ms: Option<i64>,
     pub rate_limit_per_sec: Option<i64>,
+    /// Extra trusted CA certificates (PEM) for a private CA; empty string clears.
+    pub ca_bundle: Option<String>,
     /// `RS384` (default) or `ES384`; only when creating.
     pub key_algorithm: Option<String>,
     pub publish_delay_secs: Option<i64>,
@@ -87,6 +89,8 @@ pub struct Environment {
     pub epic_client_id: Option<String>,
     pub timeout_ms: i64,
     pub rate_limit_per_sec: Option<i64>,
+    /// How many extra CA certificates are trusted for this environment.
+    pub ca_certificates: usize,
     pub key_set: KeySetInfo,
     pub created_at: i64,
     pub updated_at: i64,
@@ -246,6 +250,26 @@ fn validate(
     {
         e.add("rotate_every_days", "must be between 1 and 3650");
     }
+    let ca_bundle = match &input.ca_bundle {
+        Some(p) if p.trim().is_empty() => None,
+        Some(p) if p.len() > 256 * 1024 => {
+            e.add("ca_bundle", "is larger than 256 KiB");
+            None
+        }
+        Some(p) => match reqwest::Certificate::from_pem_bundle(p.as_bytes()) {
+            Ok(certs) if !certs.is_empty() && p.contains("-----BEGIN CERTIFICATE-----") => {
+                Some(p.clone())
+            }
+            _ => {
+                e.add(
+                    "ca_bundle",
+                    "must be one or more PEM certificates (-----BEGIN CERTIFICATE-----)",
+                );
+                None
+            }
+        },
+        None => existing.and_then(|x| x.ca_bundle.clone()),
+    };
     let alg = match (&input.key_algorithm, existing) {
         (Some(a), None) => e.check("key_algorithm", parse_alg(a)),
         (Some(_), Some(_)) => {
@@ -280,6 +304,7 @@ fn validate(
         epic_client_id,
         timeout_ms,
         rate_limit_per_sec: rate,
+        ca_bundle,
         key_set_id: existing.map(|x| x.key_set_id.clone()).unwrap_or_default(),
         created_at: existing.map_or(now, |x| x.created_at),
         updated_at: now,
@@ -333,6 +358,10 @@ impl App {
             epic_client_id: row.epic_client_id,
             timeout_ms: row.timeout_ms,
             rate_limit_per_sec: row.rate_limit_per_sec,
+            ca_certificates: row
+                .ca_bundle
+                .as_deref()
+                .map_or(0, |p| p.matches("-----BEGIN CERTIFICATE-----").count()),
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -522,6 +551,7 @@ impl App {
             ("epic_client_id", input.epic_client_id.is_some()),
             ("timeout_ms", input.timeout_ms.is_some()),
             ("rate_limit_per_sec", input.rate_limit_per_sec.is_some()),
+            ("ca_bundle", input.ca_bundle.is_some()),
             ("publish_delay_secs", input.publish_delay_secs.is_some()),
             ("rotate_every_days", input.rotate_every_days.is_some()),
         ]
@@ -815,10 +845,74 @@ impl App {
             .backend_credentials(env_id)
             .await
             .map_err(EpicTokenError::App)?;
+        let env = {
+            let mut tx = self
+                .store()
+                .read()
+                .await
+                .map_err(|e| EpicTokenError::App(e.into()))?;
+            tx.get_environment(env_id)
+                .await
+                .map_err(|e| EpicTokenError::App(e.into()))?
+                .ok_or_else(|| {
+                    EpicTokenError::App(AppError::NotFound(format!("Epic environment {env_id}")))
+                })?
+        };
+        let http = self.epic_http(&env).map_err(EpicTokenError::App)?;
         self.epic_tokens()
-            .token(&creds)
+            .token_via(&http, &creds)
             .await
             .map_err(EpicTokenError::Epic)
+    }
+
+    /// The HTTP client for calls to one environment: its timeout, no redirects, the system roots
+    /// plus the environment's CA bundle, and TLS details kept for the connection doctor.
+    /// Built once per version of the environment.
+    pub fn epic_http(&self, env: &EnvironmentRow) -> Result<reqwest::Client, AppError> {
+        let key = format!("{}@{}", env.id, env.updated_at);
+        if let Some(c) = self.cached_epic_http(&key) {
+            return Ok(c);
+        }
+        let timeout = u64::try_from(env.timeout_ms).unwrap_or(15_000);
+        let mut b = reqwest::Client::builder()
+            .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+            .timeout(Duration::from_millis(timeout))
+            .connect_timeout(Duration::from_millis(timeout.min(10_000)))
+            .redirect(reqwest::redirect::Policy::none())
+            .tls_info(true);
+        if let Some(pem) = &env.ca_bundle {
+            for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| AppError::Internal(format!("stored CA bundle: {e}")))?
+            {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        let client = b
+            .build()
+            .map_err(|e| AppError::Internal(format!("HTTP client: {e}")))?;
+        self.cache_epic_http(key, client.clone());
+        Ok(client)
+    }
+
+    /// Waits for a slot under the environment's rate limit toward Epic (per replica); gives up
+    /// after 30 seconds.
+    pub async fn epic_permit(&self, env: &EnvironmentRow) -> Result<(), AppError> {
+        let Some(rate) = env.rate_limit_per_sec.filter(|r| *r > 0) else {
+            return Ok(());
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.take_epic_slot(&env.id, rate as f64) {
+                None => return Ok(()),
+                Some(w) if std::time::Instant::now() + w > deadline => {
+                    return Err(AppError::Unavailable(format!(
+                        "the rate limit toward Epic environment `{}` ({rate}/s) is saturated",
+                        env.name
+                    )));
+                }
+                Some(w) => tokio::time::sleep(w).await,
+            }
+        }
     }
 }
 

@@ -121,6 +121,9 @@ struct AppInner {
     signing_keys: std::sync::Mutex<
         std::collections::HashMap<String, Arc<switchboard_epic::jose::SigningKey>>,
     >,
+    epic_http: std::sync::Mutex<std::collections::HashMap<String, reqwest::Client>>,
+    /// Token buckets toward each Epic environment: (tokens, last refill).
+    epic_buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
 }
 
 impl App {
@@ -141,6 +144,8 @@ impl App {
                 http,
                 epic_tokens,
                 signing_keys: std::sync::Mutex::default(),
+                epic_http: std::sync::Mutex::default(),
+                epic_buckets: std::sync::Mutex::default(),
             }),
         })
     }
@@ -173,6 +178,45 @@ impl App {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(kid)
             .cloned()
+    }
+
+    fn cached_epic_http(&self, key: &str) -> Option<reqwest::Client> {
+        self.inner
+            .epic_http
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    fn cache_epic_http(&self, key: String, client: reqwest::Client) {
+        let mut m = self
+            .inner
+            .epic_http
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let prefix = key.split('@').next().unwrap_or_default().to_owned();
+        m.retain(|k, _| !k.starts_with(&format!("{prefix}@")));
+        m.insert(key, client);
+    }
+
+    /// Takes one slot of `rate` per second for `env_id`, or says how long to wait for one.
+    fn take_epic_slot(&self, env_id: &str, rate: f64) -> Option<std::time::Duration> {
+        let mut b = self
+            .inner
+            .epic_buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        let (tokens, last) = b.entry(env_id.to_owned()).or_insert((rate.max(1.0), now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate.max(1.0));
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            None
+        } else {
+            Some(std::time::Duration::from_secs_f64((1.0 - *tokens) / rate))
+        }
     }
 
     fn cache_signing_key(&self, kid: &str, key: Arc<switchboard_epic::jose::SigningKey>) {

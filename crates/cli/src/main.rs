@@ -103,6 +103,30 @@ enum EpicCommand {
     List,
     /// Test the connection to an environment (by name or id): DNS, TCP, TLS, metadata, token.
     Test { environment: String },
+    /// Add an environment; prints the JWK URL to register with Epic.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// `production` or `non_production`.
+        #[arg(long)]
+        kind: String,
+        /// The Interconnect server URL, e.g. https://epic.hospital.org
+        #[arg(long)]
+        url: String,
+        /// The instance, e.g. interconnect-prd
+        #[arg(long)]
+        instance: String,
+        #[arg(long)]
+        client_id: String,
+        /// Comma-separated Epic apps: Rover,Haiku,Canto
+        #[arg(long, value_delimiter = ',')]
+        apps: Vec<String>,
+        /// RS384 (default) or ES384
+        #[arg(long)]
+        key_algorithm: Option<String>,
+    },
+    /// Rotate an environment's signing key now (by name or id).
+    Rotate { environment: String },
 }
 
 #[derive(Subcommand)]
@@ -683,6 +707,61 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let (app, _) = open_app(config).await?;
             let envs = app.list_environments().await.map_err(describe)?;
             match command {
+                EpicCommand::Create {
+                    name,
+                    kind,
+                    url,
+                    instance,
+                    client_id,
+                    apps,
+                    key_algorithm,
+                } => {
+                    let input = switchboard_app::epic_env::EnvironmentInput {
+                        name: Some(name),
+                        kind: Some(kind),
+                        interconnect_url: Some(url),
+                        instance: Some(instance),
+                        client_id: Some(client_id),
+                        apps: Some(apps),
+                        key_algorithm,
+                        ..Default::default()
+                    };
+                    let e = app
+                        .create_environment(&cli, &ctx, input)
+                        .await
+                        .map_err(describe)?;
+                    println!(
+                        "created {} ({}) with id {}",
+                        e.name,
+                        e.kind.to_uppercase(),
+                        e.id
+                    );
+                    println!("register this JWK URL with Epic: {}", e.key_set.jwk_url);
+                    Ok(ExitCode::SUCCESS)
+                }
+                EpicCommand::Rotate { environment } => {
+                    let env = envs
+                        .into_iter()
+                        .find(|e| e.id == environment || e.name == environment);
+                    let env =
+                        env.with_context(|| format!("no Epic environment named `{environment}`"))?;
+                    let e = app
+                        .rotate_environment_keys(&cli, &ctx, &env.id)
+                        .await
+                        .map_err(describe)?;
+                    let new = e
+                        .key_set
+                        .keys
+                        .iter()
+                        .find(|k| k.state == "published")
+                        .map(|k| k.kid.clone())
+                        .unwrap_or_default();
+                    println!(
+                        "new key {new} published; it starts signing after {} s (the workers of a running server take the next steps)",
+                        e.key_set.publish_delay_secs
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
                 EpicCommand::List => {
                     for e in envs {
                         println!(
@@ -715,6 +794,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     for s in &report.steps {
                         let mark = match s.status {
                             switchboard_app::doctor::StepStatus::Pass => "pass",
+                            switchboard_app::doctor::StepStatus::Warn => "WARN",
                             switchboard_app::doctor::StepStatus::Fail => "FAIL",
                             switchboard_app::doctor::StepStatus::Skipped => "skip",
                         };

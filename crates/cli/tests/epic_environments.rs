@@ -564,3 +564,231 @@ async fn the_connection_doctor_names_each_failing_step_and_the_logout_test_expla
     sim.shutdown().await;
     s.stop().await;
 }
+
+/// A TLS server whose certificate is issued by a private CA (made with `openssl`), served by
+/// Python's `ssl` module. Returns (port, CA PEM, the child) or `None` when the tools are missing.
+fn private_ca_server(dir: &std::path::Path) -> Option<(u16, String, std::process::Child)> {
+    use std::process::{Command, Stdio};
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let ok = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "365",
+        "-subj",
+        "/CN=Test Hospital Private CA",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]) && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "20",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    if !ok {
+        return None;
+    }
+    let script = "import http.server, ssl, sys\nctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\nctx.load_cert_chain('leaf.pem', 'leaf.key')\nsrv = http.server.HTTPServer(('127.0.0.1', 0), http.server.BaseHTTPRequestHandler)\nsrv.socket = ctx.wrap_socket(srv.socket, server_side=True)\nprint(srv.server_address[1], flush=True)\nsrv.serve_forever()\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take()?),
+        &mut line,
+    )
+    .ok()?;
+    let port = line.trim().parse().ok()?;
+    Some((
+        port,
+        std::fs::read_to_string(dir.join("ca.pem")).ok()?,
+        child,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_ca_bundle_makes_tls_pass_and_the_doctor_warns_about_a_certificate_close_to_expiry()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((port, ca_pem, mut child)) = private_ca_server(dir.path()) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "openssl and python3 are required on CI"
+        );
+        eprintln!("SKIPPED (tools): openssl or python3 missing");
+        return;
+    };
+    let s = TestServer::sqlite().await;
+    let e: Value = s
+        .post(&s.admin_token, "/epic-environments", json!({"name": "Private CA", "kind": "production", "interconnect_url": format!("https://127.0.0.1:{port}"), "instance": "interconnect-prd", "client_id": "c", "timeout_ms": 3000}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = e["id"].as_str().unwrap().to_owned();
+    let tls = |r: &Value| {
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == "tls")
+            .unwrap()
+            .clone()
+    };
+
+    let r: Value = s
+        .post(
+            &s.admin_token,
+            &format!("/epic-environments/{id}/test-connection"),
+            json!({}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let step = tls(&r);
+    assert_eq!(step["status"], "fail", "{r}");
+    assert!(
+        step["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not signed by a trusted authority"),
+        "{step}"
+    );
+
+    let bad = s
+        .http
+        .patch(s.api(&format!("/epic-environments/{id}")))
+        .bearer_auth(&s.admin_token)
+        .json(&json!({"ca_bundle": "not a certificate"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+    let ok = s
+        .http
+        .patch(s.api(&format!("/epic-environments/{id}")))
+        .bearer_auth(&s.admin_token)
+        .json(&json!({"ca_bundle": ca_pem}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.json::<Value>().await.unwrap()["ca_certificates"], 1);
+
+    let r: Value = s
+        .post(
+            &s.admin_token,
+            &format!("/epic-environments/{id}/test-connection"),
+            json!({}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let step = tls(&r);
+    assert_eq!(step["status"], "warn", "{r}");
+    let detail = step["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("expires in 19 days") || detail.contains("expires in 20 days"),
+        "{detail}"
+    );
+    let _ = child.kill();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_toward_epic_spaces_out_calls() {
+    let s = TestServer::sqlite().await;
+    let mut sim_cfg = switchboard_epic_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    sim_cfg.instances = vec![switchboard_epic_sim::InstanceConfig {
+        name: "interconnect-tst".into(),
+        production: false,
+    }];
+    let sim = switchboard_epic_sim::start(sim_cfg).await.unwrap();
+    let mut body = env_body(&sim.base_url());
+    body["rate_limit_per_sec"] = json!(2);
+    let e: Value = s
+        .post(&s.admin_token, "/epic-environments", body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = e["id"].as_str().unwrap().to_owned();
+    sim.sim.register_client(switchboard_epic_sim::ClientConfig {
+        client_id: "switchboard-test".into(),
+        jwks_url: Some(e["key_set"]["jwk_url"].as_str().unwrap().into()),
+        ..Default::default()
+    });
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        s.post(
+            &s.admin_token,
+            &format!("/epic-environments/{id}/test-logout"),
+            json!({"serial": "SER1", "app": "Rover"}),
+        )
+        .await;
+    }
+    // 2 per second with a burst of 2: the 5th call waits about 1.5 s.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1300),
+        "{:?}",
+        started.elapsed()
+    );
+    let logouts = sim
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.path.ends_with("DisassociateMobileDevice"))
+        .count();
+    assert_eq!(logouts, 5);
+    sim.shutdown().await;
+    s.stop().await;
+}

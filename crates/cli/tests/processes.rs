@@ -667,3 +667,74 @@ async fn the_demo_runs_switchboard_and_the_epic_simulator_side_by_side() {
     demo.server.shutdown().await.unwrap();
     demo.sim.shutdown().await;
 }
+
+#[test]
+fn the_cli_creates_lists_tests_and_rotates_epic_environments() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("e.db").display());
+    let out = run_cli(
+        dir.path(),
+        &db,
+        &[
+            "epic",
+            "create",
+            "--name",
+            "TST",
+            "--kind",
+            "non_production",
+            "--url",
+            "http://127.0.0.1:9",
+            "--instance",
+            "interconnect-tst",
+            "--client-id",
+            "cli-client",
+            "--apps",
+            "Rover,Haiku",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("register this JWK URL with Epic: "));
+    let bad = run_cli(
+        dir.path(),
+        &db,
+        &[
+            "epic",
+            "create",
+            "--name",
+            "PRD",
+            "--kind",
+            "production",
+            "--url",
+            "http://epic.example",
+            "--instance",
+            "p",
+            "--client-id",
+            "c",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("interconnect_url"));
+    let list = run_cli(dir.path(), &db, &["epic", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains("TST") && text.contains("NON_PRODUCTION") && text.contains("/jwks/ks_"),
+        "{text}"
+    );
+    let test = run_cli(dir.path(), &db, &["epic", "test", "TST"]);
+    assert_eq!(test.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&test.stdout);
+    assert!(
+        text.contains("[FAIL] tcp") && text.contains("fix: "),
+        "{text}"
+    );
+    let rotate = run_cli(dir.path(), &db, &["epic", "rotate", "TST"]);
+    assert!(
+        String::from_utf8_lossy(&rotate.stdout).contains("published"),
+        "{}",
+        String::from_utf8_lossy(&rotate.stderr)
+    );
+}

@@ -210,6 +210,16 @@ impl TokenCache {
 
     /// A valid access token: from the cache, or fetched once for every concurrent caller.
     pub async fn token(&self, creds: &BackendCredentials) -> Result<Arc<str>, EpicAuthError> {
+        let http = self.http.clone();
+        self.token_via(&http, creds).await
+    }
+
+    /// As [`Self::token`], fetching (when needed) through `http` (an environment's own client).
+    pub async fn token_via(
+        &self,
+        http: &reqwest::Client,
+        creds: &BackendCredentials,
+    ) -> Result<Arc<str>, EpicAuthError> {
         let slot = self.slot(&creds.cache_key());
         if let Some(t) = Self::fresh(&slot) {
             self.stats
@@ -231,7 +241,7 @@ impl TokenCache {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .fetches += 1;
-        let fetched = fetch(&self.http, creds).await;
+        let fetched = fetch(http, creds).await;
         match fetched {
             Ok(c) => {
                 let token = Arc::clone(&c.token);

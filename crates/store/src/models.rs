@@ -188,6 +188,8 @@ pub struct EnvironmentRow {
     pub epic_client_id: Option<String>,
     pub timeout_ms: i64,
     pub rate_limit_per_sec: Option<i64>,
+    /// Extra trusted CA certificates (PEM) for a hospital's private CA.
+    pub ca_bundle: Option<String>,
     pub key_set_id: String,
     pub created_at: i64,
     pub updated_at: i64,

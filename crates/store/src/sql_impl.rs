@@ -29,7 +29,7 @@ macro_rules! impl_tx {
         const TOKEN_COLS: &str = "id, user_id, name, digest, prefix, role, created_at, expires_at, last_used_at, revoked_at";
         const KEY_SET_COLS: &str = "id, owner, alg, publish_delay_secs, rotate_every_days, next_rotation_at, created_at";
         const SIGNING_KEY_COLS: &str = "kid, key_set_id, alg, public_jwk, private_secret, state, created_at, activate_after, activated_at, retiring_at, retired_at, last_used_at";
-        const ENV_COLS: &str = "id, name, kind, interconnect_url, instance, token_url_override, client_id, apps, basic_username, basic_password_ref, epic_client_id, timeout_ms, rate_limit_per_sec, key_set_id, created_at, updated_at";
+        const ENV_COLS: &str = "id, name, kind, interconnect_url, instance, token_url_override, client_id, apps, basic_username, basic_password_ref, epic_client_id, timeout_ms, rate_limit_per_sec, ca_bundle, key_set_id, created_at, updated_at";
 
         fn key_set_from(row: &DbRow) -> Result<$crate::KeySetRow, sqlx::Error> {
             use sqlx::Row;
@@ -78,6 +78,7 @@ macro_rules! impl_tx {
                 epic_client_id: row.try_get("epic_client_id")?,
                 timeout_ms: row.try_get("timeout_ms")?,
                 rate_limit_per_sec: row.try_get("rate_limit_per_sec")?,
+                ca_bundle: row.try_get("ca_bundle")?,
                 key_set_id: row.try_get("key_set_id")?,
                 created_at: row.try_get("created_at")?,
                 updated_at: row.try_get("updated_at")?,
@@ -606,10 +607,10 @@ macro_rules! impl_tx {
             }
 
             async fn insert_environment(&mut self, e: &$crate::EnvironmentRow) -> Result<(), $crate::StoreError> {
-                sqlx::query(&format!("INSERT INTO epic_environments ({ENV_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"))
+                sqlx::query(&format!("INSERT INTO epic_environments ({ENV_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"))
                     .bind(&e.id).bind(&e.name).bind(&e.kind).bind(&e.interconnect_url).bind(&e.instance).bind(&e.token_url_override)
                     .bind(&e.client_id).bind(&e.apps).bind(&e.basic_username).bind(&e.basic_password_ref).bind(&e.epic_client_id)
-                    .bind(e.timeout_ms).bind(e.rate_limit_per_sec).bind(&e.key_set_id).bind(e.created_at).bind(e.updated_at)
+                    .bind(e.timeout_ms).bind(e.rate_limit_per_sec).bind(&e.ca_bundle).bind(&e.key_set_id).bind(e.created_at).bind(e.updated_at)
                     .execute(&mut *self.inner)
                     .await?;
                 Ok(())
@@ -619,11 +620,11 @@ macro_rules! impl_tx {
                 sqlx::query(
                     "UPDATE epic_environments SET name = $2, kind = $3, interconnect_url = $4, instance = $5, token_url_override = $6, \
                      client_id = $7, apps = $8, basic_username = $9, basic_password_ref = $10, epic_client_id = $11, timeout_ms = $12, \
-                     rate_limit_per_sec = $13, updated_at = $14 WHERE id = $1",
+                     rate_limit_per_sec = $13, ca_bundle = $14, updated_at = $15 WHERE id = $1",
                 )
                 .bind(&e.id).bind(&e.name).bind(&e.kind).bind(&e.interconnect_url).bind(&e.instance).bind(&e.token_url_override)
                 .bind(&e.client_id).bind(&e.apps).bind(&e.basic_username).bind(&e.basic_password_ref).bind(&e.epic_client_id)
-                .bind(e.timeout_ms).bind(e.rate_limit_per_sec).bind(e.updated_at)
+                .bind(e.timeout_ms).bind(e.rate_limit_per_sec).bind(&e.ca_bundle).bind(e.updated_at)
                 .execute(&mut *self.inner)
                 .await?;
                 Ok(())

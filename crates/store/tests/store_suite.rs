@@ -473,6 +473,7 @@ store_test!(
             epic_client_id: None,
             timeout_ms: 10_000,
             rate_limit_per_sec: Some(20),
+            ca_bundle: None,
             key_set_id: "ks_1".into(),
             created_at: 1,
             updated_at: 1,

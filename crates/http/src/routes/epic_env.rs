@@ -53,6 +53,7 @@ pub struct EnvironmentView {
     pub epic_client_id: Option<String>,
     pub timeout_ms: i64,
     pub rate_limit_per_sec: Option<i64>,
+    pub ca_certificates: usize,
     #[schema(value_type = Object)]
     pub key_set: serde_json::Value,
     pub created_at: i64,
@@ -80,6 +81,7 @@ impl From<Environment> for EnvironmentView {
             epic_client_id: e.epic_client_id,
             timeout_ms: e.timeout_ms,
             rate_limit_per_sec: e.rate_limit_per_sec,
+            ca_certificates: e.ca_certificates,
             created_at: e.created_at,
             updated_at: e.updated_at,
         }
@@ -111,7 +113,10 @@ pub struct EnvironmentBody {
     /// Sent as `Epic-Client-ID` to non-OAuth APIs.
     pub epic_client_id: Option<String>,
     pub timeout_ms: Option<i64>,
+    /// Calls per second toward Epic for this environment (per replica).
     pub rate_limit_per_sec: Option<i64>,
+    /// Extra trusted CA certificates (PEM) for a hospital's private CA; empty string clears.
+    pub ca_bundle: Option<String>,
     /// `RS384` (default) or `ES384`; create only.
     pub key_algorithm: Option<String>,
     /// Seconds a new key is published before it starts signing (default 600).
@@ -135,6 +140,7 @@ impl From<EnvironmentBody> for EnvironmentInput {
             epic_client_id: b.epic_client_id,
             timeout_ms: b.timeout_ms,
             rate_limit_per_sec: b.rate_limit_per_sec,
+            ca_bundle: b.ca_bundle,
             key_algorithm: b.key_algorithm,
             publish_delay_secs: b.publish_delay_secs,
             rotate_every_days: b.rotate_every_days,
