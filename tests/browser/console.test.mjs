@@ -102,6 +102,10 @@ test('an admin adds an Epic environment and runs the connection doctor from the 
   assert.match(await page.locator('.error').textContent(), /problems/);
   const failed = await page.locator('.card.env', { hasText: 'Browser test TST' }).locator('tr.step-fail td.mono').allTextContents();
   assert.ok(failed.includes('tcp'), `failed steps: ${failed.join(', ')}`);
+  const logout = page.locator('.card.env', { hasText: 'Browser test TST' }).locator('form.logout-test');
+  await logout.locator('input[name="serial"]').fill('J4X7X22WGA');
+  await Promise.all([page.waitForLoadState('load'), logout.locator('button[type="submit"]').click()]);
+  assert.match(await page.locator('.error').textContent(), /Logout test failed/);
   await shot('epic');
 });
 

@@ -310,6 +310,13 @@ async fn tokens_come_from_the_simulator_and_a_rotation_is_noticed_through_one_jw
     app.epic_tokens().invalidate(&creds);
     let t2 = app.epic_token(&id).await.unwrap();
     assert_ne!(t1, t2);
+    verify_captured_assertion_with_pyjwt(
+        &s,
+        &sim,
+        e["key_set"]["jwk_url"].as_str().unwrap(),
+        &new_kid,
+    )
+    .await;
     assert_eq!(
         sim.sim.jwks_fetches().len(),
         2,
@@ -791,4 +798,77 @@ async fn the_rate_limit_toward_epic_spaces_out_calls() {
     assert_eq!(logouts, 5);
     sim.shutdown().await;
     s.stop().await;
+}
+
+/// The independent check: the assertion the simulator received (from its journal), verified by
+/// PyJWT against the JWK set Switchboard publishes, with every Epic claim rule.
+async fn verify_captured_assertion_with_pyjwt(
+    s: &TestServer,
+    sim: &switchboard_epic_sim::RunningSim,
+    jwk_url: &str,
+    kid: &str,
+) {
+    let have_peer = std::process::Command::new("python3")
+        .args(["-c", "import jwt, cryptography"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_peer {
+        assert!(std::env::var_os("CI").is_none(), "PyJWT is required on CI");
+        eprintln!("SKIPPED (peer): pip install -r tests/peers/requirements.txt");
+        return;
+    }
+    let call = sim
+        .sim
+        .calls()
+        .into_iter()
+        .rev()
+        .find(|c| c.path.ends_with("/oauth2/token") && c.status == 200)
+        .unwrap();
+    let assertion = url::form_urlencoded::parse(call.body.as_bytes())
+        .find(|(k, _)| k == "client_assertion")
+        .unwrap()
+        .1
+        .into_owned();
+    assert!(
+        assertion
+            .split('.')
+            .next()
+            .map(|h| String::from_utf8(base64_url_decode(h)).unwrap())
+            .unwrap()
+            .contains(kid)
+    );
+    let jwks = s
+        .http
+        .get(jwk_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/peers/verify_assertion.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args([
+            jwks.as_str(),
+            assertion.as_str(),
+            "switchboard-test",
+            &sim.token_url("interconnect-tst"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn base64_url_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .unwrap()
 }

@@ -32,6 +32,10 @@ pub fn router() -> Router<AppState> {
         .route("/console/jobs/{id}/{action}", post(job_action))
         .route("/console/users", get(users).post(create_user))
         .route("/console/epic", get(epic_page).post(create_environment))
+        .route(
+            "/console/epic/{id}/logout-test",
+            post(environment_logout_test),
+        )
         .route("/console/epic/{id}/{action}", post(environment_action))
         .route("/console/assets/console.css", get(css))
 }
@@ -889,6 +893,88 @@ async fn environment_action(
         Ok((m, true)) => epic_page_with(&s, &c, StatusCode::OK, None, Some(m)).await,
         Err(AppError::Conflict(m)) => {
             epic_page_with(&s, &c, StatusCode::CONFLICT, None, Some(m)).await
+        }
+        Err(e) => app_error(c.chrome("epic"), e),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogoutTestForm {
+    csrf: String,
+    serial: String,
+    app: String,
+    append_app_name: Option<String>,
+}
+
+async fn environment_logout_test(
+    State(s): State<AppState>,
+    c: Console,
+    Path(id): Path<String>,
+    Form(f): Form<LogoutTestForm>,
+) -> Response {
+    if let Some(r) = c.csrf_mismatch(&f.csrf) {
+        return r;
+    }
+    if let Some(r) = c.denied(Permission::Operate, "epic") {
+        return r;
+    }
+    match s
+        .app
+        .test_logout(
+            &c.principal,
+            &c.ctx,
+            &id,
+            f.serial.trim(),
+            &f.app,
+            f.append_app_name.is_some(),
+        )
+        .await
+    {
+        Ok(r) => {
+            let summary: Vec<String> = r
+                .steps
+                .iter()
+                .map(|st| {
+                    format!(
+                        "{}: {}{}",
+                        st.name,
+                        st.detail,
+                        st.hint
+                            .as_deref()
+                            .map(|h| format!(" — {h}"))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+            if r.ok {
+                epic_page_with(
+                    &s,
+                    &c,
+                    StatusCode::OK,
+                    Some(format!("Logout test passed. {}", summary.join(" · "))),
+                    None,
+                )
+                .await
+            } else {
+                epic_page_with(
+                    &s,
+                    &c,
+                    StatusCode::OK,
+                    None,
+                    Some(format!("Logout test failed. {}", summary.join(" · "))),
+                )
+                .await
+            }
+        }
+        Err(AppError::Validation(v)) => {
+            epic_page_with(
+                &s,
+                &c,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                None,
+                Some(v.to_string()),
+            )
+            .await
         }
         Err(e) => app_error(c.chrome("epic"), e),
     }
