@@ -872,3 +872,78 @@ fn base64_url_decode(s: &str) -> Vec<u8> {
         .decode(s)
         .unwrap()
 }
+
+server_test!(
+    a_scheduled_rotation_starts_when_due_and_schedules_the_next_one,
+    |s| {
+        let mut body = env_body("https://epic.example");
+        body["rotate_every_days"] = json!(90);
+        body["publish_delay_secs"] = json!(3600);
+        let e: Value = s
+            .post(&s.admin_token, "/epic-environments", body)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let ks_id = e["key_set"]["id"].as_str().unwrap().to_owned();
+        let first_due = e["key_set"]["next_rotation_at"].as_i64().unwrap();
+        assert!(
+            first_due > switchboard_app::now_ms() + 89 * 86_400_000,
+            "due in 90 days"
+        );
+        let app = &s.running.app;
+        // Make it due now.
+        let mut tx = app.store().begin().await.unwrap();
+        let mut ks = tx.get_key_set(&ks_id).await.unwrap().unwrap();
+        ks.next_rotation_at = Some(switchboard_app::now_ms() - 1);
+        tx.update_key_set(&ks).await.unwrap();
+        tx.commit().await.unwrap();
+        app.advance_key_set(&ks_id).await.unwrap();
+        let env: Value = s
+            .get(
+                &s.admin_token,
+                &format!("/epic-environments/{}", e["id"].as_str().unwrap()),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let states: Vec<&str> = env["key_set"]["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            states,
+            vec!["published", "active"],
+            "a new key is published and waits its publish delay"
+        );
+        assert!(
+            env["key_set"]["next_rotation_at"].as_i64().unwrap()
+                > switchboard_app::now_ms() + 89 * 86_400_000,
+            "the next rotation is scheduled"
+        );
+        let audit: Vec<Value> = s
+            .get(&s.admin_token, &format!("/audit?target=key_set:{ks_id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(audit.iter().any(
+            |a| a["action"] == "key_set.rotation_started" && a["details"]["scheduled"] == true
+        ));
+        // Running it again changes nothing: the published key is still waiting.
+        app.advance_key_set(&ks_id).await.unwrap();
+        let env: Value = s
+            .get(
+                &s.admin_token,
+                &format!("/epic-environments/{}", e["id"].as_str().unwrap()),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(env["key_set"]["keys"].as_array().unwrap().len(), 2);
+    }
+);
