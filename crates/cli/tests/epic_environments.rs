@@ -213,15 +213,7 @@ server_test!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_come_from_the_simulator_and_a_rotation_is_noticed_through_one_jwk_set_refetch() {
     let s = TestServer::sqlite().await;
-    let mut sim_cfg = switchboard_epic_sim::SimConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    sim_cfg.instances = vec![switchboard_epic_sim::InstanceConfig {
-        name: "interconnect-tst".into(),
-        production: false,
-    }];
-    let sim = switchboard_epic_sim::start(sim_cfg).await.unwrap();
+    let sim = start_sim().await;
     let e: Value = s
         .post(
             &s.admin_token,
@@ -346,15 +338,7 @@ async fn tokens_come_from_the_simulator_and_a_rotation_is_noticed_through_one_jw
 async fn the_connection_doctor_names_each_failing_step_and_the_logout_test_explains_unknown_install_ids()
  {
     let s = TestServer::sqlite().await;
-    let mut sim_cfg = switchboard_epic_sim::SimConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    sim_cfg.instances = vec![switchboard_epic_sim::InstanceConfig {
-        name: "interconnect-tst".into(),
-        production: false,
-    }];
-    let sim = switchboard_epic_sim::start(sim_cfg).await.unwrap();
+    let sim = start_sim().await;
     let e: Value = s
         .post(
             &s.admin_token,
@@ -751,15 +735,7 @@ async fn a_private_ca_bundle_makes_tls_pass_and_the_doctor_warns_about_a_certifi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limit_toward_epic_spaces_out_calls() {
     let s = TestServer::sqlite().await;
-    let mut sim_cfg = switchboard_epic_sim::SimConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    sim_cfg.instances = vec![switchboard_epic_sim::InstanceConfig {
-        name: "interconnect-tst".into(),
-        production: false,
-    }];
-    let sim = switchboard_epic_sim::start(sim_cfg).await.unwrap();
+    let sim = start_sim().await;
     let mut body = env_body(&sim.base_url());
     body["rate_limit_per_sec"] = json!(2);
     let e: Value = s
@@ -947,3 +923,16 @@ server_test!(
         assert_eq!(env["key_set"]["keys"].as_array().unwrap().len(), 2);
     }
 );
+
+/// A simulator with one non-production instance, `interconnect-tst`.
+async fn start_sim() -> switchboard_epic_sim::RunningSim {
+    let mut cfg = switchboard_epic_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    cfg.instances = vec![switchboard_epic_sim::InstanceConfig {
+        name: "interconnect-tst".into(),
+        production: false,
+    }];
+    switchboard_epic_sim::start(cfg).await.unwrap()
+}

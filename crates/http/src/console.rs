@@ -109,6 +109,12 @@ impl Console {
         }
     }
 
+    /// For a form post: the "form expired" page on a CSRF mismatch, else the "not allowed" page
+    /// when the role lacks `p`.
+    fn form_guard(&self, csrf: &str, p: Permission, current: &'static str) -> Option<Response> {
+        self.csrf_mismatch(csrf).or_else(|| self.denied(p, current))
+    }
+
     /// The "form expired" page when the form's CSRF token is not the session's.
     fn csrf_mismatch(&self, sent: &str) -> Option<Response> {
         if switchboard_app::crypto::constant_time_eq(sent.as_bytes(), self.csrf.as_bytes()) {
@@ -481,10 +487,7 @@ async fn job_action(
     Path((id, action)): Path<(i64, String)>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Some(r) = c.csrf_mismatch(&f.csrf) {
-        return r;
-    }
-    if let Some(r) = c.denied(Permission::Operate, "jobs") {
+    if let Some(r) = c.form_guard(&f.csrf, Permission::Operate, "jobs") {
         return r;
     }
     let result = match action.as_str() {
@@ -573,10 +576,7 @@ async fn create_user(
     c: Console,
     Form(f): Form<NewUserForm>,
 ) -> Response {
-    if let Some(r) = c.csrf_mismatch(&f.csrf) {
-        return r;
-    }
-    if let Some(r) = c.denied(Permission::Administer, "users") {
+    if let Some(r) = c.form_guard(&f.csrf, Permission::Administer, "users") {
         return r;
     }
     let input = NewUser {
@@ -791,10 +791,7 @@ async fn create_environment(
     c: Console,
     Form(f): Form<NewEnvironmentForm>,
 ) -> Response {
-    if let Some(r) = c.csrf_mismatch(&f.csrf) {
-        return r;
-    }
-    if let Some(r) = c.denied(Permission::Administer, "epic") {
+    if let Some(r) = c.form_guard(&f.csrf, Permission::Administer, "epic") {
         return r;
     }
     let apps: Vec<String> = [
@@ -912,10 +909,7 @@ async fn environment_logout_test(
     Path(id): Path<String>,
     Form(f): Form<LogoutTestForm>,
 ) -> Response {
-    if let Some(r) = c.csrf_mismatch(&f.csrf) {
-        return r;
-    }
-    if let Some(r) = c.denied(Permission::Operate, "epic") {
+    if let Some(r) = c.form_guard(&f.csrf, Permission::Operate, "epic") {
         return r;
     }
     match s
