@@ -20,6 +20,8 @@ use switchboard_store::{EnvironmentRow, KeySetRow, SigningKeyRow, Tx};
 pub const ADVANCE_KIND: &str = "keyset.advance";
 const DEFAULT_PUBLISH_DELAY_SECS: i64 = 600;
 const DEFAULT_TIMEOUT_MS: i64 = 15_000;
+/// How long resolved credentials (environment + active key) are reused by `epic_token`.
+pub const CREDENTIALS_TTL: Duration = Duration::from_secs(5);
 
 /// Fields of an environment as the API takes them; on update, absent fields keep their value.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -567,6 +569,7 @@ impl App {
         self.audit(&mut *tx, p, ctx, ev).await?;
         let view = self.environment_view(&mut *tx, row).await?;
         tx.commit().await?;
+        self.forget_credentials();
         Ok(view)
     }
 
@@ -621,6 +624,7 @@ impl App {
         .with_details(serde_json::json!({"name": row.name, "key_set": row.key_set_id}));
         self.audit(&mut *tx, p, ctx, ev).await?;
         tx.commit().await?;
+        self.forget_credentials();
         Ok(())
     }
 
@@ -783,6 +787,7 @@ impl App {
             self.schedule_advance(&mut *tx, &ks.id, at).await?;
         }
         tx.commit().await?;
+        self.forget_credentials();
         Ok(())
     }
 
@@ -818,6 +823,14 @@ impl App {
 
     /// What to authenticate to an environment with (its active key, client id and token URL).
     pub async fn backend_credentials(&self, env_id: &str) -> Result<BackendCredentials, AppError> {
+        Ok(self.resolve_credentials(env_id).await?.0)
+    }
+
+    /// Loads the environment and its active key once: the credentials and the row.
+    async fn resolve_credentials(
+        &self,
+        env_id: &str,
+    ) -> Result<(BackendCredentials, EnvironmentRow), AppError> {
         let (key, row, env) = self.active_signing_key(env_id).await?;
         let alg = parse_alg(&row.alg).map_err(AppError::Internal)?;
         let oauth = oauth_base(&env.interconnect_url, &env.instance);
@@ -827,38 +840,38 @@ impl App {
             tx.touch_signing_key(&row.kid, now).await?;
             tx.commit().await?;
         }
-        Ok(BackendCredentials {
-            client_id: env.client_id,
+        let creds = BackendCredentials {
+            client_id: env.client_id.clone(),
             token_url: env
                 .token_url_override
+                .clone()
                 .unwrap_or_else(|| format!("{oauth}/oauth2/token")),
             key,
             kid: row.kid,
             alg,
             jku: None,
-        })
+        };
+        Ok((creds, env))
     }
 
-    /// An Epic access token for the environment, from the cache when it is still good.
+    /// An Epic access token for the environment, from the cache when it is still good (fetched
+    /// through the environment's own HTTP client: its timeout and CA bundle). The resolved
+    /// credentials are kept for a few seconds so a cached token costs no database read; this
+    /// process forgets them at once when it changes the environment or activates a key, other
+    /// replicas within [`CREDENTIALS_TTL`].
     pub async fn epic_token(&self, env_id: &str) -> Result<Arc<str>, EpicTokenError> {
-        let creds = self
-            .backend_credentials(env_id)
-            .await
-            .map_err(EpicTokenError::App)?;
-        let env = {
-            let mut tx = self
-                .store()
-                .read()
-                .await
-                .map_err(|e| EpicTokenError::App(e.into()))?;
-            tx.get_environment(env_id)
-                .await
-                .map_err(|e| EpicTokenError::App(e.into()))?
-                .ok_or_else(|| {
-                    EpicTokenError::App(AppError::NotFound(format!("Epic environment {env_id}")))
-                })?
+        let (creds, http) = match self.cached_credentials(env_id) {
+            Some(hit) => hit,
+            None => {
+                let (creds, env) = self
+                    .resolve_credentials(env_id)
+                    .await
+                    .map_err(EpicTokenError::App)?;
+                let http = self.epic_http(&env).map_err(EpicTokenError::App)?;
+                self.cache_credentials(env_id, creds.clone(), http.clone());
+                (creds, http)
+            }
         };
-        let http = self.epic_http(&env).map_err(EpicTokenError::App)?;
         self.epic_tokens()
             .token_via(&http, &creds)
             .await

@@ -122,6 +122,17 @@ struct AppInner {
         std::collections::HashMap<String, Arc<switchboard_epic::jose::SigningKey>>,
     >,
     epic_http: std::sync::Mutex<std::collections::HashMap<String, reqwest::Client>>,
+    /// Resolved credentials per environment: (when, credentials, client).
+    epic_credentials: std::sync::Mutex<
+        std::collections::HashMap<
+            String,
+            (
+                std::time::Instant,
+                switchboard_epic::auth::BackendCredentials,
+                reqwest::Client,
+            ),
+        >,
+    >,
     /// Token buckets toward each Epic environment: (tokens, last refill).
     epic_buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
 }
@@ -145,6 +156,7 @@ impl App {
                 epic_tokens,
                 signing_keys: std::sync::Mutex::default(),
                 epic_http: std::sync::Mutex::default(),
+                epic_credentials: std::sync::Mutex::default(),
                 epic_buckets: std::sync::Mutex::default(),
             }),
         })
@@ -178,6 +190,43 @@ impl App {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(kid)
             .cloned()
+    }
+
+    fn cached_credentials(
+        &self,
+        env_id: &str,
+    ) -> Option<(switchboard_epic::auth::BackendCredentials, reqwest::Client)> {
+        let m = self
+            .inner
+            .epic_credentials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.get(env_id)
+            .filter(|(at, _, _)| at.elapsed() < epic_env::CREDENTIALS_TTL)
+            .map(|(_, c, h)| (c.clone(), h.clone()))
+    }
+
+    fn cache_credentials(
+        &self,
+        env_id: &str,
+        creds: switchboard_epic::auth::BackendCredentials,
+        http: reqwest::Client,
+    ) {
+        let mut m = self
+            .inner
+            .epic_credentials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.insert(env_id.to_owned(), (std::time::Instant::now(), creds, http));
+    }
+
+    /// Forgets resolved credentials (after an environment changed or a key was activated).
+    pub(crate) fn forget_credentials(&self) {
+        self.inner
+            .epic_credentials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 
     fn cached_epic_http(&self, key: &str) -> Option<reqwest::Client> {
