@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod accounts;
+pub mod appconfig;
 pub mod audit;
 pub mod epic;
 pub mod ids;
