@@ -8,6 +8,7 @@ pub mod audit;
 pub mod epic;
 pub mod ids;
 pub mod jobs;
+pub mod sso;
 pub mod validation;
 
 pub use access::{Permission, Role};
