@@ -122,11 +122,7 @@ fn key_info(k: &SigningKeyRow) -> KeyInfo {
 }
 
 fn random_hex(n: usize) -> String {
-    crate::crypto::random_bytes::<16>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()[..n]
-        .to_owned()
+    hex::encode(crate::crypto::random_bytes::<16>())[..n].to_owned()
 }
 
 fn parse_alg(s: &str) -> Result<Alg, String> {
@@ -938,18 +934,8 @@ pub enum EpicTokenError {
 }
 
 fn chrono_date(ms: i64) -> String {
-    let days = ms.div_euclid(86_400_000);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    format!("{:04}{m:02}{d:02}", if m <= 2 { y + 1 } else { y })
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(String::new, |t| t.format("%Y%m%d").to_string())
 }
 
 /// `keyset.advance`: applies due rotation steps (idempotent: a step already taken is not due).

@@ -26,6 +26,9 @@ macro_rules! impl_tx {
         }
 
         const USER_COLS: &str = "id, username, display_name, role, password_hash, disabled, created_at, updated_at";
+        /// The users columns of a join, prefixed `u_` for `user_from(row, "u_")`.
+        const USER_AS_U: &str = "u.id AS u_id, u.username AS u_username, u.display_name AS u_display_name, u.role AS u_role, \
+            u.password_hash AS u_password_hash, u.disabled AS u_disabled, u.created_at AS u_created_at, u.updated_at AS u_updated_at";
         const TOKEN_COLS: &str = "id, user_id, name, digest, prefix, role, created_at, expires_at, last_used_at, revoked_at";
         const KEY_SET_COLS: &str = "id, owner, alg, publish_delay_secs, rotate_every_days, next_rotation_at, created_at";
         const SIGNING_KEY_COLS: &str = "kid, key_set_id, alg, public_jwk, private_secret, state, created_at, activate_after, activated_at, retiring_at, retired_at, last_used_at";
@@ -170,7 +173,7 @@ macro_rules! impl_tx {
                 target: row.try_get("target")?,
                 details: json_col(row, "details")?,
                 request_id: row.try_get("request_id")?,
-                hash: hex_string(&hash),
+                hash: hex::encode(&hash),
             })
         }
 
@@ -210,13 +213,6 @@ macro_rules! impl_tx {
             })
         }
 
-        fn hex_string(bytes: &[u8]) -> String {
-            use std::fmt::Write;
-            bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-                let _ = write!(s, "{b:02x}");
-                s
-            })
-        }
 
         fn collect<T>(rows: Vec<DbRow>, f: impl Fn(&DbRow) -> Result<T, sqlx::Error>) -> Result<Vec<T>, $crate::StoreError> {
             rows.iter().map(|r| f(r).map_err($crate::StoreError::from)).collect()
@@ -316,12 +312,10 @@ macro_rules! impl_tx {
             }
 
             async fn find_token_by_digest(&mut self, digest: &[u8]) -> Result<Option<($crate::TokenRow, $crate::UserRow)>, $crate::StoreError> {
-                let row = sqlx::query(
+                let row = sqlx::query(&format!(
                     "SELECT t.id, t.user_id, t.name, t.digest, t.prefix, t.role, t.created_at, t.expires_at, t.last_used_at, t.revoked_at, \
-                     u.id AS u_id, u.username AS u_username, u.display_name AS u_display_name, u.role AS u_role, \
-                     u.password_hash AS u_password_hash, u.disabled AS u_disabled, u.created_at AS u_created_at, u.updated_at AS u_updated_at \
-                     FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.digest = $1",
-                )
+                     {USER_AS_U} FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.digest = $1"
+                ))
                 .bind(digest)
                 .fetch_optional(&mut *self.inner)
                 .await?;
@@ -368,12 +362,10 @@ macro_rules! impl_tx {
             }
 
             async fn find_session_by_digest(&mut self, digest: &[u8]) -> Result<Option<($crate::SessionRow, $crate::UserRow)>, $crate::StoreError> {
-                let row = sqlx::query(
+                let row = sqlx::query(&format!(
                     "SELECT s.id, s.digest, s.user_id, s.csrf, s.role, s.created_at, s.expires_at, s.revoked_at, \
-                     u.id AS u_id, u.username AS u_username, u.display_name AS u_display_name, u.role AS u_role, \
-                     u.password_hash AS u_password_hash, u.disabled AS u_disabled, u.created_at AS u_created_at, u.updated_at AS u_updated_at \
-                     FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.digest = $1",
-                )
+                     {USER_AS_U} FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.digest = $1"
+                ))
                 .bind(digest)
                 .fetch_optional(&mut *self.inner)
                 .await?;
@@ -492,7 +484,7 @@ macro_rules! impl_tx {
                     target: event.target.clone(),
                     details: event.details.clone(),
                     request_id: event.request_id.clone(),
-                    hash: hex_string(&hash),
+                    hash: hex::encode(&hash),
                 })
             }
 
