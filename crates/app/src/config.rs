@@ -67,6 +67,8 @@ pub struct Config {
     pub job_backoff_cap_ms: u64,
     /// Timeout of outbound HTTP calls made by jobs (webhooks).
     pub outbound_timeout_ms: u64,
+    /// Days to keep ended telehealth conferences (0 keeps them forever).
+    pub telehealth_retention_days: u32,
 }
 
 impl Default for Config {
@@ -98,6 +100,7 @@ impl Default for Config {
             job_backoff_base_ms: 2_000,
             job_backoff_cap_ms: 600_000,
             outbound_timeout_ms: 10_000,
+            telehealth_retention_days: 90,
         }
     }
 }
@@ -130,6 +133,7 @@ pub const KEYS: &[&str] = &[
     "job_backoff_base_ms",
     "job_backoff_cap_ms",
     "outbound_timeout_ms",
+    "telehealth_retention_days",
 ];
 
 /// Variables with the prefix that are not configuration keys but are known to Switchboard.

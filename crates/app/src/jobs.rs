@@ -107,6 +107,9 @@ impl Registry {
         Self::default()
             .with(WebhookDelivery)
             .with(crate::epic_env::AdvanceKeySet)
+            .with(crate::telehealth::RenewToken)
+            .with(crate::telehealth::ConnectionStatus)
+            .with(crate::telehealth::Purge)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod files;
 pub mod jobs;
 pub mod keyring;
 pub mod secrets;
+pub mod telehealth;
 
 use std::sync::Arc;
 use switchboard_domain::Role;
@@ -135,6 +136,7 @@ struct AppInner {
     >,
     /// Token buckets toward each Epic environment: (tokens, last refill).
     epic_buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
+    telehealth: telehealth::TelehealthCache,
 }
 
 impl App {
@@ -158,6 +160,7 @@ impl App {
                 epic_http: std::sync::Mutex::default(),
                 epic_credentials: std::sync::Mutex::default(),
                 epic_buckets: std::sync::Mutex::default(),
+                telehealth: telehealth::TelehealthCache::default(),
             }),
         })
     }

@@ -105,6 +105,8 @@ pub async fn start(mut config: Config, registry: Registry) -> anyhow::Result<Run
     }
     let (app, _) = open_app(config).await?;
     let bootstrap_token = app.bootstrap().await?.map(|t| t.secret);
+    app.schedule_telehealth_purge(std::time::Duration::from_secs(60))
+        .await?;
     let stop = CancellationToken::new();
     let router = switchboard_http::router(app.clone(), switchboard_http::metrics_layer::handle());
     let server_stop = stop.clone();

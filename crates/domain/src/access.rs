@@ -46,6 +46,13 @@ impl Permission {
 impl Role {
     pub const ALL: [Self; 3] = [Self::Admin, Self::Operator, Self::Auditor];
 
+    /// Whether this role may see patient data (names in conference and participant lists).
+    /// Auditors review what happened, not who the patients were.
+    #[must_use]
+    pub const fn sees_patient_data(self) -> bool {
+        matches!(self, Self::Admin | Self::Operator)
+    }
+
     #[must_use]
     pub const fn allows(self, permission: Permission) -> bool {
         match self {

@@ -9,6 +9,7 @@ pub mod epic;
 pub mod ids;
 pub mod jobs;
 pub mod sso;
+pub mod telehealth;
 pub mod validation;
 
 pub use access::{Permission, Role};

@@ -210,6 +210,70 @@ pub trait Tx: Send {
         kind: &str,
     ) -> Result<Option<ConnectionCheckRow>, StoreError>;
 
+    // --- telehealth
+    async fn insert_telehealth_profile(
+        &mut self,
+        p: &TelehealthProfileRow,
+    ) -> Result<(), StoreError>;
+    async fn update_telehealth_profile(
+        &mut self,
+        p: &TelehealthProfileRow,
+    ) -> Result<(), StoreError>;
+    async fn get_telehealth_profile(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<TelehealthProfileRow>, StoreError>;
+    async fn list_telehealth_profiles(&mut self) -> Result<Vec<TelehealthProfileRow>, StoreError>;
+    async fn delete_telehealth_profile(&mut self, id: &str) -> Result<bool, StoreError>;
+    /// Records a launch as used; `false` when it was already used.
+    async fn use_telehealth_launch(
+        &mut self,
+        digest: &str,
+        profile_id: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<bool, StoreError>;
+    async fn insert_telehealth_state(&mut self, s: &TelehealthStateRow) -> Result<(), StoreError>;
+    /// Removes and returns a pending OAuth state (single use).
+    async fn take_telehealth_state(
+        &mut self,
+        digest: &str,
+    ) -> Result<Option<TelehealthStateRow>, StoreError>;
+    /// Deletes used launches and OAuth states past their expiry; returns the secret ids of the
+    /// deleted states so the caller can delete them too.
+    async fn purge_telehealth_launches(&mut self, now: i64) -> Result<Vec<String>, StoreError>;
+    /// Inserts a conference unless one is already active for its (profile, appointment); returns
+    /// the active one either way.
+    async fn insert_or_get_active_conference(
+        &mut self,
+        c: &ConferenceRow,
+    ) -> Result<ConferenceRow, StoreError>;
+    async fn get_conference(&mut self, id: &str) -> Result<Option<ConferenceRow>, StoreError>;
+    async fn end_conference(&mut self, id: &str, at: i64, reason: &str)
+    -> Result<bool, StoreError>;
+    /// Records when Epic accepted the `connected` or `ended` status of a conference.
+    async fn mark_conference_reported(
+        &mut self,
+        id: &str,
+        status: &str,
+        at: i64,
+    ) -> Result<(), StoreError>;
+    async fn list_conferences(
+        &mut self,
+        f: &ConferenceFilter,
+    ) -> Result<Vec<ConferenceRow>, StoreError>;
+    async fn count_active_conferences(&mut self, profile_id: &str) -> Result<i64, StoreError>;
+    /// Deletes ended conferences (and their participants) that ended before `before`; returns
+    /// the token secret ids of the deleted participants.
+    async fn purge_conferences(&mut self, before: i64) -> Result<(u64, Vec<String>), StoreError>;
+    async fn insert_participant(&mut self, p: &ParticipantRow) -> Result<(), StoreError>;
+    async fn update_participant(&mut self, p: &ParticipantRow) -> Result<(), StoreError>;
+    async fn get_participant(&mut self, id: &str) -> Result<Option<ParticipantRow>, StoreError>;
+    async fn participants(
+        &mut self,
+        conference_id: &str,
+    ) -> Result<Vec<ParticipantRow>, StoreError>;
+
     // --- job queue
     /// Enqueues a job; with a `dedupe_key` that is already queued, returns `None` and adds nothing.
     async fn enqueue_job(&mut self, job: &NewJob) -> Result<Option<i64>, StoreError>;

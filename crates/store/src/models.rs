@@ -206,3 +206,98 @@ pub struct ConnectionCheckRow {
     /// JSON array of steps.
     pub steps: String,
 }
+
+/// A telehealth profile (one Epic video-visit integration). Secret values are ids in `secrets`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct TelehealthProfileRow {
+    pub id: String,
+    pub name: String,
+    pub environment_id: String,
+    /// `aes256` or `aes128`.
+    pub encryption: String,
+    #[serde(skip)]
+    pub key_ref: String,
+    pub iv_mode: String,
+    pub launch_param: String,
+    /// JSON field map.
+    pub field_map: String,
+    /// JSON: client ids and secret ids per app (provider / patient) and variant.
+    pub clients: String,
+    pub link_validity_secs: i64,
+    /// JSON video engine settings.
+    pub video: String,
+    /// JSON `ConnectionStatus` values.
+    pub status_codes: String,
+    pub vendor_name: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An OAuth `state` waiting for Epic's redirect back; the launch context is sealed in `secrets`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TelehealthStateRow {
+    pub digest: String,
+    pub profile_id: String,
+    pub role: String,
+    pub secret_ref: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct ConferenceRow {
+    pub id: String,
+    pub profile_id: String,
+    pub profile_name: String,
+    pub environment_id: String,
+    pub appointment_id: String,
+    pub csn: Option<String>,
+    pub name: String,
+    pub patient_name: String,
+    pub department: Option<String>,
+    pub room: String,
+    /// `active` or `ended`.
+    pub state: String,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub ended_reason: Option<String>,
+    pub epic_connected_at: Option<i64>,
+    pub epic_ended_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct ParticipantRow {
+    pub id: String,
+    pub conference_id: String,
+    pub role: String,
+    pub display_name: String,
+    pub epic_user: Option<String>,
+    pub state: String,
+    #[serde(skip)]
+    pub session_digest: String,
+    pub client_id: String,
+    pub arrived_at: i64,
+    pub joined_at: Option<i64>,
+    pub left_at: Option<i64>,
+    #[serde(skip)]
+    pub token_ref: Option<String>,
+    pub token_issued_at: Option<i64>,
+    pub token_expires_at: Option<i64>,
+    pub token_renewals: i64,
+    pub token_error: Option<String>,
+}
+
+/// Which conferences to list, newest first, in pages.
+#[derive(Debug, Clone, Default)]
+pub struct ConferenceFilter {
+    /// `active` or `ended`; `None` for both.
+    pub state: Option<String>,
+    pub profile_id: Option<String>,
+    /// Case-insensitive text to find in the searchable columns.
+    pub search: Option<String>,
+    /// Whether the search may look at patient names.
+    pub search_patient_names: bool,
+    /// Keyset cursor: rows strictly older than (`started_at`, `id`).
+    pub before: Option<(i64, String)>,
+    pub limit: i64,
+}

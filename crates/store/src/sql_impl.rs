@@ -32,6 +32,9 @@ macro_rules! impl_tx {
         const TOKEN_COLS: &str = "id, user_id, name, digest, prefix, role, created_at, expires_at, last_used_at, revoked_at";
         const KEY_SET_COLS: &str = "id, owner, alg, publish_delay_secs, rotate_every_days, next_rotation_at, created_at";
         const SIGNING_KEY_COLS: &str = "kid, key_set_id, alg, public_jwk, private_secret, state, created_at, activate_after, activated_at, retiring_at, retired_at, last_used_at";
+        const TH_PROFILE_COLS: &str = "id, name, environment_id, encryption, key_ref, iv_mode, launch_param, field_map, clients, link_validity_secs, video, status_codes, vendor_name, created_at, updated_at";
+        const CONFERENCE_COLS: &str = "id, profile_id, profile_name, environment_id, appointment_id, csn, name, patient_name, department, room, state, started_at, ended_at, ended_reason, epic_connected_at, epic_ended_at";
+        const PARTICIPANT_COLS: &str = "id, conference_id, role, display_name, epic_user, state, session_digest, client_id, arrived_at, joined_at, left_at, token_ref, token_issued_at, token_expires_at, token_renewals, token_error";
         const ENV_COLS: &str = "id, name, kind, interconnect_url, instance, token_url_override, client_id, apps, basic_username, basic_password_ref, epic_client_id, timeout_ms, rate_limit_per_sec, ca_bundle, key_set_id, created_at, updated_at";
 
         fn key_set_from(row: &DbRow) -> Result<$crate::KeySetRow, sqlx::Error> {
@@ -669,6 +672,194 @@ macro_rules! impl_tx {
                     })),
                     None => Ok(None),
                 }
+            }
+
+            async fn insert_telehealth_profile(&mut self, p: &$crate::TelehealthProfileRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(&format!("INSERT INTO telehealth_profiles ({TH_PROFILE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"))
+                    .bind(&p.id).bind(&p.name).bind(&p.environment_id).bind(&p.encryption).bind(&p.key_ref).bind(&p.iv_mode)
+                    .bind(&p.launch_param).bind(&p.field_map).bind(&p.clients).bind(p.link_validity_secs).bind(&p.video)
+                    .bind(&p.status_codes).bind(&p.vendor_name).bind(p.created_at).bind(p.updated_at)
+                    .execute(&mut *self.inner)
+                    .await?;
+                Ok(())
+            }
+
+            async fn update_telehealth_profile(&mut self, p: &$crate::TelehealthProfileRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "UPDATE telehealth_profiles SET name = $2, environment_id = $3, encryption = $4, key_ref = $5, iv_mode = $6, \
+                     launch_param = $7, field_map = $8, clients = $9, link_validity_secs = $10, video = $11, status_codes = $12, \
+                     vendor_name = $13, updated_at = $14 WHERE id = $1",
+                )
+                .bind(&p.id).bind(&p.name).bind(&p.environment_id).bind(&p.encryption).bind(&p.key_ref).bind(&p.iv_mode)
+                .bind(&p.launch_param).bind(&p.field_map).bind(&p.clients).bind(p.link_validity_secs).bind(&p.video)
+                .bind(&p.status_codes).bind(&p.vendor_name).bind(p.updated_at)
+                .execute(&mut *self.inner)
+                .await?;
+                Ok(())
+            }
+
+            async fn get_telehealth_profile(&mut self, id: &str) -> Result<Option<$crate::TelehealthProfileRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {TH_PROFILE_COLS} FROM telehealth_profiles WHERE id = $1"))
+                    .bind(id).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn list_telehealth_profiles(&mut self) -> Result<Vec<$crate::TelehealthProfileRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {TH_PROFILE_COLS} FROM telehealth_profiles ORDER BY name"))
+                    .fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn delete_telehealth_profile(&mut self, id: &str) -> Result<bool, $crate::StoreError> {
+                let r = sqlx::query("DELETE FROM telehealth_profiles WHERE id = $1").bind(id).execute(&mut *self.inner).await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn use_telehealth_launch(&mut self, digest: &str, profile_id: &str, now: i64, expires_at: i64) -> Result<bool, $crate::StoreError> {
+                let r = sqlx::query("INSERT INTO telehealth_launches (digest, profile_id, used_at, expires_at) VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING")
+                    .bind(digest).bind(profile_id).bind(now).bind(expires_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn insert_telehealth_state(&mut self, s: &$crate::TelehealthStateRow) -> Result<(), $crate::StoreError> {
+                sqlx::query("INSERT INTO telehealth_states (digest, profile_id, role, secret_ref, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(&s.digest).bind(&s.profile_id).bind(&s.role).bind(&s.secret_ref).bind(s.created_at).bind(s.expires_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn take_telehealth_state(&mut self, digest: &str) -> Result<Option<$crate::TelehealthStateRow>, $crate::StoreError> {
+                Ok(sqlx::query_as("DELETE FROM telehealth_states WHERE digest = $1 RETURNING digest, profile_id, role, secret_ref, created_at, expires_at")
+                    .bind(digest).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn purge_telehealth_launches(&mut self, now: i64) -> Result<Vec<String>, $crate::StoreError> {
+                sqlx::query("DELETE FROM telehealth_launches WHERE expires_at < $1").bind(now).execute(&mut *self.inner).await?;
+                let refs: Vec<(String,)> = sqlx::query_as("DELETE FROM telehealth_states WHERE expires_at < $1 RETURNING secret_ref")
+                    .bind(now).fetch_all(&mut *self.inner).await?;
+                Ok(refs.into_iter().map(|r| r.0).collect())
+            }
+
+            async fn insert_or_get_active_conference(&mut self, c: &$crate::ConferenceRow) -> Result<$crate::ConferenceRow, $crate::StoreError> {
+                sqlx::query(&format!(
+                    "INSERT INTO conferences ({CONFERENCE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+                     ON CONFLICT (profile_id, appointment_id) WHERE state = 'active' DO NOTHING"
+                ))
+                .bind(&c.id).bind(&c.profile_id).bind(&c.profile_name).bind(&c.environment_id).bind(&c.appointment_id)
+                .bind(&c.csn).bind(&c.name).bind(&c.patient_name).bind(&c.department).bind(&c.room).bind(&c.state)
+                .bind(c.started_at).bind(c.ended_at).bind(&c.ended_reason).bind(c.epic_connected_at).bind(c.epic_ended_at)
+                .execute(&mut *self.inner)
+                .await?;
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {CONFERENCE_COLS} FROM conferences WHERE profile_id = $1 AND appointment_id = $2 AND state = 'active'"
+                ))
+                .bind(&c.profile_id).bind(&c.appointment_id)
+                .fetch_one(&mut *self.inner)
+                .await?)
+            }
+
+            async fn get_conference(&mut self, id: &str) -> Result<Option<$crate::ConferenceRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {CONFERENCE_COLS} FROM conferences WHERE id = $1"))
+                    .bind(id).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn end_conference(&mut self, id: &str, at: i64, reason: &str) -> Result<bool, $crate::StoreError> {
+                let r = sqlx::query("UPDATE conferences SET state = 'ended', ended_at = $2, ended_reason = $3 WHERE id = $1 AND state = 'active'")
+                    .bind(id).bind(at).bind(reason).execute(&mut *self.inner).await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn mark_conference_reported(&mut self, id: &str, status: &str, at: i64) -> Result<(), $crate::StoreError> {
+                let column = if status == "connected" { "epic_connected_at" } else { "epic_ended_at" };
+                sqlx::query(&format!("UPDATE conferences SET {column} = $2 WHERE id = $1"))
+                    .bind(id).bind(at).execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn list_conferences(&mut self, f: &$crate::ConferenceFilter) -> Result<Vec<$crate::ConferenceRow>, $crate::StoreError> {
+                let mut sql = format!("SELECT {CONFERENCE_COLS} FROM conferences WHERE 1 = 1");
+                let mut n = 0;
+                let mut next = || { n += 1; n };
+                if f.state.is_some() { sql.push_str(&format!(" AND state = ${}", next())); }
+                if f.profile_id.is_some() { sql.push_str(&format!(" AND profile_id = ${}", next())); }
+                let pattern = f.search.as_deref().filter(|s| !s.is_empty()).map(|s| {
+                    format!("%{}%", s.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))
+                });
+                if pattern.is_some() {
+                    let p = next();
+                    if f.search_patient_names {
+                        sql.push_str(&format!(" AND LOWER(name) LIKE ${p} ESCAPE '\\'"));
+                    } else {
+                        sql.push_str(&format!(
+                            " AND (LOWER(appointment_id) LIKE ${p} ESCAPE '\\' OR LOWER(profile_name) LIKE ${p} ESCAPE '\\' \
+                             OR LOWER(COALESCE(department, '')) LIKE ${p} ESCAPE '\\')"
+                        ));
+                    }
+                }
+                if f.before.is_some() {
+                    let (a, b) = (next(), next());
+                    sql.push_str(&format!(" AND (started_at < ${a} OR (started_at = ${a} AND id < ${b}))"));
+                }
+                let l = next();
+                sql.push_str(&format!(" ORDER BY started_at DESC, id DESC LIMIT ${l}"));
+                let mut q = sqlx::query_as::<_, $crate::ConferenceRow>(&sql);
+                if let Some(s) = &f.state { q = q.bind(s); }
+                if let Some(p) = &f.profile_id { q = q.bind(p); }
+                if let Some(p) = pattern { q = q.bind(p); }
+                if let Some((at, id)) = &f.before { q = q.bind(*at).bind(id); }
+                Ok(q.bind(f.limit).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn count_active_conferences(&mut self, profile_id: &str) -> Result<i64, $crate::StoreError> {
+                let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM conferences WHERE profile_id = $1 AND state = 'active'")
+                    .bind(profile_id).fetch_one(&mut *self.inner).await?;
+                Ok(n)
+            }
+
+            async fn purge_conferences(&mut self, before: i64) -> Result<(u64, Vec<String>), $crate::StoreError> {
+                let refs: Vec<(Option<String>,)> = sqlx::query_as(
+                    "DELETE FROM conference_participants WHERE conference_id IN \
+                     (SELECT id FROM conferences WHERE state = 'ended' AND ended_at < $1) RETURNING token_ref",
+                )
+                .bind(before).fetch_all(&mut *self.inner).await?;
+                let r = sqlx::query("DELETE FROM conferences WHERE state = 'ended' AND ended_at < $1")
+                    .bind(before).execute(&mut *self.inner).await?;
+                Ok((r.rows_affected(), refs.into_iter().filter_map(|r| r.0).collect()))
+            }
+
+            async fn insert_participant(&mut self, p: &$crate::ParticipantRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(&format!(
+                    "INSERT INTO conference_participants ({PARTICIPANT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                ))
+                .bind(&p.id).bind(&p.conference_id).bind(&p.role).bind(&p.display_name).bind(&p.epic_user).bind(&p.state)
+                .bind(&p.session_digest).bind(&p.client_id).bind(p.arrived_at).bind(p.joined_at).bind(p.left_at)
+                .bind(&p.token_ref).bind(p.token_issued_at).bind(p.token_expires_at).bind(p.token_renewals).bind(&p.token_error)
+                .execute(&mut *self.inner)
+                .await?;
+                Ok(())
+            }
+
+            async fn update_participant(&mut self, p: &$crate::ParticipantRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "UPDATE conference_participants SET state = $2, joined_at = $3, left_at = $4, token_ref = $5, \
+                     token_issued_at = $6, token_expires_at = $7, token_renewals = $8, token_error = $9 WHERE id = $1",
+                )
+                .bind(&p.id).bind(&p.state).bind(p.joined_at).bind(p.left_at).bind(&p.token_ref)
+                .bind(p.token_issued_at).bind(p.token_expires_at).bind(p.token_renewals).bind(&p.token_error)
+                .execute(&mut *self.inner)
+                .await?;
+                Ok(())
+            }
+
+            async fn get_participant(&mut self, id: &str) -> Result<Option<$crate::ParticipantRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {PARTICIPANT_COLS} FROM conference_participants WHERE id = $1"))
+                    .bind(id).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn participants(&mut self, conference_id: &str) -> Result<Vec<$crate::ParticipantRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {PARTICIPANT_COLS} FROM conference_participants WHERE conference_id = $1 ORDER BY arrived_at, id"
+                ))
+                .bind(conference_id).fetch_all(&mut *self.inner).await?)
             }
 
             async fn enqueue_job(&mut self, j: &$crate::NewJob) -> Result<Option<i64>, $crate::StoreError> {

@@ -539,3 +539,208 @@ store_test!(
         tx.commit().await.unwrap();
     }
 );
+
+fn conference(id: &str, appt: &str, started_at: i64) -> switchboard_store::ConferenceRow {
+    switchboard_store::ConferenceRow {
+        id: id.into(),
+        profile_id: "p1".into(),
+        profile_name: "Healthcare Org".into(),
+        environment_id: "e1".into(),
+        appointment_id: appt.into(),
+        csn: Some("77".into()),
+        name: format!("Appointment for Ana Li Healthcare Org:{appt} in Radiology"),
+        patient_name: "Ana Li".into(),
+        department: Some("Radiology".into()),
+        room: format!("room-{id}"),
+        state: "active".into(),
+        started_at,
+        ended_at: None,
+        ended_reason: None,
+        epic_connected_at: None,
+        epic_ended_at: None,
+    }
+}
+
+store_test!(
+    one_active_conference_per_appointment_and_a_new_one_after_it_ended,
+    |store: Arc<dyn Store>| async move {
+        let mut tx = store.begin().await.unwrap();
+        let a = tx
+            .insert_or_get_active_conference(&conference("c1", "A1", 10))
+            .await
+            .unwrap();
+        let b = tx
+            .insert_or_get_active_conference(&conference("c2", "A1", 11))
+            .await
+            .unwrap();
+        assert_eq!((a.id.as_str(), b.id.as_str()), ("c1", "c1"));
+        assert_eq!(tx.count_active_conferences("p1").await.unwrap(), 1);
+        assert!(
+            tx.end_conference("c1", 20, "last participant left")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !tx.end_conference("c1", 21, "again").await.unwrap(),
+            "ends once"
+        );
+        let c = tx
+            .insert_or_get_active_conference(&conference("c3", "A1", 30))
+            .await
+            .unwrap();
+        assert_eq!(c.id, "c3", "a later visit gets a new conference");
+        tx.commit().await.unwrap();
+        let mut tx = store.read().await.unwrap();
+        let ended = tx.get_conference("c1").await.unwrap().unwrap();
+        assert_eq!((ended.state.as_str(), ended.ended_at), ("ended", Some(20)));
+    }
+);
+
+store_test!(
+    racing_launches_of_one_appointment_meet_in_one_conference,
+    |store: Arc<dyn Store>| async move {
+        let mut handles = Vec::new();
+        for i in 0..8 {
+            let store = Arc::clone(&store);
+            handles.push(tokio::spawn(async move {
+                let mut tx = store.begin().await.unwrap();
+                let c = tx
+                    .insert_or_get_active_conference(&conference(&format!("r{i}"), "RACE", i))
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                c.id
+            }));
+        }
+        let mut ids = HashSet::new();
+        for h in handles {
+            ids.insert(h.await.unwrap());
+        }
+        assert_eq!(ids.len(), 1, "{ids:?}");
+    }
+);
+
+store_test!(
+    launches_are_single_use_and_states_are_taken_once,
+    |store: Arc<dyn Store>| async move {
+        let mut tx = store.begin().await.unwrap();
+        assert!(tx.use_telehealth_launch("d1", "p1", 1, 100).await.unwrap());
+        assert!(!tx.use_telehealth_launch("d1", "p1", 2, 100).await.unwrap());
+        tx.insert_telehealth_state(&switchboard_store::TelehealthStateRow {
+            digest: "s1".into(),
+            profile_id: "p1".into(),
+            role: "provider".into(),
+            secret_ref: "sec1".into(),
+            created_at: 1,
+            expires_at: 50,
+        })
+        .await
+        .unwrap();
+        tx.insert_telehealth_state(&switchboard_store::TelehealthStateRow {
+            digest: "s2".into(),
+            profile_id: "p1".into(),
+            role: "patient".into(),
+            secret_ref: "sec2".into(),
+            created_at: 1,
+            expires_at: 500,
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            tx.take_telehealth_state("s2").await.unwrap().unwrap().role,
+            "patient"
+        );
+        assert!(tx.take_telehealth_state("s2").await.unwrap().is_none());
+        assert_eq!(
+            tx.purge_telehealth_launches(200).await.unwrap(),
+            vec!["sec1".to_owned()]
+        );
+        assert!(
+            tx.use_telehealth_launch("d1", "p1", 201, 300)
+                .await
+                .unwrap(),
+            "purged"
+        );
+        tx.commit().await.unwrap();
+    }
+);
+
+store_test!(
+    conferences_page_newest_first_search_and_purge,
+    |store: Arc<dyn Store>| async move {
+        let mut tx = store.begin().await.unwrap();
+        for i in 0..25 {
+            let mut c = conference(&format!("c{i:02}"), &format!("APPT{i}"), 1000 + i / 2);
+            if i % 5 == 0 {
+                c.patient_name = "Zed 50%_Off".into();
+                c.name = "Appointment for Zed 50%_Off Healthcare Org:x".into();
+            }
+            tx.insert_or_get_active_conference(&c).await.unwrap();
+            if i < 20 {
+                tx.end_conference(&c.id, 2000 + i, "done").await.unwrap();
+            }
+        }
+        tx.commit().await.unwrap();
+        let mut tx = store.read().await.unwrap();
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = tx
+                .list_conferences(&switchboard_store::ConferenceFilter {
+                    state: Some("ended".into()),
+                    before: before.clone(),
+                    limit: 7,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if page.is_empty() {
+                break;
+            }
+            let last = page.last().unwrap();
+            before = Some((last.started_at, last.id.clone()));
+            seen.extend(page.into_iter().map(|c| c.id));
+        }
+        let mut expected: Vec<String> = (0..20).map(|i| format!("c{i:02}")).collect();
+        expected.reverse();
+        assert_eq!(seen, expected, "every ended conference once, newest first");
+        let find = |search: &str, phi: bool| switchboard_store::ConferenceFilter {
+            search: Some(search.into()),
+            search_patient_names: phi,
+            limit: 100,
+            ..Default::default()
+        };
+        assert_eq!(
+            tx.list_conferences(&find("50%_", true))
+                .await
+                .unwrap()
+                .len(),
+            5
+        );
+        assert_eq!(
+            tx.list_conferences(&find("0%", true)).await.unwrap().len(),
+            5,
+            "wildcards are literal"
+        );
+        assert_eq!(
+            tx.list_conferences(&find("zed", false))
+                .await
+                .unwrap()
+                .len(),
+            0,
+            "no name search without PHI access"
+        );
+        assert_eq!(
+            tx.list_conferences(&find("appt1", false))
+                .await
+                .unwrap()
+                .len(),
+            11
+        );
+        drop(tx);
+        let mut tx = store.begin().await.unwrap();
+        let (n, _) = tx.purge_conferences(2010).await.unwrap();
+        assert_eq!(n, 10);
+        tx.commit().await.unwrap();
+    }
+);
