@@ -178,21 +178,30 @@ async fn enqueue_webhooks(store: &Arc<dyn Store>, url: &str, range: std::ops::Ra
     tx.commit().await.expect("commit");
 }
 
+/// Waits until no job other than the standing hourly telehealth clean-up is left.
 async fn wait_until_queue_empty(store: &Arc<dyn Store>, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let mut tx = store.read().await.expect("tx");
-        let c = tx
-            .job_counts(switchboard_app::now_ms())
+        let left: Vec<_> = tx
+            .list_jobs(&switchboard_store::JobFilter {
+                state: None,
+                kind: None,
+                limit: 10_000,
+            })
             .await
-            .expect("counts");
+            .expect("jobs")
+            .into_iter()
+            .filter(|j| j.kind != switchboard_app::telehealth::JOB_PURGE)
+            .collect();
         drop(tx);
-        if c.queued == 0 && c.running == 0 && c.dead == 0 {
+        if left.is_empty() {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "queue not drained in time: {c:?}"
+            "queue not drained in time: {} job(s) left",
+            left.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
