@@ -109,6 +109,81 @@ test('an admin adds an Epic environment and runs the connection doctor from the 
   await shot('epic');
 });
 
+test('an admin adds a telehealth profile, a provider joins from Epic, and an operator ends the visit', async () => {
+  const sim = process.env.SIM_URL;
+  assert.ok(sim, 'SIM_URL must be set');
+  // An environment on the simulator.
+  await page.goto(`${base}/console/epic`);
+  await page.fill('#new-environment input[name="name"]', 'Sim TST');
+  await page.selectOption('#new-environment select[name="kind"]', 'non_production');
+  await page.fill('#new-environment input[name="interconnect_url"]', sim);
+  await page.fill('#new-environment input[name="instance"]', 'interconnect-tst');
+  await page.fill('#new-environment input[name="client_id"]', 'browser-backend');
+  await Promise.all([page.waitForLoadState('load'), page.click('#new-environment button[type="submit"]')]);
+  // The profile.
+  await page.click('nav a[href="/console/telehealth"]');
+  await page.waitForURL(/\/console\/telehealth$/);
+  assert.equal((await page.locator('h1').textContent()).trim(), 'Telehealth profiles');
+  await page.fill('#new-profile input[name="name"]', 'Browser Clinic');
+  const envValue = await page.locator('#new-profile select[name="environment_id"] option', { hasText: 'Sim TST' }).getAttribute('value');
+  await page.selectOption('#new-profile select[name="environment_id"]', envValue);
+  await page.fill('#new-profile input[name="key"]', 'fTW2KwlJZ6JEpRS+RlN2fruKPgggBe+Y9txLIk3QpA0=');
+  await page.fill('#new-profile input[name="provider_client_id"]', 'browser-provider');
+  await page.fill('#new-profile input[name="provider_client_secret"]', 'browser-provider-secret');
+  await page.fill('#new-profile input[name="patient_client_id"]', 'browser-patient');
+  await page.fill('#new-profile input[name="patient_client_secret"]', 'browser-patient-secret');
+  await Promise.all([page.waitForLoadState('load'), page.click('#new-profile button[type="submit"]')]);
+  assert.match(await page.locator('.notice').textContent(), /created/);
+  const card = page.locator('.card.profile', { hasText: 'Browser Clinic' });
+  const launchUrl = (await card.locator('.launch-url').textContent()).trim();
+  assert.match(launchUrl, /\/telehealth\/v1\/provider\/launch\/[0-9a-f-]{36}$/);
+  assert.ok(!(await page.content()).includes('browser-provider-secret'), 'secrets never reach the page');
+  await shot('telehealth-profiles');
+  // Epic's side: the app registration and the video-visit button.
+  const redirect = launchUrl.replace('/launch/', '/oauth2authorized/');
+  let r = await fetch(`${sim}/_sim/clients`, { method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ client_id: 'browser-provider', client_secret: 'browser-provider-secret', redirect_uris: [redirect], apis: ['*'] }) });
+  assert.ok(r.ok);
+  r = await fetch(`${sim}/_sim/telehealth/launch`, { method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ launch_url: launchUrl, instance: 'interconnect-tst', key: 'fTW2KwlJZ6JEpRS+RlN2fruKPgggBe+Y9txLIk3QpA0=', role: 'provider' }) });
+  assert.equal(r.status, 201);
+  const link = await r.json();
+  // The provider's browser follows Switchboard → Epic sign-in → Switchboard → the visit.
+  const provider = await (await browser.newContext()).newPage();
+  await provider.goto(link.url);
+  await provider.waitForURL(/\/telehealth\/v1\/room\//);
+  const name = (await provider.locator('#conference-name').textContent()).trim();
+  assert.match(name, /^Appointment for .+ Browser Clinic:.+/);
+  assert.equal(await provider.locator('#in-call').count(), 1);
+  assert.equal(await provider.locator('#participants tr.participant').count(), 1);
+  await provider.screenshot({ path: path.join(shots || '/tmp', 'telehealth-room.png'), fullPage: true });
+  // Opening the same link again is refused with a named page.
+  const again = await (await browser.newContext()).newPage();
+  const resp = await again.goto(link.url);
+  assert.equal(resp.status(), 409);
+  assert.match(await again.locator('h1').textContent(), /already used/);
+  // The status pages.
+  await page.click('#active-conferences');
+  await page.waitForURL(/state=active/);
+  const rows = page.locator('#conferences tr.conference');
+  assert.equal(await rows.count(), 1);
+  assert.equal((await rows.first().locator('a').textContent()).trim(), name);
+  await shot('telehealth-active');
+  await Promise.all([page.waitForURL(/\/console\/telehealth\/conferences\/[0-9a-f-]{36}$/), rows.first().locator('a').click()]);
+  assert.equal((await page.locator('#conference-name').textContent()).trim(), name);
+  await Promise.all([page.waitForLoadState('load'), page.click('#end-conference')]);
+  assert.equal((await page.locator('#conference-state').textContent()).trim(), 'ended');
+  // The provider's page shows the end.
+  await provider.reload();
+  assert.equal(await provider.locator('#ended').count(), 1);
+  await page.goto(`${base}/console/telehealth/conferences?state=ended`);
+  assert.equal(await page.locator('#conferences tr.conference').count(), 1);
+  await page.fill('#conference-search input[name="q"]', 'no-such-visit');
+  await Promise.all([page.waitForURL(/q=no-such-visit/), page.click('#conference-search button[type="submit"]')]);
+  assert.equal(await page.locator('#conferences tr.conference').count(), 0);
+  await shot('telehealth-historic');
+});
+
 test('signing out ends the session', async () => {
   await Promise.all([page.waitForURL(`${base}/console/login`), page.click('#sign-out')]);
   await page.goto(`${base}/console/audit`);

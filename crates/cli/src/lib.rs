@@ -175,6 +175,11 @@ pub fn arc_app(app: &App) -> Arc<dyn switchboard_store::Store> {
     Arc::clone(app.store())
 }
 
+/// The demo's telehealth profile id (fixed, so the simulator's registered redirect URIs match).
+pub const DEMO_TELEHEALTH_PROFILE: &str = "5d3e0c1a-7b2f-4c8e-9a61-0de305e1a7c0";
+/// The demo's launch key (a demo only: real keys come from `switchboard keygen 32`).
+pub const DEMO_LAUNCH_KEY: &str = "fTW2KwlJZ6JEpRS+RlN2fruKPgggBe+Y9txLIk3QpA0=";
+
 /// The demo: Switchboard and the Epic simulator side by side on loopback.
 pub struct Demo {
     pub server: Running,
@@ -203,8 +208,12 @@ pub fn demo_sim_config(
                 client_id: "switchboard-demo-telehealth".to_owned(),
                 client_secret: Some("demo-telehealth-secret".to_owned()),
                 redirect_uris: vec![
-                    format!("{switchboard_url}/telehealth/v1/provider/oauth2authorized/demo"),
-                    format!("{switchboard_url}/telehealth/v1/patient/oauth2authorized/demo"),
+                    format!(
+                        "{switchboard_url}/telehealth/v1/provider/oauth2authorized/{DEMO_TELEHEALTH_PROFILE}"
+                    ),
+                    format!(
+                        "{switchboard_url}/telehealth/v1/patient/oauth2authorized/{DEMO_TELEHEALTH_PROFILE}"
+                    ),
                 ],
                 ..ClientConfig::default()
             },
@@ -217,6 +226,67 @@ pub fn demo_sim_config(
     }
 }
 
+/// On a fresh demo database: a non-production Epic environment on the simulator and a
+/// telehealth profile on it whose apps the simulator knows.
+async fn seed_demo(app: &App, sim_url: &str) -> anyhow::Result<()> {
+    use switchboard_app::telehealth::{AppClientsInput, ClientInput, ProfileInput};
+    let cli = switchboard_app::Principal::cli();
+    let ctx = switchboard_app::RequestContext::default();
+    let envs = app.list_environments().await.map_err(anyhow::Error::new)?;
+    let env = match envs.into_iter().find(|e| e.name == "Epic simulator (TST)") {
+        Some(e) => e,
+        None => app
+            .create_environment(
+                &cli,
+                &ctx,
+                switchboard_app::epic_env::EnvironmentInput {
+                    name: Some("Epic simulator (TST)".to_owned()),
+                    kind: Some("non_production".to_owned()),
+                    interconnect_url: Some(sim_url.to_owned()),
+                    instance: Some("interconnect-tst".to_owned()),
+                    client_id: Some("switchboard-demo".to_owned()),
+                    apps: Some(vec![
+                        "Rover".to_owned(),
+                        "Haiku".to_owned(),
+                        "Canto".to_owned(),
+                    ]),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(anyhow::Error::new)?,
+    };
+    if app
+        .get_telehealth_profile(DEMO_TELEHEALTH_PROFILE)
+        .await
+        .is_err()
+    {
+        let client = || AppClientsInput {
+            production: None,
+            non_production: Some(ClientInput {
+                client_id: "switchboard-demo-telehealth".to_owned(),
+                client_secret: Some("demo-telehealth-secret".to_owned()),
+            }),
+        };
+        app.create_telehealth_profile(
+            &cli,
+            &ctx,
+            ProfileInput {
+                name: "Demo Health".to_owned(),
+                environment_id: env.id,
+                key: Some(DEMO_LAUNCH_KEY.to_owned()),
+                provider_app: client(),
+                patient_app: client(),
+                ..ProfileInput::default()
+            },
+            Some(uuid::Uuid::parse_str(DEMO_TELEHEALTH_PROFILE)?),
+        )
+        .await
+        .map_err(anyhow::Error::new)?;
+    }
+    Ok(())
+}
+
 /// Starts the simulator on `sim_listen`, then Switchboard with `config`.
 pub async fn start_demo(config: Config, sim_listen: std::net::SocketAddr) -> anyhow::Result<Demo> {
     let token_file = config.bootstrap_token_path();
@@ -225,6 +295,7 @@ pub async fn start_demo(config: Config, sim_listen: std::net::SocketAddr) -> any
         .await
         .context("starting the Epic simulator")?;
     let server = start(config, standard_registry()).await?;
+    seed_demo(&server.app, &sim.base_url()).await?;
     let admin_token = server.bootstrap_token.clone().or_else(|| {
         std::fs::read_to_string(&token_file)
             .ok()

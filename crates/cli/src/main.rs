@@ -66,6 +66,11 @@ enum Command {
         #[command(subcommand)]
         command: EpicCommand,
     },
+    /// Telehealth profiles and conferences.
+    Telehealth {
+        #[command(subcommand)]
+        command: TelehealthCommand,
+    },
     /// Generate a new master key and re-seal every stored secret with it.
     RotateMasterKey,
     /// Run the Epic simulator (a stand-in for a customer's Interconnect) on its own port.
@@ -127,6 +132,31 @@ enum EpicCommand {
     },
     /// Rotate an environment's signing key now (by name or id).
     Rotate { environment: String },
+}
+
+#[derive(Subcommand)]
+enum TelehealthCommand {
+    /// List profiles with the launch URLs and redirect URIs to put in Epic.
+    Profiles,
+    /// Create a profile from a JSON file (the admin API's body; secrets stay off the command line).
+    Create {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Remove a profile (by name or id); `--force` ends its active conferences first.
+    Remove {
+        profile: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// List conferences, newest first.
+    Conferences {
+        /// `active` or `ended`.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -441,6 +471,20 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             println!("    control API               {sim}/_sim/ (clients, mobile, faults, calls)");
             println!();
             println!(
+                "  Telehealth    profile \"Demo Health\" ({})",
+                switchboard_cli::DEMO_TELEHEALTH_PROFILE
+            );
+            println!(
+                "    a video-visit link as Epic would make it (open the \"url\" in a browser):"
+            );
+            println!(
+                "        curl -X POST -H 'content-type: application/json' -d '{{\"launch_url\":\"{url}/telehealth/v1/provider/launch/{}\",\"instance\":\"interconnect-tst\",\"key\":\"{}\"}}' {sim}/_sim/telehealth/launch",
+                switchboard_cli::DEMO_TELEHEALTH_PROFILE,
+                switchboard_cli::DEMO_LAUNCH_KEY
+            );
+            println!("    status pages  {url}/console/telehealth/conferences");
+            println!();
+            println!(
                 "  Try:  curl -H \"Authorization: Bearer <admin token>\" {url}/admin/api/v1/users"
             );
             println!(
@@ -699,6 +743,82 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                         .await
                         .map_err(describe)?;
                     println!("token {id} revoked");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Telehealth { command } => {
+            let (app, _) = open_app(config).await?;
+            match command {
+                TelehealthCommand::Profiles => {
+                    for p in app.list_telehealth_profiles().await.map_err(describe)? {
+                        println!(
+                            "{}\t{}\t{} ({})\tactive {}\n  provider launch {}\n  patient launch  {}\n  redirect URIs   {} {}",
+                            p.id,
+                            p.name,
+                            p.environment_name,
+                            p.environment_kind.to_uppercase(),
+                            p.active_conferences,
+                            p.provider_launch_url,
+                            p.patient_launch_url,
+                            p.provider_redirect_uri,
+                            p.patient_redirect_uri
+                        );
+                    }
+                }
+                TelehealthCommand::Create { file } => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    let input: switchboard_app::telehealth::ProfileInput =
+                        serde_json::from_str(&text)
+                            .with_context(|| format!("{} is not a profile", file.display()))?;
+                    let p = app
+                        .create_telehealth_profile(&cli, &ctx, input, None)
+                        .await
+                        .map_err(describe)?;
+                    println!("created {} with id {}", p.name, p.id);
+                    println!("provider launch URL: {}", p.provider_launch_url);
+                    println!("patient launch URL:  {}", p.patient_launch_url);
+                }
+                TelehealthCommand::Remove { profile, force } => {
+                    let p = app
+                        .list_telehealth_profiles()
+                        .await
+                        .map_err(describe)?
+                        .into_iter()
+                        .find(|p| p.id == profile || p.name == profile)
+                        .with_context(|| format!("no telehealth profile named `{profile}`"))?;
+                    app.delete_telehealth_profile(&cli, &ctx, &p.id, force)
+                        .await
+                        .map_err(describe)?;
+                    println!(
+                        "removed {}; its launch links now answer \"integration not found\"",
+                        p.name
+                    );
+                }
+                TelehealthCommand::Conferences { state, limit } => {
+                    let page = app
+                        .list_conferences(
+                            &cli,
+                            &switchboard_app::telehealth::ConferenceQuery {
+                                state,
+                                limit: Some(limit),
+                                ..Default::default()
+                            },
+                        )
+                        .await
+                        .map_err(describe)?;
+                    for c in page.items {
+                        println!(
+                            "{}\t{}\t{}\t{} participant(s)\t{}",
+                            c.id,
+                            c.state,
+                            c.duration_secs
+                                .map_or_else(|| "running".to_owned(), |d| format!("{d} s")),
+                            c.participants.len(),
+                            c.name
+                        );
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

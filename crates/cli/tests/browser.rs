@@ -14,6 +14,12 @@ async fn the_console_signs_in_and_shows_the_audit_log_in_headless_chromium() {
         return;
     }
     let s = common::TestServer::sqlite().await;
+    let sim = switchboard_epic_sim::start(switchboard_epic_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let shots = std::env::temp_dir().join("switchboard-console-screenshots");
     std::fs::create_dir_all(&shots).expect("screenshot folder");
@@ -23,6 +29,7 @@ async fn the_console_signs_in_and_shows_the_audit_log_in_headless_chromium() {
         .current_dir(&root)
         .env("SWITCHBOARD_URL", &s.url)
         .env("SWITCHBOARD_TOKEN", &s.admin_token)
+        .env("SIM_URL", sim.base_url())
         .env("SCREENSHOT_DIR", &shots)
         .output()
         .await
@@ -37,5 +44,6 @@ async fn the_console_signs_in_and_shows_the_audit_log_in_headless_chromium() {
         stdout.contains("# pass") && !stdout.contains("# pass 0"),
         "no browser test ran\n{stdout}"
     );
+    sim.shutdown().await;
     s.stop().await;
 }
