@@ -1257,8 +1257,16 @@ impl App {
             .with_details(json!({"profile_id": profile.id, "appointment_id": conf.appointment_id}));
             self.audit(&mut *tx, &system, &rctx, ev).await?;
         }
-        let ev = AuditEvent::new("", "telehealth.participant.arrived", format!("conference:{}", conf.id))
-            .with_details(json!({"participant_id": participant_id, "role": role.as_str(), "state": state.as_str(), "epic_user": ctx.user}));
+        let ev = AuditEvent::new(
+            "",
+            "telehealth.participant.arrived",
+            format!("conference:{}", conf.id),
+        )
+        .with_details(
+            json!({"participant_id": participant_id, "role": role.as_str(), "state": state.as_str(),
+                // A patient's launching user may identify the patient: kept out of the audit log.
+                "epic_user": if role == LaunchRole::Provider { ctx.user.clone() } else { None }}),
+        );
         self.audit(&mut *tx, &system, &rctx, ev).await?;
         tx.commit().await?;
         Ok(JoinTicket {
@@ -1793,9 +1801,13 @@ fn conference_view(c: ConferenceRow, ps: Vec<ParticipantRow>, phi: bool) -> Conf
                 } else {
                     HIDDEN_PATIENT.to_owned()
                 },
+                epic_user: if phi || p.role == "provider" {
+                    p.epic_user
+                } else {
+                    None
+                },
                 id: p.id,
                 role: p.role,
-                epic_user: p.epic_user,
                 state: p.state,
                 arrived_at: p.arrived_at,
                 joined_at: p.joined_at,
