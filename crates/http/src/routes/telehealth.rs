@@ -117,6 +117,7 @@ fn error_page(e: &LaunchError, headers: &HeaderMap) -> Response {
     if !matches!(e, LaunchError::Internal(_)) {
         tracing::info!(cause = code, "telehealth launch refused");
     }
+    metrics::counter!("switchboard_telehealth_launch_failures_total", "cause" => code).increment(1);
     html(
         status,
         &ErrorPage {
@@ -198,6 +199,8 @@ async fn authorized(
         .await
     {
         Ok(t) => {
+            metrics::counter!("switchboard_telehealth_participants_admitted_total", "role" => role.as_str())
+                .increment(1);
             let r =
                 Redirect::to(&format!("/telehealth/v1/room/{}", t.participant_id)).into_response();
             let r = with_cookie(
