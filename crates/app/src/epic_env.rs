@@ -125,7 +125,7 @@ fn random_hex(n: usize) -> String {
     hex::encode(crate::crypto::random_bytes::<16>())[..n].to_owned()
 }
 
-fn parse_alg(s: &str) -> Result<Alg, String> {
+pub(crate) fn parse_alg(s: &str) -> Result<Alg, String> {
     match s {
         "RS384" => Ok(Alg::RS384),
         "ES384" => Ok(Alg::ES384),
@@ -647,6 +647,80 @@ impl App {
         let (key, _, _) = self.active_signing_key(id).await?;
         key.public_key_pem()
             .map_err(|e| AppError::Internal(e.to_string()))
+    }
+
+    /// A new key set owned by `owner` (e.g. `activation:<id>`) with one active key; its JWK set
+    /// is served at `/jwks/{id}.json` like an environment's.
+    pub(crate) async fn create_key_set(
+        &self,
+        tx: &mut dyn Tx,
+        owner: &str,
+        alg: Alg,
+    ) -> Result<String, AppError> {
+        let now = now_ms();
+        let ks = KeySetRow {
+            id: format!("ks_{}", random_hex(20)),
+            owner: owner.to_owned(),
+            alg: alg.as_str().to_owned(),
+            publish_delay_secs: DEFAULT_PUBLISH_DELAY_SECS,
+            rotate_every_days: None,
+            next_rotation_at: None,
+            created_at: now,
+        };
+        tx.insert_key_set(&ks).await?;
+        self.new_signing_key(tx, &ks.id, alg, KeyState::Active, now)
+            .await?;
+        Ok(ks.id)
+    }
+
+    /// The active key of a key set, parsed once and kept in memory.
+    pub(crate) async fn active_key_of_set(
+        &self,
+        key_set_id: &str,
+    ) -> Result<(Arc<SigningKey>, SigningKeyRow), AppError> {
+        let mut tx = self.store().read().await?;
+        let row = tx
+            .signing_keys(key_set_id)
+            .await?
+            .into_iter()
+            .find(|k| k.state == KeyState::Active.as_str())
+            .ok_or_else(|| {
+                AppError::Conflict("the key set has no active signing key".to_owned())
+            })?;
+        if let Some(k) = self.cached_signing_key(&row.kid) {
+            return Ok((k, row));
+        }
+        let pkcs8 = self.get_secret(&mut *tx, &row.private_secret).await?;
+        let alg = parse_alg(&row.alg).map_err(AppError::Internal)?;
+        let key = Arc::new(
+            SigningKey::from_pkcs8(alg, &pkcs8).map_err(|e| AppError::Internal(e.to_string()))?,
+        );
+        self.cache_signing_key(&row.kid, Arc::clone(&key));
+        Ok((key, row))
+    }
+
+    /// Starts a rotation of any key set (audited with `details`).
+    pub(crate) async fn rotate_key_set(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        key_set_id: &str,
+        details: serde_json::Value,
+    ) -> Result<(), AppError> {
+        let mut tx = self.store().begin().await?;
+        let ks = tx
+            .get_key_set(key_set_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("key set {key_set_id}")))?;
+        let key = self.start_rotation(&mut *tx, &ks).await?;
+        let mut d = details;
+        d["kid"] = serde_json::Value::String(key.kid.clone());
+        d["activate_after"] = serde_json::json!(key.activate_after);
+        let ev = AuditEvent::new("", "key_set.rotation_started", format!("key_set:{}", ks.id))
+            .with_details(d);
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Starts a rotation now: a new key is published at once and starts signing after the key

@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod epic_env;
 mod error;
 pub mod files;
+pub mod gateway;
 pub mod jobs;
 pub mod keyring;
 pub mod secrets;
@@ -137,6 +138,7 @@ struct AppInner {
     /// Token buckets toward each Epic environment: (tokens, last refill).
     epic_buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
     telehealth: telehealth::TelehealthCache,
+    gateway: gateway::GatewayState,
 }
 
 impl App {
@@ -161,6 +163,7 @@ impl App {
                 epic_credentials: std::sync::Mutex::default(),
                 epic_buckets: std::sync::Mutex::default(),
                 telehealth: telehealth::TelehealthCache::default(),
+                gateway: gateway::GatewayState::default(),
             }),
         })
     }

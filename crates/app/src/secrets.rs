@@ -37,6 +37,49 @@ impl App {
         Ok(id)
     }
 
+    /// A secret Switchboard makes for itself once (`id` fixed), shared by every replica: read it,
+    /// or create it from `init` when it does not exist yet (a racing replica's value wins).
+    pub async fn singleton_secret(
+        &self,
+        id: &str,
+        purpose: &str,
+        init: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Vec<u8>, AppError> {
+        let mut tx = self.store().read().await?;
+        if tx.get_secret(id).await?.is_some() {
+            return self.get_secret(&mut *tx, id).await;
+        }
+        drop(tx);
+        let value = init();
+        let sealed = self
+            .keyring()
+            .seal(&aad(id, "switchboard", purpose), &value)?;
+        let now = now_ms();
+        let mut tx = self.store().begin().await?;
+        let row = SecretRow {
+            id: id.to_owned(),
+            owner: "switchboard".to_owned(),
+            purpose: purpose.to_owned(),
+            key_id: sealed.key_id,
+            nonce: sealed.nonce,
+            ciphertext: sealed.ciphertext,
+            created_at: now,
+            updated_at: now,
+        };
+        match tx.put_secret(&row).await {
+            Ok(()) => {
+                tx.commit().await?;
+                Ok(value)
+            }
+            Err(switchboard_store::StoreError::Conflict(_)) => {
+                drop(tx);
+                let mut tx = self.store().read().await?;
+                self.get_secret(&mut *tx, id).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Opens a stored secret.
     pub async fn get_secret(&self, tx: &mut dyn Tx, id: &str) -> Result<Vec<u8>, AppError> {
         let row = tx

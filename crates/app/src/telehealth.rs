@@ -1463,7 +1463,7 @@ impl App {
             .and_then(|u| u.host_str().map(str::to_owned))
             .unwrap_or_default();
         let now = now_ms() / 1000;
-        let jwt = jitsi_jwt(
+        let jwt = crypto::hs256_jwt(
             &secret,
             &json!({
                 "aud": "jitsi",
@@ -1475,7 +1475,7 @@ impl App {
                 "moderator": me.role == "provider",
                 "context": {"user": {"id": me.id, "name": me.display_name, "moderator": me.role == "provider"}},
             }),
-        )?;
+        );
         Ok(Some(format!("{base}/{}?jwt={jwt}", conf.room)))
     }
 
@@ -1693,16 +1693,6 @@ impl TokenRequestError {
             Self::Transient(m) | Self::Refused(m) => m,
         }
     }
-}
-
-/// An HS256 JWT as Jitsi's token authentication expects it.
-fn jitsi_jwt(secret: &[u8], claims: &serde_json::Value) -> Result<String, AppError> {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let body = URL_SAFE_NO_PAD.encode(json_of(claims)?);
-    let input = format!("{header}.{body}");
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
-    let sig = aws_lc_rs::hmac::sign(&key, input.as_bytes());
-    Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref())))
 }
 
 /// The join page's view of its conference.

@@ -6,6 +6,8 @@ pub mod accounts;
 pub mod appconfig;
 pub mod audit;
 pub mod epic;
+pub mod gateway;
+pub mod hl7;
 pub mod ids;
 pub mod jobs;
 pub mod sso;

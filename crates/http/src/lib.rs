@@ -51,6 +51,7 @@ pub fn router(app: App, metrics: PrometheusHandle) -> Router {
         .merge(api)
         .merge(console::router())
         .merge(routes::telehealth::router())
+        .merge(routes::gateway::router())
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)
         .with_state(state)

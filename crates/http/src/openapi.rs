@@ -25,6 +25,7 @@ pub const ADMIN_PREFIX: &str = "/admin/api/v1";
         (name = "audit", description = "The tamper-evident audit log"),
         (name = "epic", description = "Epic environments, their key sets and the public JWK sets registered with Epic"),
         (name = "jobs", description = "The durable job queue and its dead letters"),
+        (name = "gateway", description = "FHIR gateway: data adapters, gateways, apps, activations and access records"),
         (name = "telehealth", description = "Epic video-visit profiles and their conferences"),
     )
 )]
@@ -38,7 +39,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
             ADMIN_PREFIX,
             crate::routes::admin::router()
                 .merge(crate::routes::epic_env::admin_router())
-                .merge(crate::routes::telehealth_admin::router()),
+                .merge(crate::routes::telehealth_admin::router())
+                .merge(crate::routes::gateway_admin::router()),
         )
 }
 

@@ -274,6 +274,63 @@ pub trait Tx: Send {
         conference_id: &str,
     ) -> Result<Vec<ParticipantRow>, StoreError>;
 
+    // --- FHIR gateway
+    async fn insert_adapter(&mut self, a: &AdapterRow) -> Result<(), StoreError>;
+    async fn update_adapter(&mut self, a: &AdapterRow) -> Result<(), StoreError>;
+    async fn get_adapter(&mut self, id: &str) -> Result<Option<AdapterRow>, StoreError>;
+    async fn list_adapters(&mut self) -> Result<Vec<AdapterRow>, StoreError>;
+    async fn delete_adapter(&mut self, id: &str) -> Result<bool, StoreError>;
+    async fn insert_gateway(&mut self, g: &GatewayRow) -> Result<(), StoreError>;
+    async fn update_gateway(&mut self, g: &GatewayRow) -> Result<(), StoreError>;
+    async fn get_gateway(&mut self, id_or_name: &str) -> Result<Option<GatewayRow>, StoreError>;
+    async fn list_gateways(&mut self) -> Result<Vec<GatewayRow>, StoreError>;
+    async fn delete_gateway(&mut self, id: &str) -> Result<bool, StoreError>;
+    async fn insert_gateway_app(&mut self, a: &GatewayAppRow) -> Result<(), StoreError>;
+    async fn update_gateway_app(&mut self, a: &GatewayAppRow) -> Result<(), StoreError>;
+    async fn get_gateway_app(&mut self, id: &str) -> Result<Option<GatewayAppRow>, StoreError>;
+    async fn get_gateway_app_by_client_id(
+        &mut self,
+        client_id: &str,
+    ) -> Result<Option<GatewayAppRow>, StoreError>;
+    async fn list_gateway_apps(&mut self) -> Result<Vec<GatewayAppRow>, StoreError>;
+    async fn delete_gateway_app(&mut self, id: &str) -> Result<bool, StoreError>;
+    async fn insert_activation(&mut self, a: &ActivationRow) -> Result<(), StoreError>;
+    async fn update_activation(&mut self, a: &ActivationRow) -> Result<(), StoreError>;
+    async fn get_activation(&mut self, id: &str) -> Result<Option<ActivationRow>, StoreError>;
+    async fn find_activation(
+        &mut self,
+        app_id: &str,
+        gateway_id: &str,
+    ) -> Result<Option<ActivationRow>, StoreError>;
+    async fn list_activations(&mut self) -> Result<Vec<ActivationRow>, StoreError>;
+    async fn delete_activation(&mut self, id: &str) -> Result<bool, StoreError>;
+    /// Records a revoked token id; `false` when it was already revoked.
+    async fn revoke_token_id(
+        &mut self,
+        jti: &str,
+        app_id: &str,
+        at: i64,
+        expires_at: i64,
+    ) -> Result<bool, StoreError>;
+    /// Token ids revoked at or after `since`, and tokens that expired are forgotten first.
+    async fn revocations_since(
+        &mut self,
+        since: i64,
+        now: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError>;
+    async fn insert_gateway_requests(
+        &mut self,
+        rows: &[GatewayRequestRow],
+    ) -> Result<(), StoreError>;
+    /// Newest first; `before` is a `seq` cursor.
+    async fn list_gateway_requests(
+        &mut self,
+        gateway_id: Option<&str>,
+        app_id: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<GatewayRequestRow>, StoreError>;
+
     // --- job queue
     /// Enqueues a job; with a `dedupe_key` that is already queued, returns `None` and adds nothing.
     async fn enqueue_job(&mut self, job: &NewJob) -> Result<Option<i64>, StoreError>;

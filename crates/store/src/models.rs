@@ -301,3 +301,86 @@ pub struct ConferenceFilter {
     pub before: Option<(i64, String)>,
     pub limit: i64,
 }
+
+/// Where a gateway finds Epic ("Epic R4 External"). `settings` is the JSON document of source
+/// 002 (`epicR4Endpoint`, `backendAuthEnabled`, `hl7OverHttpEndpoint`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct AdapterRow {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub environment_id: Option<String>,
+    pub settings: String,
+    pub external_client_id: Option<String>,
+    #[serde(skip)]
+    pub external_secret_ref: Option<String>,
+    pub external_api_endpoint: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct GatewayRow {
+    pub id: String,
+    /// The URL segment apps call: `/gateways/{name}/...`.
+    pub name: String,
+    pub adapter_id: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct GatewayAppRow {
+    pub id: String,
+    pub name: String,
+    pub client_id: String,
+    #[serde(skip)]
+    pub secret_digest: String,
+    #[serde(skip)]
+    pub previous_secret_digest: Option<String>,
+    pub previous_valid_until: Option<i64>,
+    pub launch_uri: Option<String>,
+    /// Space-separated SMART scopes the app may get.
+    pub scopes: String,
+    pub token_ttl_secs: i64,
+    pub rate_limit_per_sec: Option<i64>,
+    /// For `private_key_jwt` client authentication.
+    pub jwks_url: Option<String>,
+    /// Tokens issued before this (Unix ms) are revoked.
+    pub tokens_not_before: i64,
+    pub disabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct ActivationRow {
+    pub id: String,
+    pub app_id: String,
+    pub gateway_id: String,
+    /// `none` or `backend`.
+    pub ehr_auth: String,
+    pub epic_client_id: Option<String>,
+    pub epic_app_name: Option<String>,
+    pub key_set_id: Option<String>,
+    pub token_url: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One request through a gateway (no bodies).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct GatewayRequestRow {
+    pub seq: i64,
+    pub at: i64,
+    pub app_id: Option<String>,
+    pub gateway_id: String,
+    /// `fhir`, `epic` (private API), `hl7v2` or `token`.
+    pub kind: String,
+    pub interaction: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub status: i64,
+    pub latency_us: i64,
+    pub request_id: Option<String>,
+}

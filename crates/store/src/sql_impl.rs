@@ -35,6 +35,9 @@ macro_rules! impl_tx {
         const TH_PROFILE_COLS: &str = "id, name, environment_id, encryption, key_ref, iv_mode, launch_param, field_map, clients, link_validity_secs, video, status_codes, vendor_name, created_at, updated_at";
         const CONFERENCE_COLS: &str = "id, profile_id, profile_name, environment_id, appointment_id, csn, name, patient_name, department, room, state, started_at, ended_at, ended_reason, epic_connected_at, epic_ended_at";
         const PARTICIPANT_COLS: &str = "id, conference_id, role, display_name, epic_user, state, session_digest, client_id, arrived_at, joined_at, left_at, token_ref, token_issued_at, token_expires_at, token_renewals, token_error";
+        const ADAPTER_COLS: &str = "id, name, kind, environment_id, settings, external_client_id, external_secret_ref, external_api_endpoint, created_at, updated_at";
+        const APP_COLS: &str = "id, name, client_id, secret_digest, previous_secret_digest, previous_valid_until, launch_uri, scopes, token_ttl_secs, rate_limit_per_sec, jwks_url, tokens_not_before, disabled, created_at, updated_at";
+        const ACTIVATION_COLS: &str = "id, app_id, gateway_id, ehr_auth, epic_client_id, epic_app_name, key_set_id, token_url, created_at, updated_at";
         const ENV_COLS: &str = "id, name, kind, interconnect_url, instance, token_url_override, client_id, apps, basic_username, basic_password_ref, epic_client_id, timeout_ms, rate_limit_per_sec, ca_bundle, key_set_id, created_at, updated_at";
 
         fn key_set_from(row: &DbRow) -> Result<$crate::KeySetRow, sqlx::Error> {
@@ -860,6 +863,168 @@ macro_rules! impl_tx {
                     "SELECT {PARTICIPANT_COLS} FROM conference_participants WHERE conference_id = $1 ORDER BY arrived_at, id"
                 ))
                 .bind(conference_id).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn insert_adapter(&mut self, a: &$crate::AdapterRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(&format!("INSERT INTO data_adapters ({ADAPTER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"))
+                    .bind(&a.id).bind(&a.name).bind(&a.kind).bind(&a.environment_id).bind(&a.settings)
+                    .bind(&a.external_client_id).bind(&a.external_secret_ref).bind(&a.external_api_endpoint).bind(a.created_at).bind(a.updated_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn update_adapter(&mut self, a: &$crate::AdapterRow) -> Result<(), $crate::StoreError> {
+                sqlx::query("UPDATE data_adapters SET name = $2, kind = $3, environment_id = $4, settings = $5, external_client_id = $6, \
+                             external_secret_ref = $7, external_api_endpoint = $8, updated_at = $9 WHERE id = $1")
+                    .bind(&a.id).bind(&a.name).bind(&a.kind).bind(&a.environment_id).bind(&a.settings)
+                    .bind(&a.external_client_id).bind(&a.external_secret_ref).bind(&a.external_api_endpoint).bind(a.updated_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn get_adapter(&mut self, id: &str) -> Result<Option<$crate::AdapterRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {ADAPTER_COLS} FROM data_adapters WHERE id = $1")).bind(id).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn list_adapters(&mut self) -> Result<Vec<$crate::AdapterRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {ADAPTER_COLS} FROM data_adapters ORDER BY name")).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn delete_adapter(&mut self, id: &str) -> Result<bool, $crate::StoreError> {
+                Ok(sqlx::query("DELETE FROM data_adapters WHERE id = $1").bind(id).execute(&mut *self.inner).await?.rows_affected() == 1)
+            }
+
+            async fn insert_gateway(&mut self, g: &$crate::GatewayRow) -> Result<(), $crate::StoreError> {
+                sqlx::query("INSERT INTO gateways (id, name, adapter_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(&g.id).bind(&g.name).bind(&g.adapter_id).bind(g.created_at).bind(g.updated_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn update_gateway(&mut self, g: &$crate::GatewayRow) -> Result<(), $crate::StoreError> {
+                sqlx::query("UPDATE gateways SET name = $2, adapter_id = $3, updated_at = $4 WHERE id = $1")
+                    .bind(&g.id).bind(&g.name).bind(&g.adapter_id).bind(g.updated_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn get_gateway(&mut self, id_or_name: &str) -> Result<Option<$crate::GatewayRow>, $crate::StoreError> {
+                Ok(sqlx::query_as("SELECT id, name, adapter_id, created_at, updated_at FROM gateways WHERE id = $1 OR name = $1")
+                    .bind(id_or_name).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn list_gateways(&mut self) -> Result<Vec<$crate::GatewayRow>, $crate::StoreError> {
+                Ok(sqlx::query_as("SELECT id, name, adapter_id, created_at, updated_at FROM gateways ORDER BY name").fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn delete_gateway(&mut self, id: &str) -> Result<bool, $crate::StoreError> {
+                Ok(sqlx::query("DELETE FROM gateways WHERE id = $1").bind(id).execute(&mut *self.inner).await?.rows_affected() == 1)
+            }
+
+            async fn insert_gateway_app(&mut self, a: &$crate::GatewayAppRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(&format!("INSERT INTO gateway_apps ({APP_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"))
+                    .bind(&a.id).bind(&a.name).bind(&a.client_id).bind(&a.secret_digest).bind(&a.previous_secret_digest).bind(a.previous_valid_until)
+                    .bind(&a.launch_uri).bind(&a.scopes).bind(a.token_ttl_secs).bind(a.rate_limit_per_sec).bind(&a.jwks_url)
+                    .bind(a.tokens_not_before).bind(a.disabled).bind(a.created_at).bind(a.updated_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn update_gateway_app(&mut self, a: &$crate::GatewayAppRow) -> Result<(), $crate::StoreError> {
+                sqlx::query("UPDATE gateway_apps SET name = $2, secret_digest = $3, previous_secret_digest = $4, previous_valid_until = $5, \
+                             launch_uri = $6, scopes = $7, token_ttl_secs = $8, rate_limit_per_sec = $9, jwks_url = $10, tokens_not_before = $11, \
+                             disabled = $12, updated_at = $13 WHERE id = $1")
+                    .bind(&a.id).bind(&a.name).bind(&a.secret_digest).bind(&a.previous_secret_digest).bind(a.previous_valid_until)
+                    .bind(&a.launch_uri).bind(&a.scopes).bind(a.token_ttl_secs).bind(a.rate_limit_per_sec).bind(&a.jwks_url)
+                    .bind(a.tokens_not_before).bind(a.disabled).bind(a.updated_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn get_gateway_app(&mut self, id: &str) -> Result<Option<$crate::GatewayAppRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {APP_COLS} FROM gateway_apps WHERE id = $1")).bind(id).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn get_gateway_app_by_client_id(&mut self, client_id: &str) -> Result<Option<$crate::GatewayAppRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {APP_COLS} FROM gateway_apps WHERE client_id = $1")).bind(client_id).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn list_gateway_apps(&mut self) -> Result<Vec<$crate::GatewayAppRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {APP_COLS} FROM gateway_apps ORDER BY name, id")).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn delete_gateway_app(&mut self, id: &str) -> Result<bool, $crate::StoreError> {
+                Ok(sqlx::query("DELETE FROM gateway_apps WHERE id = $1").bind(id).execute(&mut *self.inner).await?.rows_affected() == 1)
+            }
+
+            async fn insert_activation(&mut self, a: &$crate::ActivationRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(&format!("INSERT INTO activations ({ACTIVATION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"))
+                    .bind(&a.id).bind(&a.app_id).bind(&a.gateway_id).bind(&a.ehr_auth).bind(&a.epic_client_id).bind(&a.epic_app_name)
+                    .bind(&a.key_set_id).bind(&a.token_url).bind(a.created_at).bind(a.updated_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn update_activation(&mut self, a: &$crate::ActivationRow) -> Result<(), $crate::StoreError> {
+                sqlx::query("UPDATE activations SET ehr_auth = $2, epic_client_id = $3, epic_app_name = $4, key_set_id = $5, token_url = $6, updated_at = $7 WHERE id = $1")
+                    .bind(&a.id).bind(&a.ehr_auth).bind(&a.epic_client_id).bind(&a.epic_app_name).bind(&a.key_set_id).bind(&a.token_url).bind(a.updated_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn get_activation(&mut self, id: &str) -> Result<Option<$crate::ActivationRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {ACTIVATION_COLS} FROM activations WHERE id = $1")).bind(id).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn find_activation(&mut self, app_id: &str, gateway_id: &str) -> Result<Option<$crate::ActivationRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {ACTIVATION_COLS} FROM activations WHERE app_id = $1 AND gateway_id = $2"))
+                    .bind(app_id).bind(gateway_id).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn list_activations(&mut self) -> Result<Vec<$crate::ActivationRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {ACTIVATION_COLS} FROM activations ORDER BY created_at, id")).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn delete_activation(&mut self, id: &str) -> Result<bool, $crate::StoreError> {
+                Ok(sqlx::query("DELETE FROM activations WHERE id = $1").bind(id).execute(&mut *self.inner).await?.rows_affected() == 1)
+            }
+
+            async fn revoke_token_id(&mut self, jti: &str, app_id: &str, at: i64, expires_at: i64) -> Result<bool, $crate::StoreError> {
+                Ok(sqlx::query("INSERT INTO token_revocations (jti, app_id, revoked_at, expires_at) VALUES ($1, $2, $3, $4) ON CONFLICT (jti) DO NOTHING")
+                    .bind(jti).bind(app_id).bind(at).bind(expires_at)
+                    .execute(&mut *self.inner).await?.rows_affected() == 1)
+            }
+
+            async fn revocations_since(&mut self, since: i64, now: i64) -> Result<Vec<(String, i64)>, $crate::StoreError> {
+                Ok(sqlx::query_as("SELECT jti, revoked_at FROM token_revocations WHERE revoked_at >= $1 AND expires_at > $2")
+                    .bind(since).bind(now).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn insert_gateway_requests(&mut self, rows: &[$crate::GatewayRequestRow]) -> Result<(), $crate::StoreError> {
+                for chunk in rows.chunks(500) {
+                    let mut sql = String::from("INSERT INTO gateway_requests (at, app_id, gateway_id, kind, interaction, resource_type, resource_id, status, latency_us, request_id) VALUES ");
+                    for (i, _) in chunk.iter().enumerate() {
+                        let b = i * 10;
+                        if i > 0 { sql.push_str(", "); }
+                        sql.push_str(&format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10));
+                    }
+                    let mut q = sqlx::query(&sql);
+                    for r in chunk {
+                        q = q.bind(r.at).bind(&r.app_id).bind(&r.gateway_id).bind(&r.kind).bind(&r.interaction)
+                            .bind(&r.resource_type).bind(&r.resource_id).bind(r.status).bind(r.latency_us).bind(&r.request_id);
+                    }
+                    q.execute(&mut *self.inner).await?;
+                }
+                Ok(())
+            }
+
+            async fn list_gateway_requests(&mut self, gateway_id: Option<&str>, app_id: Option<&str>, before: Option<i64>, limit: i64) -> Result<Vec<$crate::GatewayRequestRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT seq, at, app_id, gateway_id, kind, interaction, resource_type, resource_id, status, latency_us, request_id FROM gateway_requests \
+                     WHERE ($1 IS NULL OR gateway_id = $1) AND ($2 IS NULL OR app_id = $2) AND ($3 IS NULL OR seq < $3) ORDER BY seq DESC LIMIT $4",
+                )
+                .bind(gateway_id).bind(app_id).bind(before).bind(limit)
+                .fetch_all(&mut *self.inner).await?)
             }
 
             async fn enqueue_job(&mut self, j: &$crate::NewJob) -> Result<Option<i64>, $crate::StoreError> {

@@ -1,0 +1,1788 @@
+//! The FHIR gateway: data adapters (where Epic is), gateways (the URL apps call), apps with
+//! OAuth2 client credentials, activations (an app on a gateway, with backend auth to Epic),
+//! the token service, and what the proxy needs per request — resolved from short-lived
+//! in-memory snapshots so a proxied request costs no database read.
+
+use crate::{App, AppError, Principal, RequestContext, crypto, now_ms};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use switchboard_domain::ValidationErrors;
+use switchboard_domain::audit::AuditEvent;
+use switchboard_domain::gateway::{Scope, parse_scopes};
+use switchboard_store::{ActivationRow, AdapterRow, GatewayAppRow, GatewayRequestRow, GatewayRow};
+
+/// How long configuration snapshots and the revocation list are trusted by a replica.
+pub const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
+const TOKEN_KEY_ID: &str = "sec_gateway_token_key";
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+
+/// The adapter settings document of source 002, with its key names.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdapterSettings {
+    #[serde(default)]
+    pub epic_r4_endpoint: String,
+    #[serde(default)]
+    pub backend_auth_enabled: bool,
+    #[serde(default)]
+    pub hl7_over_http_endpoint: Option<String>,
+    #[serde(default)]
+    pub hl7_over_http_processing_id: Option<String>,
+    #[serde(default)]
+    pub use_staging_environment: bool,
+}
+
+/// "External auth" for Epic's private APIs.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalAuthInput {
+    pub client_id: String,
+    /// The Basic header value Epic's "Try it" shows; omit to keep the stored one.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// e.g. `https://host/interconnect-aocurprd-username/`
+    pub client_api_endpoint: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterInput {
+    pub name: String,
+    /// Optional link to an Epic environment of the registry: fills `epicR4Endpoint` when it is
+    /// empty and must agree with `useStagingEnvironment`.
+    #[serde(default)]
+    pub environment_id: Option<String>,
+    #[serde(default)]
+    pub settings: AdapterSettings,
+    #[serde(default)]
+    pub external_auth: Option<ExternalAuthInput>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Adapter {
+    pub id: String,
+    pub name: String,
+    /// Always `Epic R4 External`.
+    pub data_source_type: String,
+    pub environment_id: Option<String>,
+    pub settings: AdapterSettings,
+    pub external_client_id: Option<String>,
+    pub external_secret_set: bool,
+    pub external_api_endpoint: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+fn adapter_view(r: AdapterRow) -> Adapter {
+    Adapter {
+        settings: serde_json::from_str(&r.settings).unwrap_or_default(),
+        data_source_type: "Epic R4 External".to_owned(),
+        external_secret_set: r.external_secret_ref.is_some(),
+        id: r.id,
+        name: r.name,
+        environment_id: r.environment_id,
+        external_client_id: r.external_client_id,
+        external_api_endpoint: r.external_api_endpoint,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    }
+}
+
+fn check_url(field: &str, value: &str, errors: &mut ValidationErrors) -> Option<url::Url> {
+    match url::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            let loopback = u
+                .host_str()
+                .is_some_and(|h| h == "localhost" || h.starts_with("127.") || h == "[::1]");
+            if u.scheme() == "http" && !loopback {
+                errors.add(
+                    field,
+                    "must be https (plain http only to a loopback address)",
+                );
+                None
+            } else {
+                Some(u)
+            }
+        }
+        _ => {
+            errors.add(field, "must be an absolute http(s) URL");
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayInput {
+    /// The URL segment: `/gateways/{name}/fhir/R4/...` (lower-case letters, digits, `-`).
+    pub name: String,
+    pub adapter_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Gateway {
+    pub id: String,
+    pub name: String,
+    pub adapter_id: String,
+    /// What apps call.
+    pub fhir_base: String,
+    pub epic_base: String,
+    pub hl7_url: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppInput {
+    pub name: String,
+    /// Kept and shown; ignored for apps that are not SMART apps.
+    #[serde(default)]
+    pub launch_uri: Option<String>,
+    /// Space-separated SMART scopes (v1 `system/Patient.read` or v2 `system/Patient.rs`).
+    pub scopes: String,
+    /// Token lifetime in seconds, 60-3600 (default 3600).
+    #[serde(default)]
+    pub token_ttl_secs: Option<i64>,
+    #[serde(default)]
+    pub rate_limit_per_sec: Option<i64>,
+    /// JWK Set URL for `private_key_jwt` client authentication (optional).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub disabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct GatewayApp {
+    pub id: String,
+    pub name: String,
+    /// Always `OAuth2 Client Credentials`.
+    pub auth_type: String,
+    pub client_id: String,
+    pub launch_uri: Option<String>,
+    pub scopes: String,
+    pub token_ttl_secs: i64,
+    pub rate_limit_per_sec: Option<i64>,
+    pub jwks_url: Option<String>,
+    /// Until when the previous secret still works after a rotation.
+    pub previous_secret_valid_until: Option<i64>,
+    pub disabled: bool,
+    pub token_url: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A new or rotated secret: shown once, stored only as a digest.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AppWithSecret {
+    pub app: GatewayApp,
+    pub client_secret: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActivationInput {
+    pub app_id: String,
+    pub gateway_id: String,
+    /// `none` or `backend` (EHR authentication type System → Backend auth).
+    pub ehr_auth: String,
+    #[serde(default)]
+    pub epic_client_id: Option<String>,
+    #[serde(default)]
+    pub epic_app_name: Option<String>,
+    /// Epic's token URL; derived from the adapter's `epicR4Endpoint` when omitted.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// `RS384` (default) or `ES384`, for the generated key pair.
+    #[serde(default)]
+    pub key_algorithm: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Activation {
+    pub id: String,
+    pub app_id: String,
+    pub gateway_id: String,
+    pub ehr_auth: String,
+    pub epic_client_id: Option<String>,
+    pub epic_app_name: Option<String>,
+    pub token_url: Option<String>,
+    pub key_set_id: Option<String>,
+    /// The JWK Set URL to register with Epic (backend auth).
+    pub jwk_url: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+fn slug_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 40
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+}
+
+fn digest(secret: &str) -> String {
+    hex::encode(crypto::sha256(secret.as_bytes()))
+}
+
+/// `https://host/x-oauth/api/FHIR/R4` → `https://host/x-oauth`
+fn oauth_base_of(r4: &str) -> String {
+    let t = r4.trim_end_matches('/');
+    t.strip_suffix("/api/FHIR/R4")
+        .or_else(|| t.strip_suffix("/api/FHIR/STU3"))
+        .unwrap_or(t)
+        .to_owned()
+}
+
+impl App {
+    fn gateway_view(&self, g: GatewayRow) -> Gateway {
+        let base = format!("{}/gateways/{}", self.config().public_url(), g.name);
+        Gateway {
+            fhir_base: format!("{base}/fhir/R4"),
+            epic_base: format!("{base}/epic"),
+            hl7_url: format!("{base}/hl7v2"),
+            id: g.id,
+            name: g.name,
+            adapter_id: g.adapter_id,
+            created_at: g.created_at,
+            updated_at: g.updated_at,
+        }
+    }
+
+    fn app_view(&self, a: GatewayAppRow) -> GatewayApp {
+        GatewayApp {
+            auth_type: "OAuth2 Client Credentials".to_owned(),
+            token_url: format!("{}/auth/token", self.config().public_url()),
+            previous_secret_valid_until: a
+                .previous_valid_until
+                .filter(|t| *t > now_ms() && a.previous_secret_digest.is_some()),
+            id: a.id,
+            name: a.name,
+            client_id: a.client_id,
+            launch_uri: a.launch_uri,
+            scopes: a.scopes,
+            token_ttl_secs: a.token_ttl_secs,
+            rate_limit_per_sec: a.rate_limit_per_sec,
+            jwks_url: a.jwks_url,
+            disabled: a.disabled,
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+        }
+    }
+
+    fn activation_view(&self, a: ActivationRow) -> Activation {
+        Activation {
+            jwk_url: a
+                .key_set_id
+                .as_ref()
+                .map(|k| format!("{}/jwks/{k}.json", self.config().public_url())),
+            id: a.id,
+            app_id: a.app_id,
+            gateway_id: a.gateway_id,
+            ehr_auth: a.ehr_auth,
+            epic_client_id: a.epic_client_id,
+            epic_app_name: a.epic_app_name,
+            token_url: a.token_url,
+            key_set_id: a.key_set_id,
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+        }
+    }
+
+    // --- adapters
+
+    pub async fn list_adapters(&self) -> Result<Vec<Adapter>, AppError> {
+        let mut tx = self.store().read().await?;
+        Ok(tx
+            .list_adapters()
+            .await?
+            .into_iter()
+            .map(adapter_view)
+            .collect())
+    }
+
+    pub async fn get_adapter(&self, id: &str) -> Result<Adapter, AppError> {
+        let mut tx = self.store().read().await?;
+        tx.get_adapter(id)
+            .await?
+            .map(adapter_view)
+            .ok_or_else(|| AppError::NotFound(format!("data adapter {id}")))
+    }
+
+    pub async fn save_adapter(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        id: Option<&str>,
+        mut input: AdapterInput,
+    ) -> Result<Adapter, AppError> {
+        let mut tx = self.store().begin().await?;
+        let old = match id {
+            Some(id) => Some(
+                tx.get_adapter(id)
+                    .await?
+                    .ok_or_else(|| AppError::NotFound(format!("data adapter {id}")))?,
+            ),
+            None => None,
+        };
+        let id = old.as_ref().map_or_else(
+            || format!("ad_{}", &crypto::new_secret("x")[2..18]),
+            |o| o.id.clone(),
+        );
+        let mut errors = ValidationErrors::new();
+        let name = input.name.trim().to_owned();
+        if name.is_empty() || name.len() > 80 {
+            errors.add("name", "must be 1-80 characters");
+        }
+        if tx
+            .list_adapters()
+            .await?
+            .iter()
+            .any(|a| a.name == name && a.id != id)
+        {
+            errors.add("name", format!("an adapter named `{name}` already exists"));
+        }
+        if let Some(env_id) = &input.environment_id {
+            match tx.get_environment(env_id).await? {
+                None => errors.add("environment_id", format!("no Epic environment `{env_id}`")),
+                Some(env) => {
+                    if input.settings.epic_r4_endpoint.is_empty() {
+                        input.settings.epic_r4_endpoint = format!(
+                            "{}/api/FHIR/R4",
+                            crate::epic_env::oauth_base(&env.interconnect_url, &env.instance)
+                        );
+                    }
+                    if input.settings.use_staging_environment == (env.kind == "production") {
+                        errors.add(
+                            "settings.useStagingEnvironment",
+                            format!(
+                                "the environment is {}; useStagingEnvironment must be {}",
+                                env.kind,
+                                env.kind != "production"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        check_url(
+            "settings.epicR4Endpoint",
+            &input.settings.epic_r4_endpoint,
+            &mut errors,
+        );
+        if let Some(h) = &input.settings.hl7_over_http_endpoint {
+            check_url("settings.hl7OverHttpEndpoint", h, &mut errors);
+        }
+        match input.settings.hl7_over_http_processing_id.as_deref() {
+            None if input.settings.hl7_over_http_endpoint.is_some() => errors.add(
+                "settings.hl7OverHttpProcessingId",
+                "T (test) or P (production) is required with an HL7 endpoint",
+            ),
+            Some(v) if !matches!(v, "T" | "P") => {
+                errors.add("settings.hl7OverHttpProcessingId", "must be T or P");
+            }
+            _ => {}
+        }
+        if input.settings.hl7_over_http_processing_id.as_deref() == Some("P")
+            && input.settings.use_staging_environment
+        {
+            errors.add(
+                "settings.hl7OverHttpProcessingId",
+                "a staging adapter sends test messages: use T",
+            );
+        }
+        let old_secret = old.as_ref().and_then(|o| o.external_secret_ref.clone());
+        if let Some(x) = &input.external_auth {
+            if x.client_id.trim().is_empty() {
+                errors.add("external_auth.client_id", "is required");
+            }
+            check_url(
+                "external_auth.client_api_endpoint",
+                &x.client_api_endpoint,
+                &mut errors,
+            );
+            if x.client_secret.as_deref().is_none_or(str::is_empty) && old_secret.is_none() {
+                errors.add(
+                    "external_auth.client_secret",
+                    "is required (the Basic header value)",
+                );
+            }
+        }
+        errors.into_result()?;
+        let owner = format!("data_adapter:{id}");
+        let (ext_id, ext_ref, ext_endpoint) = match &input.external_auth {
+            None => {
+                if let Some(r) = &old_secret {
+                    tx.delete_secret(r).await?;
+                }
+                (None, None, None)
+            }
+            Some(x) => {
+                let secret_ref = match x.client_secret.as_deref().filter(|s| !s.is_empty()) {
+                    Some(s) => {
+                        if let Some(r) = &old_secret {
+                            tx.delete_secret(r).await?;
+                        }
+                        let v = s.trim().trim_start_matches("Basic ").trim();
+                        Some(
+                            self.put_secret(&mut *tx, &owner, "external_basic", v.as_bytes())
+                                .await?,
+                        )
+                    }
+                    None => old_secret,
+                };
+                (
+                    Some(x.client_id.trim().to_owned()),
+                    secret_ref,
+                    Some(x.client_api_endpoint.clone()),
+                )
+            }
+        };
+        let now = now_ms();
+        let row = AdapterRow {
+            id: id.clone(),
+            name,
+            kind: "epic_r4_external".to_owned(),
+            environment_id: input.environment_id.clone(),
+            settings: serde_json::to_string(&input.settings)
+                .map_err(|e| AppError::Internal(e.to_string()))?,
+            external_client_id: ext_id,
+            external_secret_ref: ext_ref,
+            external_api_endpoint: ext_endpoint,
+            created_at: old.as_ref().map_or(now, |o| o.created_at),
+            updated_at: now,
+        };
+        if old.is_some() {
+            tx.update_adapter(&row).await?;
+        } else {
+            tx.insert_adapter(&row).await?;
+        }
+        let ev = AuditEvent::new(
+            "",
+            if old.is_some() { "gateway.adapter.updated" } else { "gateway.adapter.created" },
+            format!("data_adapter:{id}"),
+        )
+        .with_details(json!({"name": row.name, "settings": input.settings, "external_auth": row.external_client_id.is_some()}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        self.forget_gateway_snapshots();
+        Ok(adapter_view(row))
+    }
+
+    pub async fn delete_adapter(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        id: &str,
+    ) -> Result<(), AppError> {
+        let mut tx = self.store().begin().await?;
+        let row = tx
+            .get_adapter(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("data adapter {id}")))?;
+        if tx.list_gateways().await?.iter().any(|g| g.adapter_id == id) {
+            return Err(AppError::Conflict(
+                "a gateway uses this adapter; remove or rebind it first".to_owned(),
+            ));
+        }
+        if let Some(r) = &row.external_secret_ref {
+            tx.delete_secret(r).await?;
+        }
+        tx.delete_adapter(id).await?;
+        let ev = AuditEvent::new("", "gateway.adapter.removed", format!("data_adapter:{id}"))
+            .with_details(json!({"name": row.name}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        self.forget_gateway_snapshots();
+        Ok(())
+    }
+
+    // --- gateways
+
+    pub async fn list_gateways(&self) -> Result<Vec<Gateway>, AppError> {
+        let mut tx = self.store().read().await?;
+        Ok(tx
+            .list_gateways()
+            .await?
+            .into_iter()
+            .map(|g| self.gateway_view(g))
+            .collect())
+    }
+
+    pub async fn get_gateway(&self, id: &str) -> Result<Gateway, AppError> {
+        let mut tx = self.store().read().await?;
+        tx.get_gateway(id)
+            .await?
+            .map(|g| self.gateway_view(g))
+            .ok_or_else(|| AppError::NotFound(format!("gateway {id}")))
+    }
+
+    pub async fn save_gateway(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        id: Option<&str>,
+        input: GatewayInput,
+    ) -> Result<Gateway, AppError> {
+        let mut tx = self.store().begin().await?;
+        let old = match id {
+            Some(id) => Some(
+                tx.get_gateway(id)
+                    .await?
+                    .ok_or_else(|| AppError::NotFound(format!("gateway {id}")))?,
+            ),
+            None => None,
+        };
+        let id = old.as_ref().map_or_else(
+            || format!("gw_{}", &crypto::new_secret("x")[2..18]),
+            |o| o.id.clone(),
+        );
+        let mut errors = ValidationErrors::new();
+        if !slug_ok(&input.name) {
+            errors.add(
+                "name",
+                "must be 1-40 lower-case letters, digits or `-` (it is part of the URL)",
+            );
+        } else if tx
+            .get_gateway(&input.name)
+            .await?
+            .is_some_and(|g| g.id != id)
+        {
+            errors.add(
+                "name",
+                format!("a gateway named `{}` already exists", input.name),
+            );
+        }
+        if tx.get_adapter(&input.adapter_id).await?.is_none() {
+            errors.add(
+                "adapter_id",
+                format!("no data adapter `{}`", input.adapter_id),
+            );
+        }
+        errors.into_result()?;
+        let now = now_ms();
+        let row = GatewayRow {
+            id: id.clone(),
+            name: input.name,
+            adapter_id: input.adapter_id,
+            created_at: old.as_ref().map_or(now, |o| o.created_at),
+            updated_at: now,
+        };
+        if old.is_some() {
+            tx.update_gateway(&row).await?;
+        } else {
+            tx.insert_gateway(&row).await?;
+        }
+        let ev = AuditEvent::new(
+            "",
+            if old.is_some() {
+                "gateway.updated"
+            } else {
+                "gateway.created"
+            },
+            format!("gateway:{id}"),
+        )
+        .with_details(json!({"name": row.name, "adapter_id": row.adapter_id}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        self.forget_gateway_snapshots();
+        Ok(self.gateway_view(row))
+    }
+
+    pub async fn delete_gateway(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        id: &str,
+    ) -> Result<(), AppError> {
+        let mut tx = self.store().begin().await?;
+        let row = tx
+            .get_gateway(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("gateway {id}")))?;
+        for a in tx
+            .list_activations()
+            .await?
+            .into_iter()
+            .filter(|a| a.gateway_id == row.id)
+        {
+            tx.delete_activation(&a.id).await?;
+        }
+        tx.delete_gateway(&row.id).await?;
+        let ev = AuditEvent::new("", "gateway.removed", format!("gateway:{}", row.id))
+            .with_details(json!({"name": row.name}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        self.forget_gateway_snapshots();
+        Ok(())
+    }
+
+    // --- apps
+
+    pub async fn list_gateway_apps(&self) -> Result<Vec<GatewayApp>, AppError> {
+        let mut tx = self.store().read().await?;
+        Ok(tx
+            .list_gateway_apps()
+            .await?
+            .into_iter()
+            .map(|a| self.app_view(a))
+            .collect())
+    }
+
+    pub async fn get_gateway_app(&self, id: &str) -> Result<GatewayApp, AppError> {
+        let mut tx = self.store().read().await?;
+        tx.get_gateway_app(id)
+            .await?
+            .map(|a| self.app_view(a))
+            .ok_or_else(|| AppError::NotFound(format!("app {id}")))
+    }
+
+    fn check_app(input: &AppInput) -> Result<(i64, String), ValidationErrors> {
+        let mut errors = ValidationErrors::new();
+        if input.name.trim().is_empty() || input.name.len() > 80 {
+            errors.add("name", "must be 1-80 characters");
+        }
+        let scopes = match parse_scopes(&input.scopes) {
+            Ok(s) if s.is_empty() => {
+                errors.add("scopes", "at least one scope, e.g. system/Patient.read");
+                String::new()
+            }
+            Ok(s) => s
+                .iter()
+                .map(|x| x.text.clone())
+                .collect::<Vec<_>>()
+                .join(" "),
+            Err(e) => {
+                errors.add("scopes", e);
+                String::new()
+            }
+        };
+        let ttl = input.token_ttl_secs.unwrap_or(3600);
+        if !(60..=3600).contains(&ttl) {
+            errors.add("token_ttl_secs", "must be between 60 and 3600");
+        }
+        if input.rate_limit_per_sec.is_some_and(|r| r < 1) {
+            errors.add(
+                "rate_limit_per_sec",
+                "must be at least 1 (omit for no limit)",
+            );
+        }
+        if let Some(u) = &input.launch_uri
+            && url::Url::parse(u).is_err()
+        {
+            errors.add("launch_uri", "must be a URL");
+        }
+        if let Some(u) = &input.jwks_url {
+            check_url("jwks_url", u, &mut errors);
+        }
+        errors.into_result().map(|()| (ttl, scopes))
+    }
+
+    /// Creates an app; the client secret is in the answer once and stored only as a digest.
+    pub async fn create_gateway_app(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        input: AppInput,
+    ) -> Result<AppWithSecret, AppError> {
+        let (ttl, scopes) = Self::check_app(&input)?;
+        let secret = crypto::new_secret("sbs");
+        let now = now_ms();
+        let row = GatewayAppRow {
+            id: format!("app_{}", &crypto::new_secret("x")[2..18]),
+            name: input.name.trim().to_owned(),
+            client_id: format!("sbc_{}", hex::encode(crypto::random_bytes::<12>())),
+            secret_digest: digest(&secret),
+            previous_secret_digest: None,
+            previous_valid_until: None,
+            launch_uri: input.launch_uri,
+            scopes,
+            token_ttl_secs: ttl,
+            rate_limit_per_sec: input.rate_limit_per_sec,
+            jwks_url: input.jwks_url,
+            tokens_not_before: 0,
+            disabled: input.disabled.unwrap_or(false),
+            created_at: now,
+            updated_at: now,
+        };
+        let mut tx = self.store().begin().await?;
+        tx.insert_gateway_app(&row).await?;
+        let ev = AuditEvent::new("", "gateway.app.created", format!("gateway_app:{}", row.id))
+            .with_details(
+                json!({"name": row.name, "client_id": row.client_id, "scopes": row.scopes}),
+            );
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        Ok(AppWithSecret {
+            app: self.app_view(row),
+            client_secret: secret,
+        })
+    }
+
+    pub async fn update_gateway_app(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        id: &str,
+        input: AppInput,
+    ) -> Result<GatewayApp, AppError> {
+        let (ttl, scopes) = Self::check_app(&input)?;
+        let mut tx = self.store().begin().await?;
+        let mut row = tx
+            .get_gateway_app(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("app {id}")))?;
+        row.name = input.name.trim().to_owned();
+        row.launch_uri = input.launch_uri;
+        row.scopes = scopes;
+        row.token_ttl_secs = ttl;
+        row.rate_limit_per_sec = input.rate_limit_per_sec;
+        row.jwks_url = input.jwks_url;
+        if let Some(d) = input.disabled {
+            row.disabled = d;
+        }
+        row.updated_at = now_ms();
+        tx.update_gateway_app(&row).await?;
+        let ev = AuditEvent::new("", "gateway.app.updated", format!("gateway_app:{id}"))
+            .with_details(
+                json!({"name": row.name, "scopes": row.scopes, "disabled": row.disabled}),
+            );
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        self.forget_gateway_snapshots();
+        Ok(self.app_view(row))
+    }
+
+    /// A new secret; the old one keeps working for `grace_secs` (0-604,800).
+    pub async fn rotate_gateway_app_secret(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        id: &str,
+        grace_secs: i64,
+    ) -> Result<AppWithSecret, AppError> {
+        if !(0..=604_800).contains(&grace_secs) {
+            return Err(ValidationErrors::single(
+                "grace_secs",
+                "must be between 0 and 604800 (7 days)",
+            )
+            .into());
+        }
+        let mut tx = self.store().begin().await?;
+        let mut row = tx
+            .get_gateway_app(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("app {id}")))?;
+        let secret = crypto::new_secret("sbs");
+        let now = now_ms();
+        row.previous_secret_digest = (grace_secs > 0).then(|| row.secret_digest.clone());
+        row.previous_valid_until = (grace_secs > 0).then_some(now + grace_secs * 1000);
+        row.secret_digest = digest(&secret);
+        row.updated_at = now;
+        tx.update_gateway_app(&row).await?;
+        let ev = AuditEvent::new(
+            "",
+            "gateway.app.secret_rotated",
+            format!("gateway_app:{id}"),
+        )
+        .with_details(json!({"grace_secs": grace_secs}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        self.forget_gateway_snapshots();
+        Ok(AppWithSecret {
+            app: self.app_view(row),
+            client_secret: secret,
+        })
+    }
+
+    /// Revokes every token the app holds now (every replica within [`SNAPSHOT_TTL`]).
+    pub async fn revoke_gateway_app_tokens(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        id: &str,
+    ) -> Result<GatewayApp, AppError> {
+        let mut tx = self.store().begin().await?;
+        let mut row = tx
+            .get_gateway_app(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("app {id}")))?;
+        row.tokens_not_before = now_ms() + 1;
+        row.updated_at = now_ms();
+        tx.update_gateway_app(&row).await?;
+        let ev = AuditEvent::new(
+            "",
+            "gateway.app.tokens_revoked",
+            format!("gateway_app:{id}"),
+        )
+        .with_details(json!({}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        self.forget_gateway_snapshots();
+        Ok(self.app_view(row))
+    }
+
+    pub async fn delete_gateway_app(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        id: &str,
+    ) -> Result<(), AppError> {
+        let mut tx = self.store().begin().await?;
+        let row = tx
+            .get_gateway_app(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("app {id}")))?;
+        for a in tx
+            .list_activations()
+            .await?
+            .into_iter()
+            .filter(|a| a.app_id == id)
+        {
+            tx.delete_activation(&a.id).await?;
+        }
+        tx.delete_gateway_app(id).await?;
+        let ev = AuditEvent::new("", "gateway.app.removed", format!("gateway_app:{id}"))
+            .with_details(json!({"name": row.name, "client_id": row.client_id}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        self.forget_gateway_snapshots();
+        Ok(())
+    }
+
+    // --- activations
+
+    pub async fn list_activations(&self) -> Result<Vec<Activation>, AppError> {
+        let mut tx = self.store().read().await?;
+        Ok(tx
+            .list_activations()
+            .await?
+            .into_iter()
+            .map(|a| self.activation_view(a))
+            .collect())
+    }
+
+    pub async fn get_activation(&self, id: &str) -> Result<Activation, AppError> {
+        let mut tx = self.store().read().await?;
+        tx.get_activation(id)
+            .await?
+            .map(|a| self.activation_view(a))
+            .ok_or_else(|| AppError::NotFound(format!("activation {id}")))
+    }
+
+    /// Activates an app on a gateway (or changes the activation); backend auth generates the
+    /// key pair whose JWK URL / PEM is registered with Epic.
+    pub async fn save_activation(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        id: Option<&str>,
+        input: ActivationInput,
+    ) -> Result<Activation, AppError> {
+        let mut tx = self.store().begin().await?;
+        let old = match id {
+            Some(id) => Some(
+                tx.get_activation(id)
+                    .await?
+                    .ok_or_else(|| AppError::NotFound(format!("activation {id}")))?,
+            ),
+            None => None,
+        };
+        let mut errors = ValidationErrors::new();
+        let gateway = tx.get_gateway(&input.gateway_id).await?;
+        if gateway.is_none() {
+            errors.add("gateway_id", format!("no gateway `{}`", input.gateway_id));
+        }
+        if tx.get_gateway_app(&input.app_id).await?.is_none() {
+            errors.add("app_id", format!("no app `{}`", input.app_id));
+        }
+        if let (Some(o), Some(g)) = (&old, &gateway)
+            && (o.app_id != input.app_id || o.gateway_id != g.id)
+        {
+            errors.add(
+                "app_id",
+                "an activation cannot move to another app or gateway; create a new one",
+            );
+        }
+        if old.is_none()
+            && let Some(g) = &gateway
+            && tx.find_activation(&input.app_id, &g.id).await?.is_some()
+        {
+            errors.add("app_id", "the app is already activated on this gateway");
+        }
+        let backend = match input.ehr_auth.as_str() {
+            "backend" => true,
+            "none" => false,
+            other => {
+                errors.add(
+                    "ehr_auth",
+                    format!("`{other}` is not an EHR authentication type: use backend or none"),
+                );
+                false
+            }
+        };
+        let alg = match input.key_algorithm.as_deref().unwrap_or("RS384") {
+            "RS384" => switchboard_epic::jose::Alg::RS384,
+            "ES384" => switchboard_epic::jose::Alg::ES384,
+            other => {
+                errors.add("key_algorithm", format!("`{other}`: use RS384 or ES384"));
+                switchboard_epic::jose::Alg::RS384
+            }
+        };
+        let mut token_url = input.token_url.clone();
+        if backend {
+            if input
+                .epic_client_id
+                .as_deref()
+                .is_none_or(|c| c.trim().is_empty())
+            {
+                errors.add(
+                    "epic_client_id",
+                    "the client ID Epic issued is required for backend auth",
+                );
+            }
+            if token_url.is_none()
+                && let Some(g) = &gateway
+                && let Some(a) = tx.get_adapter(&g.adapter_id).await?
+            {
+                let s: AdapterSettings = serde_json::from_str(&a.settings).unwrap_or_default();
+                token_url = Some(format!(
+                    "{}/oauth2/token",
+                    oauth_base_of(&s.epic_r4_endpoint)
+                ));
+            }
+            if let Some(u) = &token_url {
+                check_url("token_url", u, &mut errors);
+            }
+        }
+        errors.into_result()?;
+        let Some(gateway) = gateway else {
+            return Err(AppError::Internal("gateway vanished".to_owned()));
+        };
+        let now = now_ms();
+        let id = old.as_ref().map_or_else(
+            || format!("act_{}", &crypto::new_secret("x")[2..18]),
+            |o| o.id.clone(),
+        );
+        let key_set_id = match (backend, old.as_ref().and_then(|o| o.key_set_id.clone())) {
+            (true, Some(k)) => Some(k),
+            (true, None) => Some(
+                self.create_key_set(&mut *tx, &format!("activation:{id}"), alg)
+                    .await?,
+            ),
+            (false, _) => None,
+        };
+        let row = ActivationRow {
+            id: id.clone(),
+            app_id: input.app_id,
+            gateway_id: gateway.id,
+            ehr_auth: input.ehr_auth,
+            epic_client_id: input
+                .epic_client_id
+                .filter(|_| backend)
+                .map(|c| c.trim().to_owned()),
+            epic_app_name: input.epic_app_name.filter(|_| backend),
+            key_set_id,
+            token_url: token_url.filter(|_| backend),
+            created_at: old.as_ref().map_or(now, |o| o.created_at),
+            updated_at: now,
+        };
+        if old.is_some() {
+            tx.update_activation(&row).await?;
+        } else {
+            tx.insert_activation(&row).await?;
+        }
+        let ev = AuditEvent::new(
+            "",
+            if old.is_some() { "gateway.activation.updated" } else { "gateway.activation.created" },
+            format!("activation:{id}"),
+        )
+        .with_details(json!({"app_id": row.app_id, "gateway_id": row.gateway_id, "ehr_auth": row.ehr_auth, "epic_client_id": row.epic_client_id, "key_set_id": row.key_set_id}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        self.forget_gateway_snapshots();
+        Ok(self.activation_view(row))
+    }
+
+    pub async fn delete_activation(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        id: &str,
+    ) -> Result<(), AppError> {
+        let mut tx = self.store().begin().await?;
+        let row = tx
+            .get_activation(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("activation {id}")))?;
+        tx.delete_activation(id).await?;
+        let ev = AuditEvent::new("", "gateway.activation.removed", format!("activation:{id}"))
+            .with_details(json!({"app_id": row.app_id, "gateway_id": row.gateway_id}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        self.forget_gateway_snapshots();
+        Ok(())
+    }
+
+    /// The public key of an activation's active signing key, as PEM (Epic's static key upload).
+    pub async fn activation_public_key_pem(&self, id: &str) -> Result<String, AppError> {
+        let a = self.get_activation(id).await?;
+        let ks = a.key_set_id.ok_or_else(|| {
+            AppError::Conflict("the activation does not use backend auth".to_owned())
+        })?;
+        let (key, _) = self.active_key_of_set(&ks).await?;
+        key.public_key_pem()
+            .map_err(|e| AppError::Internal(e.to_string()))
+    }
+
+    pub async fn rotate_activation_keys(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        id: &str,
+    ) -> Result<Activation, AppError> {
+        let a = self.get_activation(id).await?;
+        let ks = a.key_set_id.clone().ok_or_else(|| {
+            AppError::Conflict("the activation does not use backend auth".to_owned())
+        })?;
+        self.rotate_key_set(p, ctx, &ks, json!({"activation": id}))
+            .await?;
+        Ok(a)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Tokens
+
+    async fn token_key(&self) -> Result<Arc<Vec<u8>>, AppError> {
+        if let Some(k) = self.gateway_state().token_key.get() {
+            return Ok(Arc::clone(k));
+        }
+        let k = Arc::new(
+            self.singleton_secret(TOKEN_KEY_ID, "gateway_token_key", || {
+                crypto::random_bytes::<32>().to_vec()
+            })
+            .await?,
+        );
+        let _ = self.gateway_state().token_key.set(Arc::clone(&k));
+        Ok(k)
+    }
+
+    /// The token endpoint's work after the transport: authenticate the client, check the grant
+    /// and scope, issue a token.
+    pub async fn issue_gateway_token(
+        &self,
+        req: TokenRequest,
+    ) -> Result<TokenResponse, TokenError> {
+        if req.grant_type.as_deref() != Some("client_credentials") {
+            return Err(match req.grant_type {
+                None => TokenError::invalid_request("grant_type is missing"),
+                Some(g) => TokenError::new(
+                    "unsupported_grant_type",
+                    format!("`{g}` is not supported: use client_credentials"),
+                ),
+            });
+        }
+        let (client_id, secret) = match (req.basic, req.form_client) {
+            (Some(_), Some(_)) => {
+                return Err(TokenError::invalid_request(
+                    "use one client authentication method, not two",
+                ));
+            }
+            (Some(b), None) | (None, Some(b)) => b,
+            (None, None) => {
+                return Err(TokenError::invalid_client(
+                    "client authentication is required (HTTP Basic client_id:secret)",
+                ));
+            }
+        };
+        let app = self
+            .app_snapshot_by_client_id(&client_id)
+            .await
+            .map_err(|e| TokenError::internal(&e))?
+            .ok_or_else(|| TokenError::invalid_client("unknown client or wrong secret"))?;
+        let now = now_ms();
+        let d = digest(&secret);
+        let ok = crypto::constant_time_eq(d.as_bytes(), app.row.secret_digest.as_bytes())
+            || app.row.previous_secret_digest.as_deref().is_some_and(|p| {
+                app.row.previous_valid_until.is_some_and(|t| t > now)
+                    && crypto::constant_time_eq(d.as_bytes(), p.as_bytes())
+            });
+        if !ok {
+            return Err(TokenError::invalid_client("unknown client or wrong secret"));
+        }
+        if app.row.disabled {
+            return Err(TokenError::new(
+                "unauthorized_client",
+                "the app is disabled".to_owned(),
+            ));
+        }
+        let granted: Vec<Scope> = match req
+            .scope
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => app.scopes.clone(),
+            Some(text) => {
+                let asked = parse_scopes(text).map_err(|e| TokenError::new("invalid_scope", e))?;
+                for a in &asked {
+                    if !app.scopes.iter().any(|s| a.within(s)) {
+                        return Err(TokenError::new(
+                            "invalid_scope",
+                            format!("`{}` is not allowed for this app", a.text),
+                        ));
+                    }
+                }
+                asked
+            }
+        };
+        let scope = granted
+            .iter()
+            .map(|s| s.text.clone())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let key = self
+            .token_key()
+            .await
+            .map_err(|e| TokenError::internal(&e))?;
+        let iat = now / 1000;
+        let jti = hex::encode(crypto::random_bytes::<12>());
+        let token = crypto::hs256_jwt(
+            &key,
+            &json!({"iss": format!("{}/auth", self.config().public_url()), "sub": client_id, "app": app.row.id,
+                    "scope": scope, "iat": iat, "exp": iat + app.row.token_ttl_secs, "jti": jti}),
+        );
+        Ok(TokenResponse {
+            access_token: token,
+            token_type: "bearer".to_owned(),
+            expires_in: app.row.token_ttl_secs,
+            scope,
+        })
+    }
+
+    /// RFC 7009: an app revokes one of its tokens (unknown or foreign tokens are ignored).
+    pub async fn revoke_gateway_token(
+        &self,
+        client_id: &str,
+        secret: &str,
+        token: &str,
+    ) -> Result<(), TokenError> {
+        let app = self
+            .app_snapshot_by_client_id(client_id)
+            .await
+            .map_err(|e| TokenError::internal(&e))?
+            .filter(|a| {
+                crypto::constant_time_eq(digest(secret).as_bytes(), a.row.secret_digest.as_bytes())
+            })
+            .ok_or_else(|| TokenError::invalid_client("unknown client or wrong secret"))?;
+        let key = self
+            .token_key()
+            .await
+            .map_err(|e| TokenError::internal(&e))?;
+        let Some(claims) = crypto::verify_hs256_jwt(&key, token) else {
+            return Ok(());
+        };
+        if claims["app"] != app.row.id.as_str() {
+            return Ok(());
+        }
+        let (Some(jti), Some(exp)) = (claims["jti"].as_str(), claims["exp"].as_i64()) else {
+            return Ok(());
+        };
+        let mut tx = self
+            .store()
+            .begin()
+            .await
+            .map_err(|e| TokenError::internal(&e.into()))?;
+        tx.revoke_token_id(jti, &app.row.id, now_ms(), exp * 1000)
+            .await
+            .map_err(|e| TokenError::internal(&e.into()))?;
+        tx.commit()
+            .await
+            .map_err(|e| TokenError::internal(&e.into()))?;
+        lock(&self.gateway_state().revoked)
+            .jtis
+            .insert(jti.to_owned());
+        Ok(())
+    }
+
+    /// Checks a bearer token: signature, expiry, the app (enabled, not revoked since issue) and
+    /// the revocation list. Costs no database read while the snapshots are fresh.
+    pub async fn check_gateway_token(&self, token: &str) -> Result<Caller, &'static str> {
+        let key = self
+            .token_key()
+            .await
+            .map_err(|_| "the token service is unavailable")?;
+        let claims = crypto::verify_hs256_jwt(&key, token)
+            .ok_or("the token is not one Switchboard issued")?;
+        let now = now_ms();
+        let exp = claims["exp"].as_i64().ok_or("the token has no expiry")?;
+        if exp * 1000 <= now {
+            return Err("the token expired");
+        }
+        let app_id = claims["app"].as_str().ok_or("the token names no app")?;
+        let jti = claims["jti"].as_str().unwrap_or_default();
+        if self.is_revoked(jti).await {
+            return Err("the token was revoked");
+        }
+        let app = self
+            .app_snapshot(app_id)
+            .await
+            .map_err(|_| "the token service is unavailable")?
+            .ok_or("the app no longer exists")?;
+        if app.row.disabled {
+            return Err("the app is disabled");
+        }
+        if claims["iat"].as_i64().unwrap_or(0) * 1000 < app.row.tokens_not_before - 999 {
+            return Err("the token was revoked");
+        }
+        let scopes = parse_scopes(claims["scope"].as_str().unwrap_or_default()).unwrap_or_default();
+        Ok(Caller { app, scopes })
+    }
+
+    async fn is_revoked(&self, jti: &str) -> bool {
+        let stale = lock(&self.gateway_state().revoked)
+            .refreshed
+            .is_none_or(|t| t.elapsed() >= SNAPSHOT_TTL);
+        if stale {
+            let since = lock(&self.gateway_state().revoked).since;
+            if let Ok(mut tx) = self.store().read().await
+                && let Ok(rows) = tx.revocations_since(since, now_ms()).await
+            {
+                let mut r = lock(&self.gateway_state().revoked);
+                for (j, at) in rows {
+                    r.since = r.since.max(at - 5_000);
+                    r.jtis.insert(j);
+                }
+                r.refreshed = Some(Instant::now());
+            }
+        }
+        lock(&self.gateway_state().revoked).jtis.contains(jti)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Snapshots for the proxy
+
+    fn gateway_state(&self) -> &GatewayState {
+        &self.inner.gateway
+    }
+
+    /// Drops this replica's snapshots (other replicas refresh within [`SNAPSHOT_TTL`]).
+    pub fn forget_gateway_snapshots(&self) {
+        let s = self.gateway_state();
+        s.apps
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        s.gateways
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        s.activations
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        lock(&s.credentials).clear();
+    }
+
+    async fn app_snapshot_by_client_id(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<Arc<AppSnapshot>>, AppError> {
+        let mut tx = self.store().read().await?;
+        Ok(tx
+            .get_gateway_app_by_client_id(client_id)
+            .await?
+            .map(|row| {
+                Arc::new(AppSnapshot {
+                    scopes: parse_scopes(&row.scopes).unwrap_or_default(),
+                    row,
+                })
+            }))
+    }
+
+    async fn app_snapshot(&self, app_id: &str) -> Result<Option<Arc<AppSnapshot>>, AppError> {
+        if let Some((at, a)) = self
+            .gateway_state()
+            .apps
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(app_id)
+            && at.elapsed() < SNAPSHOT_TTL
+        {
+            return Ok(a.clone());
+        }
+        let mut tx = self.store().read().await?;
+        let snap = tx.get_gateway_app(app_id).await?.map(|row| {
+            Arc::new(AppSnapshot {
+                scopes: parse_scopes(&row.scopes).unwrap_or_default(),
+                row,
+            })
+        });
+        self.gateway_state()
+            .apps
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(app_id.to_owned(), (Instant::now(), snap.clone()));
+        Ok(snap)
+    }
+
+    /// A gateway by its URL name, with its adapter and the HTTP client toward Epic.
+    pub async fn gateway_snapshot(
+        &self,
+        name: &str,
+    ) -> Result<Option<Arc<GatewaySnapshot>>, AppError> {
+        if let Some((at, g)) = self
+            .gateway_state()
+            .gateways
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            && at.elapsed() < SNAPSHOT_TTL
+        {
+            return Ok(g.clone());
+        }
+        let mut tx = self.store().read().await?;
+        let snap = match tx.get_gateway(name).await?.filter(|g| g.name == name) {
+            None => None,
+            Some(gateway) => {
+                let adapter = tx
+                    .get_adapter(&gateway.adapter_id)
+                    .await?
+                    .ok_or_else(|| AppError::Internal("adapter missing".to_owned()))?;
+                let settings: AdapterSettings =
+                    serde_json::from_str(&adapter.settings).unwrap_or_default();
+                let external_basic = match &adapter.external_secret_ref {
+                    Some(r) => Some(
+                        String::from_utf8(self.get_secret(&mut *tx, r).await?)
+                            .map_err(|_| AppError::Internal("external secret".to_owned()))?,
+                    ),
+                    None => None,
+                };
+                let env = match &adapter.environment_id {
+                    Some(e) => tx.get_environment(e).await?,
+                    None => None,
+                };
+                let http = match &env {
+                    Some(e) => self.epic_http(e)?,
+                    None => self.gateway_http()?,
+                };
+                Some(Arc::new(GatewaySnapshot {
+                    public_base: format!(
+                        "{}/gateways/{}",
+                        self.config().public_url(),
+                        gateway.name
+                    ),
+                    upstream_r4: settings.epic_r4_endpoint.trim_end_matches('/').to_owned(),
+                    settings,
+                    external_basic,
+                    http,
+                    adapter,
+                    gateway,
+                }))
+            }
+        };
+        self.gateway_state()
+            .gateways
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned(), (Instant::now(), snap.clone()));
+        Ok(snap)
+    }
+
+    fn gateway_http(&self) -> Result<reqwest::Client, AppError> {
+        let mut g = lock(&self.gateway_state().http);
+        if let Some(c) = g.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = reqwest::Client::builder()
+            .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+            .timeout(Duration::from_millis(self.config().outbound_timeout_ms))
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(256)
+            .build()
+            .map_err(|e| AppError::Internal(format!("HTTP client: {e}")))?;
+        *g = Some(c.clone());
+        Ok(c)
+    }
+
+    pub async fn activation_snapshot(
+        &self,
+        app_id: &str,
+        gateway_id: &str,
+    ) -> Result<Option<Arc<ActivationRow>>, AppError> {
+        let key = (app_id.to_owned(), gateway_id.to_owned());
+        if let Some((at, a)) = self
+            .gateway_state()
+            .activations
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            && at.elapsed() < SNAPSHOT_TTL
+        {
+            return Ok(a.clone());
+        }
+        let mut tx = self.store().read().await?;
+        let a = tx.find_activation(app_id, gateway_id).await?.map(Arc::new);
+        self.gateway_state()
+            .activations
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, (Instant::now(), a.clone()));
+        Ok(a)
+    }
+
+    /// The activation's Epic backend token (cached until a tenth of its life is left).
+    pub async fn activation_token(
+        &self,
+        a: &ActivationRow,
+        http: &reqwest::Client,
+    ) -> Result<Arc<str>, crate::epic_env::EpicTokenError> {
+        let creds = self
+            .activation_credentials(a)
+            .await
+            .map_err(crate::epic_env::EpicTokenError::App)?;
+        self.epic_tokens()
+            .token_via(http, &creds)
+            .await
+            .map_err(crate::epic_env::EpicTokenError::Epic)
+    }
+
+    async fn activation_credentials(
+        &self,
+        a: &ActivationRow,
+    ) -> Result<switchboard_epic::auth::BackendCredentials, AppError> {
+        let ks = a.key_set_id.as_deref().ok_or_else(|| {
+            AppError::Conflict("the activation does not use backend auth".to_owned())
+        })?;
+        if let Some((at, c)) = lock(&self.gateway_state().credentials).get(&a.id)
+            && at.elapsed() < Duration::from_secs(5)
+        {
+            return Ok(c.clone());
+        }
+        let (key, row) = self.active_key_of_set(ks).await?;
+        let creds = switchboard_epic::auth::BackendCredentials {
+            client_id: a.epic_client_id.clone().unwrap_or_default(),
+            token_url: a.token_url.clone().unwrap_or_default(),
+            key,
+            kid: row.kid,
+            alg: crate::epic_env::parse_alg(&row.alg).map_err(AppError::Internal)?,
+            jku: None,
+        };
+        lock(&self.gateway_state().credentials)
+            .insert(a.id.clone(), (Instant::now(), creds.clone()));
+        Ok(creds)
+    }
+
+    /// Takes a slot of the app's rate limit; `false` when the app is over it.
+    #[must_use]
+    pub fn gateway_rate_ok(&self, app: &AppSnapshot) -> bool {
+        let Some(rate) = app.row.rate_limit_per_sec.filter(|r| *r > 0) else {
+            return true;
+        };
+        let rate = rate as f64;
+        let mut b = lock(&self.gateway_state().buckets);
+        let now = Instant::now();
+        let (tokens, last) = b.entry(app.row.id.clone()).or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Records one request through a gateway. Written in batches by a background task (and on
+    /// shutdown); each batch adds an audit entry with the batch's digest.
+    pub fn record_gateway_request(&self, row: GatewayRequestRow) {
+        let state = self.gateway_state();
+        lock(&state.pending).push(row);
+        if !state
+            .writer_started
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let app = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Err(e) = app.flush_gateway_requests().await {
+                        tracing::warn!(error = %e, "writing gateway request records failed; will retry");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Writes the pending request records now.
+    pub async fn flush_gateway_requests(&self) -> Result<usize, AppError> {
+        let rows = std::mem::take(&mut *lock(&self.gateway_state().pending));
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let result: Result<(), AppError> = async {
+            let mut tx = self.store().begin().await?;
+            tx.insert_gateway_requests(&rows).await?;
+            let digest_input = serde_json::to_string(&rows).map_err(|e| AppError::Internal(e.to_string()))?;
+            let ev = AuditEvent::new("system", "gateway.requests.recorded", "gateway")
+                .with_details(json!({"count": rows.len(), "first_at": rows.first().map(|r| r.at), "last_at": rows.last().map(|r| r.at),
+                                     "sha256": hex::encode(crypto::sha256(digest_input.as_bytes()))}));
+            self.append_audit(&mut *tx, &ev).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(rows.len()),
+            Err(e) => {
+                // Put them back so nothing is lost while the database is away.
+                let mut p = lock(&self.gateway_state().pending);
+                let mut back = rows;
+                back.append(&mut p);
+                *p = back;
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn list_gateway_requests(
+        &self,
+        gateway_id: Option<&str>,
+        app_id: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<GatewayRequestRow>, AppError> {
+        let mut tx = self.store().read().await?;
+        Ok(tx
+            .list_gateway_requests(gateway_id, app_id, before, limit.clamp(1, 1000))
+            .await?)
+    }
+}
+
+/// A resolved app: its row and parsed scopes.
+#[derive(Debug)]
+pub struct AppSnapshot {
+    pub row: GatewayAppRow,
+    pub scopes: Vec<Scope>,
+}
+
+/// The caller of a proxied request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub app: Arc<AppSnapshot>,
+    /// The token's scopes (never wider than the app's at issue).
+    pub scopes: Vec<Scope>,
+}
+
+/// A resolved gateway.
+#[derive(Debug)]
+pub struct GatewaySnapshot {
+    pub gateway: GatewayRow,
+    pub adapter: AdapterRow,
+    pub settings: AdapterSettings,
+    /// Epic's FHIR R4 base, without a trailing `/`.
+    pub upstream_r4: String,
+    /// This gateway's base URL (`…/gateways/{name}`).
+    pub public_base: String,
+    /// The Basic header value for private APIs.
+    pub external_basic: Option<String>,
+    pub http: reqwest::Client,
+}
+
+#[derive(Default)]
+struct Revoked {
+    since: i64,
+    jtis: HashSet<String>,
+    refreshed: Option<Instant>,
+}
+
+type Snap<T> = RwLock<HashMap<String, (Instant, Option<Arc<T>>)>>;
+type ActivationSnaps = RwLock<HashMap<(String, String), (Instant, Option<Arc<ActivationRow>>)>>;
+
+/// Per-process gateway state.
+#[derive(Default)]
+pub(crate) struct GatewayState {
+    token_key: std::sync::OnceLock<Arc<Vec<u8>>>,
+    apps: Snap<AppSnapshot>,
+    gateways: Snap<GatewaySnapshot>,
+    activations: ActivationSnaps,
+    credentials: Mutex<HashMap<String, (Instant, switchboard_epic::auth::BackendCredentials)>>,
+    revoked: Mutex<Revoked>,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    pending: Mutex<Vec<GatewayRequestRow>>,
+    writer_started: std::sync::atomic::AtomicBool,
+    http: Mutex<Option<reqwest::Client>>,
+}
+
+/// What the token endpoint received.
+#[derive(Debug, Default)]
+pub struct TokenRequest {
+    pub grant_type: Option<String>,
+    pub scope: Option<String>,
+    /// From `Authorization: Basic`.
+    pub basic: Option<(String, String)>,
+    /// From `client_id` + `client_secret` in the form (`client_secret_post`).
+    pub form_client: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: i64,
+    pub scope: String,
+}
+
+/// An RFC 6749 error.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TokenError {
+    pub error: String,
+    pub error_description: String,
+}
+
+impl TokenError {
+    fn new(error: &str, description: String) -> Self {
+        Self {
+            error: error.to_owned(),
+            error_description: description,
+        }
+    }
+
+    fn invalid_request(d: &str) -> Self {
+        Self::new("invalid_request", d.to_owned())
+    }
+
+    fn invalid_client(d: &str) -> Self {
+        Self::new("invalid_client", d.to_owned())
+    }
+
+    fn internal(e: &AppError) -> Self {
+        tracing::error!(error = %e, "token endpoint failed");
+        Self::new(
+            "server_error",
+            "the token service is unavailable".to_owned(),
+        )
+    }
+}
+
+/// One step of an activation's health report.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct HealthStep {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct HealthReport {
+    pub ok: bool,
+    pub steps: Vec<HealthStep>,
+}
+
+impl App {
+    /// Token from Epic (backend auth), metadata, and one sample read — each with a hint.
+    pub async fn activation_health(&self, id: &str) -> Result<HealthReport, AppError> {
+        let a = {
+            let mut tx = self.store().read().await?;
+            tx.get_activation(id)
+                .await?
+                .ok_or_else(|| AppError::NotFound(format!("activation {id}")))?
+        };
+        let g = {
+            let mut tx = self.store().read().await?;
+            tx.get_gateway(&a.gateway_id)
+                .await?
+                .ok_or_else(|| AppError::NotFound("gateway".to_owned()))?
+        };
+        let snap = self
+            .gateway_snapshot(&g.name)
+            .await?
+            .ok_or_else(|| AppError::NotFound("gateway".to_owned()))?;
+        let mut steps = Vec::new();
+        let mut token = None;
+        if a.ehr_auth == "backend" {
+            match self.activation_token(&a, &snap.http).await {
+                Ok(t) => {
+                    steps.push(HealthStep { name: "token".into(), ok: true, detail: "Epic issued a backend token".into(), hint: None });
+                    token = Some(t);
+                }
+                Err(e) => steps.push(HealthStep {
+                    name: "token".into(),
+                    ok: false,
+                    detail: e.to_string(),
+                    hint: Some("Register the activation's JWK URL (or upload its PEM) for the Epic client ID, and check the token URL.".into()),
+                }),
+            }
+        } else {
+            steps.push(HealthStep {
+                name: "token".into(),
+                ok: true,
+                detail: "backend auth is off: requests go to Epic without a token".into(),
+                hint: None,
+            });
+        }
+        let get = |path: String| {
+            let mut r = snap
+                .http
+                .get(format!("{}/{path}", snap.upstream_r4))
+                .header("accept", "application/fhir+json");
+            if let Some(t) = &token {
+                r = r.bearer_auth(t);
+            }
+            if let Some(c) = &a.epic_client_id {
+                r = r.header("Epic-Client-ID", c);
+            }
+            r
+        };
+        for (name, path, hint) in [
+            (
+                "metadata",
+                "metadata".to_owned(),
+                "Check epicR4Endpoint: it must be Epic's FHIR R4 base.",
+            ),
+            (
+                "sample read",
+                "Patient?_count=1".to_owned(),
+                "The Epic client needs the FHIR Patient.Search (R4) API, and backend auth a background user.",
+            ),
+        ] {
+            match get(path).send().await {
+                Ok(r) if r.status().is_success() => steps.push(HealthStep {
+                    name: name.into(),
+                    ok: true,
+                    detail: format!("HTTP {}", r.status().as_u16()),
+                    hint: None,
+                }),
+                Ok(r) => steps.push(HealthStep {
+                    name: name.into(),
+                    ok: false,
+                    detail: format!("Epic answered HTTP {}", r.status().as_u16()),
+                    hint: Some(hint.into()),
+                }),
+                Err(e) => steps.push(HealthStep {
+                    name: name.into(),
+                    ok: false,
+                    detail: crate::outbound_error(&e).to_owned(),
+                    hint: Some(hint.into()),
+                }),
+            }
+        }
+        Ok(HealthReport {
+            ok: steps.iter().all(|s| s.ok),
+            steps,
+        })
+    }
+}

@@ -1,0 +1,835 @@
+//! The FHIR gateway's runtime surface: the token endpoint, the FHIR R4 proxy, Epic's private
+//! APIs and HL7v2 over HTTP. Errors are FHIR `OperationOutcome`s (RFC 6749 JSON at the token
+//! endpoint); every request leaves one access record (no bodies).
+
+use crate::AppState;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use futures_util::StreamExt;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+use switchboard_app::App;
+use switchboard_app::gateway::{Caller, GatewaySnapshot, TokenRequest};
+use switchboard_domain::gateway::{FhirRequest, allowed, classify};
+use switchboard_store::{ActivationRow, GatewayRequestRow};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/token", post(token))
+        .route("/auth/revoke", post(revoke))
+        .route("/gateways/{gateway}/fhir/R4/{*path}", any(fhir))
+        .route("/gateways/{gateway}/epic/{*path}", any(private_api))
+        .route("/gateways/{gateway}/hl7v2", post(hl7v2))
+}
+
+const FHIR_JSON: &str = "application/fhir+json";
+
+/// A FHIR `OperationOutcome` answer.
+fn outcome(status: StatusCode, code: &str, diagnostics: &str) -> Response {
+    let body = json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}]
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, FHIR_JSON)],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    use base64::Engine;
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, b64) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    let dec = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map_or_else(|| s.to_owned(), |(_, v)| v.into_owned())
+    };
+    Some((dec(id), dec(secret)))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, t) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| t.trim())
+}
+
+fn token_error(e: &switchboard_app::gateway::TokenError, basic: bool) -> Response {
+    let status = match e.error.as_str() {
+        "invalid_client" => StatusCode::UNAUTHORIZED,
+        "server_error" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut r = (status, [(header::CACHE_CONTROL, "no-store")], axum::Json(e)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        let v = if basic {
+            "Basic realm=\"switchboard\""
+        } else {
+            "Basic realm=\"switchboard\", error=\"invalid_client\""
+        };
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(v));
+    }
+    r
+}
+
+fn form_of(headers: &HeaderMap, body: &Bytes) -> Option<Vec<(String, String)>> {
+    if body.is_empty() {
+        return Some(Vec::new());
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    ct.starts_with("application/x-www-form-urlencoded")
+        .then(|| url::form_urlencoded::parse(body).into_owned().collect())
+}
+
+fn not_a_form() -> Response {
+    token_error(
+        &switchboard_app::gateway::TokenError {
+            error: "invalid_request".to_owned(),
+            error_description: "the body must be application/x-www-form-urlencoded".to_owned(),
+        },
+        false,
+    )
+}
+
+/// `POST /auth/token?grant_type=client_credentials` with HTTP Basic `client_id:secret` (as source
+/// 002's snippet does); `grant_type`, `scope` and `client_secret_post` in the form work too.
+async fn token(
+    State(app): State<App>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let Some(form) = form_of(&headers, &body) else {
+        return not_a_form();
+    };
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let get = |k: &str| {
+        form.iter()
+            .chain(query.iter())
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    let basic = basic_credentials(&headers);
+    let form_client = match (get("client_id"), get("client_secret")) {
+        (Some(id), Some(secret)) => Some((id, secret)),
+        _ => None,
+    };
+    let used_basic = basic.is_some();
+    let req = TokenRequest {
+        grant_type: get("grant_type"),
+        scope: get("scope"),
+        basic,
+        form_client,
+    };
+    let client = req
+        .basic
+        .as_ref()
+        .or(req.form_client.as_ref())
+        .map(|c| c.0.clone());
+    let result = app.issue_gateway_token(req).await;
+    let status = match &result {
+        Ok(_) => 200,
+        Err(e) if e.error == "invalid_client" => 401,
+        Err(_) => 400,
+    };
+    app.record_gateway_request(GatewayRequestRow {
+        seq: 0,
+        at: switchboard_app::now_ms(),
+        app_id: client,
+        gateway_id: "-".to_owned(),
+        kind: "token".to_owned(),
+        interaction: None,
+        resource_type: None,
+        resource_id: None,
+        status,
+        latency_us: i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX),
+        request_id: request_id(&headers),
+    });
+    match result {
+        Ok(t) => (
+            [
+                (header::CACHE_CONTROL, "no-store"),
+                (header::PRAGMA, "no-cache"),
+            ],
+            axum::Json(t),
+        )
+            .into_response(),
+        Err(e) => token_error(&e, used_basic),
+    }
+}
+
+/// RFC 7009 revocation: `token=<access token>`, client authenticated like at the token endpoint.
+async fn revoke(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(form) = form_of(&headers, &body) else {
+        return not_a_form();
+    };
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let Some((id, secret)) =
+        basic_credentials(&headers).or_else(|| get("client_id").zip(get("client_secret")))
+    else {
+        return token_error(
+            &switchboard_app::gateway::TokenError {
+                error: "invalid_client".to_owned(),
+                error_description: "client authentication is required".to_owned(),
+            },
+            true,
+        );
+    };
+    let Some(token) = get("token") else {
+        return token_error(
+            &switchboard_app::gateway::TokenError {
+                error: "invalid_request".to_owned(),
+                error_description: "token is missing".to_owned(),
+            },
+            false,
+        );
+    };
+    match app.revoke_gateway_token(&id, &secret, &token).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => token_error(&e, true),
+    }
+}
+
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// What every gateway request starts with: the gateway, the caller and its activation.
+struct Admitted {
+    gateway: Arc<GatewaySnapshot>,
+    caller: Caller,
+    activation: Arc<ActivationRow>,
+}
+
+async fn admit(
+    app: &App,
+    gateway: &str,
+    headers: &HeaderMap,
+    rec: &mut GatewayRequestRow,
+) -> Result<Admitted, Response> {
+    let snap = match app.gateway_snapshot(gateway).await {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return Err(outcome(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                &format!("there is no gateway `{gateway}`"),
+            ));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "resolving a gateway failed");
+            return Err(outcome(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "the gateway is unavailable",
+            ));
+        }
+    };
+    rec.gateway_id.clone_from(&snap.gateway.id);
+    let Some(token) = bearer(headers) else {
+        let mut r = outcome(
+            StatusCode::UNAUTHORIZED,
+            "login",
+            "a bearer token from /auth/token is required",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"switchboard\""),
+        );
+        return Err(r);
+    };
+    let caller = match app.check_gateway_token(token).await {
+        Ok(c) => c,
+        Err(why) => {
+            let mut r = outcome(StatusCode::UNAUTHORIZED, "login", why);
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"switchboard\", error=\"invalid_token\""),
+            );
+            return Err(r);
+        }
+    };
+    rec.app_id = Some(caller.app.row.id.clone());
+    let activation = match app
+        .activation_snapshot(&caller.app.row.id, &snap.gateway.id)
+        .await
+    {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            return Err(outcome(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the app is not activated on this gateway",
+            ));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "resolving an activation failed");
+            return Err(outcome(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "the gateway is unavailable",
+            ));
+        }
+    };
+    if !app.gateway_rate_ok(&caller.app) {
+        let mut r = outcome(
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            "the app's rate limit is exceeded",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Err(r);
+    }
+    Ok(Admitted {
+        gateway: snap,
+        caller,
+        activation,
+    })
+}
+
+/// The Epic bearer token of a backend-auth activation.
+async fn epic_bearer(app: &App, a: &Admitted) -> Result<Option<Arc<str>>, Response> {
+    if a.activation.ehr_auth != "backend" {
+        return Ok(None);
+    }
+    match app.activation_token(&a.activation, &a.gateway.http).await {
+        Ok(t) => Ok(Some(t)),
+        Err(e) => {
+            tracing::warn!(error = %e, activation = %a.activation.id, "no Epic token for an activation");
+            Err(outcome(
+                StatusCode::BAD_GATEWAY,
+                "transient",
+                "Switchboard could not get a token from Epic for this app",
+            ))
+        }
+    }
+}
+
+const FORWARDED_REQUEST_HEADERS: [HeaderName; 7] = [
+    header::ACCEPT,
+    header::CONTENT_TYPE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    HeaderName::from_static("if-none-exist"),
+    HeaderName::from_static("prefer"),
+];
+
+const RETURNED_HEADERS: [HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::LOCATION,
+    header::CONTENT_LOCATION,
+    header::CACHE_CONTROL,
+];
+
+async fn read_body(app: &App, body: Body) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, app.config().max_body_bytes)
+        .await
+        .map_err(|_| {
+            outcome(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-costly",
+                &format!(
+                    "the request body is larger than {} bytes",
+                    app.config().max_body_bytes
+                ),
+            )
+        })
+}
+
+fn upstream_failure(e: &reqwest::Error) -> Response {
+    if e.is_timeout() {
+        outcome(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "Epic did not answer in time",
+        )
+    } else {
+        outcome(
+            StatusCode::BAD_GATEWAY,
+            "transient",
+            "Epic could not be reached",
+        )
+    }
+}
+
+/// Replaces every `from` with `to` in a byte stream, across chunk boundaries.
+struct Rewriter {
+    finder: memchr::memmem::Finder<'static>,
+    to: Bytes,
+    carry: Vec<u8>,
+}
+
+impl Rewriter {
+    fn new(from: &str, to: &str) -> Self {
+        Self {
+            finder: memchr::memmem::Finder::new(from.as_bytes()).into_owned(),
+            to: Bytes::copy_from_slice(to.as_bytes()),
+            carry: Vec::new(),
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8], last: bool) -> Bytes {
+        let mut buf = std::mem::take(&mut self.carry);
+        buf.extend_from_slice(chunk);
+        let n = self.finder.needle().len();
+        let mut out = Vec::with_capacity(buf.len());
+        let mut pos = 0;
+        while let Some(i) = self.finder.find(&buf[pos..]) {
+            out.extend_from_slice(&buf[pos..pos + i]);
+            out.extend_from_slice(&self.to);
+            pos += i + n;
+        }
+        let keep = if last {
+            0
+        } else {
+            (n - 1).min(buf.len() - pos)
+        };
+        out.extend_from_slice(&buf[pos..buf.len() - keep]);
+        self.carry = buf[buf.len() - keep..].to_vec();
+        Bytes::from(out)
+    }
+}
+
+fn rewrite_header(v: &HeaderValue, from: &str, to: &str) -> Option<HeaderValue> {
+    let s = v.to_str().ok()?;
+    HeaderValue::from_str(&s.replace(from, to)).ok()
+}
+
+/// Streams Epic's answer back, rewriting Epic's absolute URLs to the gateway's own in JSON and
+/// XML bodies and in `Location` headers.
+fn relay(resp: reqwest::Response, from: &str, to: &str) -> Response {
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut out = Response::builder().status(status);
+    let textual = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.contains("json") || c.contains("xml"));
+    for h in RETURNED_HEADERS {
+        if let Some(v) = resp.headers().get(&h) {
+            let v = if matches!(h, header::LOCATION | header::CONTENT_LOCATION) {
+                rewrite_header(v, from, to).unwrap_or_else(|| v.clone())
+            } else {
+                v.clone()
+            };
+            out = out.header(h, v);
+        }
+    }
+    let body = if textual {
+        let mut rw = Rewriter::new(from, to);
+        let mut upstream = resp.bytes_stream();
+        Body::from_stream(async_stream(move |tx| async move {
+            while let Some(chunk) = upstream.next().await {
+                match chunk {
+                    Ok(c) => {
+                        let b = rw.feed(&c, false);
+                        if !b.is_empty() && tx.send(Ok(b)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(std::io::Error::other(e))).await;
+                        return;
+                    }
+                }
+            }
+            let b = rw.feed(&[], true);
+            if !b.is_empty() {
+                let _ = tx.send(Ok(b)).await;
+            }
+        }))
+    } else {
+        Body::from_stream(resp.bytes_stream())
+    };
+    out.body(body)
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+/// A tiny channel-backed stream (keeps the rewriting state in one task).
+fn async_stream<F, Fut>(f: F) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(f(tx));
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn new_record(gateway: &str, kind: &str, headers: &HeaderMap) -> GatewayRequestRow {
+    GatewayRequestRow {
+        seq: 0,
+        at: switchboard_app::now_ms(),
+        app_id: None,
+        gateway_id: gateway.to_owned(),
+        kind: kind.to_owned(),
+        interaction: None,
+        resource_type: None,
+        resource_id: None,
+        status: 0,
+        latency_us: 0,
+        request_id: request_id(headers),
+    }
+}
+
+fn finish(app: &App, mut rec: GatewayRequestRow, started: Instant, r: Response) -> Response {
+    rec.status = i64::from(r.status().as_u16());
+    rec.latency_us = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
+    app.record_gateway_request(rec);
+    r
+}
+
+/// `/gateways/{gateway}/fhir/R4/...`
+async fn fhir(
+    State(app): State<App>,
+    Path((gateway, path)): Path<(String, String)>,
+    method: Method,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let mut rec = new_record(&gateway, "fhir", &headers);
+    let r = fhir_inner(
+        &app,
+        &gateway,
+        &path,
+        &method,
+        query.as_deref(),
+        &headers,
+        body,
+        &mut rec,
+    )
+    .await;
+    finish(&app, rec, started, r)
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the parts of one proxied request"
+)]
+async fn fhir_inner(
+    app: &App,
+    gateway: &str,
+    path: &str,
+    method: &Method,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+    rec: &mut GatewayRequestRow,
+) -> Response {
+    let a = match admit(app, gateway, headers, rec).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Some(req) = classify(method.as_str(), path) else {
+        return outcome(
+            StatusCode::BAD_REQUEST,
+            "not-supported",
+            "not a FHIR R4 request this gateway forwards",
+        );
+    };
+    if let FhirRequest::Resource {
+        resource,
+        id,
+        interaction,
+    } = &req
+    {
+        rec.resource_type = Some(resource.clone());
+        rec.resource_id.clone_from(id);
+        rec.interaction = Some(interaction.as_str().to_owned());
+        if !allowed(&a.caller.scopes, resource, *interaction) {
+            let mut r = outcome(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!(
+                    "the token's scopes do not allow {} on {resource}",
+                    interaction.as_str()
+                ),
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
+            );
+            return r;
+        }
+    } else {
+        rec.interaction = Some("capabilities".to_owned());
+    }
+    let body = match read_body(app, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let token = match epic_bearer(app, &a).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let mut url = format!("{}/{path}", a.gateway.upstream_r4);
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        url.push('?');
+        url.push_str(q);
+    }
+    let m = reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
+    let mut up = a.gateway.http.request(m, &url);
+    for h in &FORWARDED_REQUEST_HEADERS {
+        if let Some(v) = headers.get(h) {
+            up = up.header(h.as_str(), v.as_bytes());
+        }
+    }
+    if !headers.contains_key(header::ACCEPT) {
+        up = up.header("accept", FHIR_JSON);
+    }
+    if let Some(t) = &token {
+        up = up.bearer_auth(t);
+    }
+    if let Some(c) = &a.activation.epic_client_id {
+        up = up.header("Epic-Client-ID", c);
+    }
+    if !body.is_empty() {
+        up = up.body(body);
+    }
+    match up.send().await {
+        Ok(resp) => relay(
+            resp,
+            &a.gateway.upstream_r4,
+            &format!("{}/fhir/R4", a.gateway.public_base),
+        ),
+        Err(e) => upstream_failure(&e),
+    }
+}
+
+fn safe_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.contains("..")
+        && !path.contains('%')
+        && !path.contains('\\')
+        && !path.contains("//")
+        && path.chars().all(|c| c.is_ascii_graphic())
+}
+
+/// `/gateways/{gateway}/epic/...` → Epic's private APIs with the adapter's external auth (Basic
+/// header value + `Epic-Client-ID`), or the activation's backend token.
+async fn private_api(
+    State(app): State<App>,
+    Path((gateway, path)): Path<(String, String)>,
+    method: Method,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let mut rec = new_record(&gateway, "epic", &headers);
+    rec.resource_type = Some(path.chars().take(120).collect());
+    let r = async {
+        let a = match admit(&app, &gateway, &headers, &mut rec).await {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        if !safe_path(&path) {
+            return outcome(StatusCode::BAD_REQUEST, "invalid", "not a private API path this gateway forwards");
+        }
+        let body = match read_body(&app, body).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let (base, auth, client_id) = match (&a.gateway.external_basic, &a.gateway.adapter.external_api_endpoint) {
+            (Some(basic), Some(endpoint)) => (
+                endpoint.trim_end_matches('/').to_owned(),
+                format!("Basic {basic}"),
+                a.gateway.adapter.external_client_id.clone(),
+            ),
+            _ => match epic_bearer(&app, &a).await {
+                Ok(Some(t)) => (
+                    a.gateway.upstream_r4.trim_end_matches("/api/FHIR/R4").to_owned(),
+                    format!("Bearer {t}"),
+                    a.activation.epic_client_id.clone(),
+                ),
+                Ok(None) => {
+                    return outcome(
+                        StatusCode::CONFLICT,
+                        "not-supported",
+                        "the gateway has no private-API credentials: configure the adapter's external auth or backend auth",
+                    );
+                }
+                Err(r) => return r,
+            },
+        };
+        let mut url = format!("{base}/api/epic/{path}");
+        if let Some(q) = query.as_deref().filter(|q| !q.is_empty()) {
+            url.push('?');
+            url.push_str(q);
+        }
+        let m = reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
+        let mut up = a.gateway.http.request(m, &url).header("authorization", auth);
+        if let Some(c) = client_id {
+            up = up.header("Epic-Client-ID", c);
+        }
+        for h in [header::ACCEPT, header::CONTENT_TYPE] {
+            if let Some(v) = headers.get(&h) {
+                up = up.header(h.as_str(), v.as_bytes());
+            }
+        }
+        if !body.is_empty() {
+            up = up.body(body);
+        }
+        match up.send().await {
+            Ok(resp) => relay(resp, &base, &format!("{}/epic", a.gateway.public_base)),
+            Err(e) => upstream_failure(&e),
+        }
+    }
+    .await;
+    finish(&app, rec, started, r)
+}
+
+const HL7_TYPE: &str = "x-application/hl7-v2+er7";
+
+fn hl7_answer(text: String) -> Response {
+    ([(header::CONTENT_TYPE, HL7_TYPE)], text).into_response()
+}
+
+/// `POST /gateways/{gateway}/hl7v2`: parse and check the message, set MSH-11 to the adapter's
+/// processing id, forward it to Epic's HL7-over-HTTP endpoint and return Epic's ACK. A
+/// malformed message gets an `AR` ACK naming the segment and field, and is not forwarded.
+async fn hl7v2(
+    State(app): State<App>,
+    Path(gateway): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    use switchboard_domain::hl7::{Message, ack};
+    let started = Instant::now();
+    let mut rec = new_record(&gateway, "hl7v2", &headers);
+    let r = async {
+        let a = match admit(&app, &gateway, &headers, &mut rec).await {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        let body = match read_body(&app, body).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let now = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
+        let control = format!("SB{}", &switchboard_app::crypto::new_secret("x")[2..14]);
+        let Ok(text) = std::str::from_utf8(&body) else {
+            return hl7_answer(ack(None, "AR", "message: not UTF-8 text", &control, &now));
+        };
+        let mut msg = match Message::parse(text) {
+            Ok(m) => m,
+            Err(e) => {
+                rec.interaction = Some("rejected".to_owned());
+                return hl7_answer(ack(None, "AR", &e.to_string(), &control, &now));
+            }
+        };
+        rec.resource_type = msg.msh(9).map(str::to_owned);
+        rec.resource_id = msg.msh(10).map(str::to_owned);
+        let (Some(endpoint), Some(pid)) = (
+            a.gateway.settings.hl7_over_http_endpoint.clone(),
+            a.gateway.settings.hl7_over_http_processing_id.clone(),
+        ) else {
+            return hl7_answer(ack(
+                Some(&msg),
+                "AR",
+                "this gateway has no HL7 endpoint configured",
+                &control,
+                &now,
+            ));
+        };
+        msg.set_processing_id(&pid);
+        let auth = match (&a.gateway.external_basic, epic_bearer(&app, &a).await) {
+            (_, Ok(Some(t))) => Some(format!("Bearer {t}")),
+            (Some(b), Ok(None)) => Some(format!("Basic {b}")),
+            (None, Ok(None)) => None,
+            (_, Err(r)) => return r,
+        };
+        let mut up = a
+            .gateway
+            .http
+            .post(&endpoint)
+            .header("content-type", HL7_TYPE)
+            .body(msg.to_er7());
+        if let Some(v) = auth {
+            up = up.header("authorization", v);
+        }
+        if let Some(c) = a.activation.epic_client_id.as_ref().or(a
+            .gateway
+            .adapter
+            .external_client_id
+            .as_ref())
+        {
+            up = up.header("Epic-Client-ID", c);
+        }
+        match up.send().await {
+            Ok(resp) if resp.status().is_success() => match resp.text().await {
+                Ok(t) => hl7_answer(t),
+                Err(e) => upstream_failure(&e),
+            },
+            Ok(resp) => outcome(
+                StatusCode::BAD_GATEWAY,
+                "transient",
+                &format!(
+                    "Epic's HL7 endpoint answered HTTP {}",
+                    resp.status().as_u16()
+                ),
+            ),
+            Err(e) => upstream_failure(&e),
+        }
+    }
+    .await;
+    finish(&app, rec, started, r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rewriter;
+
+    #[test]
+    fn rewriting_works_across_chunk_boundaries() {
+        let from = "http://epic/x-oauth/api/FHIR/R4";
+        let to = "http://sb/gateways/g/fhir/R4";
+        let body = format!(
+            "{{\"fullUrl\":\"{from}/Patient/1\",\"link\":[{{\"url\":\"{from}/Patient?_offset=50\"}}]}}"
+        );
+        for split in 1..body.len() {
+            let mut rw = Rewriter::new(from, to);
+            let mut out = Vec::new();
+            out.extend_from_slice(&rw.feed(&body.as_bytes()[..split], false));
+            out.extend_from_slice(&rw.feed(&body.as_bytes()[split..], false));
+            out.extend_from_slice(&rw.feed(&[], true));
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                body.replace(from, to),
+                "split at {split}"
+            );
+        }
+    }
+}
