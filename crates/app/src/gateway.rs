@@ -1161,7 +1161,7 @@ impl App {
         let token = crypto::hs256_jwt(
             &key,
             &json!({"iss": format!("{}/auth", self.config().public_url()), "sub": client_id, "app": app.row.id,
-                    "scope": scope, "iat": iat, "exp": iat + app.row.token_ttl_secs, "jti": jti}),
+                    "scope": scope, "iat": iat, "iat_ms": now, "exp": iat + app.row.token_ttl_secs, "jti": jti}),
         );
         Ok(TokenResponse {
             access_token: token,
@@ -1243,7 +1243,7 @@ impl App {
         if app.row.disabled {
             return Err("the app is disabled");
         }
-        if claims["iat"].as_i64().unwrap_or(0) * 1000 < app.row.tokens_not_before - 999 {
+        if claims["iat_ms"].as_i64().unwrap_or(0) < app.row.tokens_not_before {
             return Err("the token was revoked");
         }
         let scopes = parse_scopes(claims["scope"].as_str().unwrap_or_default()).unwrap_or_default();
