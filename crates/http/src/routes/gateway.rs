@@ -446,44 +446,32 @@ fn relay(resp: reqwest::Response, from: &str, to: &str) -> Response {
         }
     }
     let body = if textual {
-        let mut rw = Rewriter::new(from, to);
-        let mut upstream = resp.bytes_stream();
-        Body::from_stream(async_stream(move |tx| async move {
-            while let Some(chunk) = upstream.next().await {
-                match chunk {
-                    Ok(c) => {
+        let rw = Rewriter::new(from, to);
+        let stream = futures_util::stream::unfold(
+            (resp.bytes_stream(), rw, false),
+            |(mut upstream, mut rw, done)| async move {
+                if done {
+                    return None;
+                }
+                match upstream.next().await {
+                    Some(Ok(c)) => {
                         let b = rw.feed(&c, false);
-                        if !b.is_empty() && tx.send(Ok(b)).await.is_err() {
-                            return;
-                        }
+                        Some((Ok(b), (upstream, rw, false)))
                     }
-                    Err(e) => {
-                        let _ = tx.send(Err(std::io::Error::other(e))).await;
-                        return;
+                    Some(Err(e)) => Some((Err(std::io::Error::other(e)), (upstream, rw, true))),
+                    None => {
+                        let b = rw.feed(&[], true);
+                        Some((Ok(b), (upstream, rw, true)))
                     }
                 }
-            }
-            let b = rw.feed(&[], true);
-            if !b.is_empty() {
-                let _ = tx.send(Ok(b)).await;
-            }
-        }))
+            },
+        );
+        Body::from_stream(stream)
     } else {
         Body::from_stream(resp.bytes_stream())
     };
     out.body(body)
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
-}
-
-/// A tiny channel-backed stream (keeps the rewriting state in one task).
-fn async_stream<F, Fut>(f: F) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>>
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-    tokio::spawn(f(tx));
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 fn new_record(gateway: &str, kind: &str, headers: &HeaderMap) -> GatewayRequestRow {
