@@ -1219,35 +1219,74 @@ impl App {
     /// Checks a bearer token: signature, expiry, the app (enabled, not revoked since issue) and
     /// the revocation list. Costs no database read while the snapshots are fresh.
     pub async fn check_gateway_token(&self, token: &str) -> Result<Caller, &'static str> {
-        let key = self
-            .token_key()
-            .await
-            .map_err(|_| "the token service is unavailable")?;
-        let claims = crypto::verify_hs256_jwt(&key, token)
-            .ok_or("the token is not one Switchboard issued")?;
+        let verified = self.verified_token(token).await?;
         let now = now_ms();
-        let exp = claims["exp"].as_i64().ok_or("the token has no expiry")?;
-        if exp * 1000 <= now {
+        if verified.exp_ms <= now {
             return Err("the token expired");
         }
-        let app_id = claims["app"].as_str().ok_or("the token names no app")?;
-        let jti = claims["jti"].as_str().unwrap_or_default();
-        if self.is_revoked(jti).await {
+        if self.is_revoked(&verified.jti).await {
             return Err("the token was revoked");
         }
         let app = self
-            .app_snapshot(app_id)
+            .app_snapshot(&verified.app_id)
             .await
             .map_err(|_| "the token service is unavailable")?
             .ok_or("the app no longer exists")?;
         if app.row.disabled {
             return Err("the app is disabled");
         }
-        if claims["iat_ms"].as_i64().unwrap_or(0) < app.row.tokens_not_before {
+        if verified.iat_ms < app.row.tokens_not_before {
             return Err("the token was revoked");
         }
-        let scopes = parse_scopes(claims["scope"].as_str().unwrap_or_default()).unwrap_or_default();
-        Ok(Caller { app, scopes })
+        Ok(Caller {
+            app,
+            scopes: Arc::clone(&verified.scopes),
+        })
+    }
+
+    /// A token's signature and claims, checked once and then remembered (bounded).
+    async fn verified_token(&self, token: &str) -> Result<Arc<VerifiedToken>, &'static str> {
+        if let Some(v) = self
+            .gateway_state()
+            .verified
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(token)
+        {
+            return Ok(Arc::clone(v));
+        }
+        let key = self
+            .token_key()
+            .await
+            .map_err(|_| "the token service is unavailable")?;
+        let claims = crypto::verify_hs256_jwt(&key, token)
+            .ok_or("the token is not one Switchboard issued")?;
+        let v = Arc::new(VerifiedToken {
+            app_id: claims["app"]
+                .as_str()
+                .ok_or("the token names no app")?
+                .to_owned(),
+            jti: claims["jti"].as_str().unwrap_or_default().to_owned(),
+            iat_ms: claims["iat_ms"].as_i64().unwrap_or(0),
+            exp_ms: claims["exp"].as_i64().ok_or("the token has no expiry")? * 1000,
+            scopes: Arc::new(
+                parse_scopes(claims["scope"].as_str().unwrap_or_default()).unwrap_or_default(),
+            ),
+        });
+        let mut m = self
+            .gateway_state()
+            .verified
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if m.len() >= 10_000 {
+            let now = now_ms();
+            m.retain(|_, v| v.exp_ms > now);
+            if m.len() >= 10_000 {
+                m.clear();
+            }
+        }
+        m.insert(token.to_owned(), Arc::clone(&v));
+        Ok(v)
     }
 
     async fn is_revoked(&self, jti: &str) -> bool {
@@ -1583,7 +1622,17 @@ pub struct AppSnapshot {
 pub struct Caller {
     pub app: Arc<AppSnapshot>,
     /// The token's scopes (never wider than the app's at issue).
-    pub scopes: Vec<Scope>,
+    pub scopes: Arc<Vec<Scope>>,
+}
+
+/// What a token says, once its signature checked out.
+#[derive(Debug)]
+struct VerifiedToken {
+    app_id: String,
+    jti: String,
+    iat_ms: i64,
+    exp_ms: i64,
+    scopes: Arc<Vec<Scope>>,
 }
 
 /// A resolved gateway.
@@ -1624,6 +1673,7 @@ pub(crate) struct GatewayState {
     pending: Mutex<Vec<GatewayRequestRow>>,
     writer_started: std::sync::atomic::AtomicBool,
     http: Mutex<Option<reqwest::Client>>,
+    verified: RwLock<HashMap<String, Arc<VerifiedToken>>>,
 }
 
 /// What the token endpoint received.

@@ -12,7 +12,8 @@ crate::sql_impl::impl_tx!(
     Postgres,
     for_update = "FOR UPDATE",
     skip_locked = "FOR UPDATE SKIP LOCKED",
-    notify = "SELECT pg_notify('switchboard_jobs', '')"
+    notify = "SELECT pg_notify('switchboard_jobs', '')",
+    batch_rows = 100
 );
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");

@@ -6,7 +6,7 @@
 //! (SQLite takes the write lock at `BEGIN IMMEDIATE`, so it needs neither).
 
 macro_rules! impl_tx {
-    ($tx:ident, $db:ty, for_update = $for_update:literal, skip_locked = $skip_locked:literal, notify = $notify:literal) => {
+    ($tx:ident, $db:ty, for_update = $for_update:literal, skip_locked = $skip_locked:literal, notify = $notify:literal, batch_rows = $batch_rows:literal) => {
         pub struct $tx {
             pub(crate) inner: sqlx::Transaction<'static, $db>,
             pub(crate) enqueued: bool,
@@ -1001,7 +1001,7 @@ macro_rules! impl_tx {
             }
 
             async fn insert_gateway_requests(&mut self, rows: &[$crate::GatewayRequestRow]) -> Result<(), $crate::StoreError> {
-                for chunk in rows.chunks(500) {
+                for chunk in rows.chunks($batch_rows) {
                     let mut sql = String::from("INSERT INTO gateway_requests (at, app_id, gateway_id, kind, interaction, resource_type, resource_id, status, latency_us, request_id) VALUES ");
                     for (i, _) in chunk.iter().enumerate() {
                         let b = i * 10;

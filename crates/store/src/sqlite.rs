@@ -13,7 +13,9 @@ crate::sql_impl::impl_tx!(
     Sqlite,
     for_update = "",
     skip_locked = "",
-    notify = ""
+    notify = "",
+    // SQLite resolves `$N` parameters by name, which grows with the statement: one row each.
+    batch_rows = 1
 );
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");

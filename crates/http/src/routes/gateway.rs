@@ -427,7 +427,7 @@ fn rewrite_header(v: &HeaderValue, from: &str, to: &str) -> Option<HeaderValue> 
 
 /// Streams Epic's answer back, rewriting Epic's absolute URLs to the gateway's own in JSON and
 /// XML bodies and in `Location` headers.
-fn relay(resp: reqwest::Response, from: &str, to: &str) -> Response {
+async fn relay(resp: reqwest::Response, from: &str, to: &str) -> Response {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut out = Response::builder().status(status);
     let textual = resp
@@ -444,6 +444,23 @@ fn relay(resp: reqwest::Response, from: &str, to: &str) -> Response {
             };
             out = out.header(h, v);
         }
+    }
+    // Small answers (the usual read) are rewritten whole and sent with their length in one
+    // write; larger or unsized ones stream through, never buffered whole.
+    let small = resp.content_length().is_some_and(|n| n <= SMALL_BODY);
+    if small {
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => return upstream_failure(&e),
+        };
+        let body = if textual {
+            Rewriter::new(from, to).feed(&bytes, true)
+        } else {
+            bytes
+        };
+        return out
+            .body(Body::from(body))
+            .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response());
     }
     let body = if textual {
         let rw = Rewriter::new(from, to);
@@ -607,11 +624,14 @@ async fn fhir_inner(
         up = up.body(body);
     }
     match up.send().await {
-        Ok(resp) => relay(
-            resp,
-            &a.gateway.upstream_r4,
-            &format!("{}/fhir/R4", a.gateway.public_base),
-        ),
+        Ok(resp) => {
+            relay(
+                resp,
+                &a.gateway.upstream_r4,
+                &format!("{}/fhir/R4", a.gateway.public_base),
+            )
+            .await
+        }
         Err(e) => upstream_failure(&e),
     }
 }
@@ -691,13 +711,16 @@ async fn private_api(
             up = up.body(body);
         }
         match up.send().await {
-            Ok(resp) => relay(resp, &base, &format!("{}/epic", a.gateway.public_base)),
+            Ok(resp) => relay(resp, &base, &format!("{}/epic", a.gateway.public_base)).await,
             Err(e) => upstream_failure(&e),
         }
     }
     .await;
     finish(&app, rec, started, r)
 }
+
+/// Answers up to this size are rewritten in one piece.
+const SMALL_BODY: u64 = 64 * 1024;
 
 const HL7_TYPE: &str = "x-application/hl7-v2+er7";
 
