@@ -184,6 +184,32 @@ test('an admin adds a telehealth profile, a provider joins from Epic, and an ope
   await shot('telehealth-historic');
 });
 
+test('an admin creates a gateway app and sees its client secret once', async () => {
+  await page.click('nav a[href="/console/gateway"]');
+  await page.waitForURL(/\/console\/gateway$/);
+  assert.equal((await page.locator('h1').textContent()).trim(), 'FHIR gateway');
+  await page.fill('#new-app input[name="name"]', 'Browser app');
+  await page.fill('#new-app input[name="scopes"]', 'patient/Patient.read');
+  await Promise.all([page.waitForLoadState('load'), page.click('#new-app button[type="submit"]')]);
+  assert.match(await page.locator('.error').textContent(), /system/);
+  await page.fill('#new-app input[name="name"]', 'Browser app');
+  await page.fill('#new-app input[name="scopes"]', 'system/Patient.read system/Slot.rs');
+  await Promise.all([page.waitForLoadState('load'), page.click('#new-app button[type="submit"]')]);
+  const secret = (await page.locator('#new-secret .client-secret').textContent()).trim();
+  assert.match(secret, /^sbs_/);
+  const clientId = (await page.locator('#new-secret .client-id').textContent()).trim();
+  const row = page.locator('#apps tr.app', { hasText: 'Browser app' });
+  assert.match(await row.textContent(), /OAuth2 Client Credentials/);
+  // The secret works at the token endpoint, and is never shown again.
+  const r = await fetch(`${base}/auth/token?grant_type=client_credentials`, { method: 'POST',
+    headers: { Authorization: 'Basic ' + Buffer.from(`${clientId}:${secret}`).toString('base64') } });
+  assert.equal(r.status, 200);
+  await page.goto(`${base}/console/gateway`);
+  assert.equal(await page.locator('#new-secret').count(), 0);
+  assert.ok(!(await page.content()).includes(secret));
+  await shot('gateway');
+});
+
 test('signing out ends the session', async () => {
   await Promise.all([page.waitForURL(`${base}/console/login`), page.click('#sign-out')]);
   await page.goto(`${base}/console/audit`);

@@ -66,6 +66,11 @@ enum Command {
         #[command(subcommand)]
         command: EpicCommand,
     },
+    /// FHIR gateway: data adapters, gateways, apps and activations.
+    Gateway {
+        #[command(subcommand)]
+        command: GatewayCommand,
+    },
     /// Telehealth profiles and conferences.
     Telehealth {
         #[command(subcommand)]
@@ -132,6 +137,27 @@ enum EpicCommand {
     },
     /// Rotate an environment's signing key now (by name or id).
     Rotate { environment: String },
+}
+
+#[derive(Subcommand)]
+enum GatewayCommand {
+    /// List adapters, gateways, apps and activations.
+    List,
+    /// Create from a JSON file (the admin API's body): KIND is adapter, gateway, app or activation.
+    /// An app's client secret is printed once.
+    Create {
+        kind: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Rotate an app's client secret (by id); the old one keeps working for `--grace-secs`.
+    RotateSecret {
+        app: String,
+        #[arg(long, default_value_t = 86_400)]
+        grace_secs: i64,
+    },
+    /// Health report of an activation (by id): token from Epic, metadata, one sample read.
+    Health { activation: String },
 }
 
 #[derive(Subcommand)]
@@ -743,6 +769,116 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                         .await
                         .map_err(describe)?;
                     println!("token {id} revoked");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gateway { command } => {
+            let (app, _) = open_app(config).await?;
+            match command {
+                GatewayCommand::List => {
+                    for a in app.list_adapters().await.map_err(describe)? {
+                        println!(
+                            "adapter\t{}\t{}\t{}",
+                            a.id, a.name, a.settings.epic_r4_endpoint
+                        );
+                    }
+                    for g in app.list_gateways().await.map_err(describe)? {
+                        println!("gateway\t{}\t{}\t{}", g.id, g.name, g.fhir_base);
+                    }
+                    for a in app.list_gateway_apps().await.map_err(describe)? {
+                        println!("app\t{}\t{}\t{}\t{}", a.id, a.name, a.client_id, a.scopes);
+                    }
+                    for a in app.list_activations().await.map_err(describe)? {
+                        println!(
+                            "activation\t{}\tapp {}\tgateway {}\t{}{}",
+                            a.id,
+                            a.app_id,
+                            a.gateway_id,
+                            a.ehr_auth,
+                            a.jwk_url
+                                .map(|u| format!("\tJWK URL {u}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                GatewayCommand::Create { kind, file } => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    let bad = |e: serde_json::Error| anyhow::anyhow!("{}: {e}", file.display());
+                    let out = match kind.as_str() {
+                        "adapter" => serde_json::to_string_pretty(
+                            &app.save_adapter(
+                                &cli,
+                                &ctx,
+                                None,
+                                serde_json::from_str(&text).map_err(bad)?,
+                            )
+                            .await
+                            .map_err(describe)?,
+                        ),
+                        "gateway" => serde_json::to_string_pretty(
+                            &app.save_gateway(
+                                &cli,
+                                &ctx,
+                                None,
+                                serde_json::from_str(&text).map_err(bad)?,
+                            )
+                            .await
+                            .map_err(describe)?,
+                        ),
+                        "app" => serde_json::to_string_pretty(
+                            &app.create_gateway_app(
+                                &cli,
+                                &ctx,
+                                serde_json::from_str(&text).map_err(bad)?,
+                            )
+                            .await
+                            .map_err(describe)?,
+                        ),
+                        "activation" => serde_json::to_string_pretty(
+                            &app.save_activation(
+                                &cli,
+                                &ctx,
+                                None,
+                                serde_json::from_str(&text).map_err(bad)?,
+                            )
+                            .await
+                            .map_err(describe)?,
+                        ),
+                        other => {
+                            anyhow::bail!("`{other}`: use adapter, gateway, app or activation")
+                        }
+                    }?;
+                    println!("{out}");
+                }
+                GatewayCommand::RotateSecret {
+                    app: id,
+                    grace_secs,
+                } => {
+                    let r = app
+                        .rotate_gateway_app_secret(&cli, &ctx, &id, grace_secs)
+                        .await
+                        .map_err(describe)?;
+                    println!("new client secret (shown once): {}", r.client_secret);
+                }
+                GatewayCommand::Health { activation } => {
+                    let r = app.activation_health(&activation).await.map_err(describe)?;
+                    for s in &r.steps {
+                        println!(
+                            "{}\t{}\t{}{}",
+                            if s.ok { "pass" } else { "FAIL" },
+                            s.name,
+                            s.detail,
+                            s.hint
+                                .as_ref()
+                                .map(|h| format!("\n\tfix: {h}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                    if !r.ok {
+                        return Ok(ExitCode::from(1));
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -19,6 +19,7 @@ use switchboard_app::{AppError, AuthMethod, Principal, RequestContext};
 use switchboard_domain::Permission;
 use switchboard_store::JobFilter;
 
+mod gateway;
 mod telehealth;
 
 const CSS: &str = include_str!("../assets/console.css");
@@ -41,6 +42,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/epic/{id}/{action}", post(environment_action))
         .route("/console/assets/console.css", get(css))
         .merge(telehealth::router())
+        .merge(gateway::router())
 }
 
 /// The signed-in console user. Without a valid session, pages redirect to the sign-in page.
