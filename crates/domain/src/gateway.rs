@@ -152,8 +152,8 @@ fn is_id(s: &str) -> bool {
         && s.len() <= 64
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && !s.contains("..")
         && s != "."
-        && s != ".."
 }
 
 fn is_operation(s: &str) -> bool {

@@ -68,10 +68,10 @@ impl Message {
             .next()
             .ok_or_else(|| err("MSH-1", "the field separator is missing"))?;
         let enc: Vec<char> = chars.take_while(|c| *c != field).collect();
-        if enc.len() < 4 {
+        if !(4..=5).contains(&enc.len()) || !enc.iter().all(char::is_ascii_punctuation) {
             return Err(err(
                 "MSH-2",
-                "the encoding characters must be four characters such as ^~\\&",
+                "the encoding characters must be four (or five) punctuation characters such as ^~\\&",
             ));
         }
         let separators = Separators {
@@ -81,6 +81,12 @@ impl Message {
             escape: enc[2],
             subcomponent: enc[3],
         };
+        if !field.is_ascii_punctuation() {
+            return Err(err(
+                "MSH-1",
+                "the field separator must be a punctuation character",
+            ));
+        }
         let all = [field, enc[0], enc[1], enc[2], enc[3]];
         for (i, c) in all.iter().enumerate() {
             if c.is_alphanumeric() || all[i + 1..].contains(c) {
@@ -290,10 +296,10 @@ pub fn ack(
                 .unwrap_or_default();
             format!(
                 "MSH|^~\\&|{}|{}|{}|{}|{now}||ACK^{}|{control_id}|{}|{}\rMSA|{code}|{}|{}\r",
-                get(5),
-                get(6),
-                get(3),
-                get(4),
+                clean(get(5)),
+                clean(get(6)),
+                clean(get(3)),
+                clean(get(4)),
                 clean(trigger),
                 clean(get(11)),
                 clean(get(12)),
@@ -385,6 +391,17 @@ mod tests {
         assert_eq!(parsed.field("MSA", 2).unwrap(), "MSG0001");
         assert_eq!(parsed.field("MSA", 3).unwrap(), "PID-5: bad   value");
         assert!(Message::parse(&ack(None, "AR", "x", "A", "1")).is_ok());
+    }
+
+    #[test]
+    fn acks_never_carry_the_original_separators() {
+        let m = Message::parse("MSH#$%*@#A|B\\C~D#F#R#H#1##ADT$A01#C1#P#2.5").unwrap();
+        assert_eq!(m.msh(3), Some("A|B\\C~D"));
+        assert!(Message::parse(&ack(Some(&m), "AA", "ok", "A", "1")).is_ok());
+        assert!(
+            Message::parse("MSH|^\\\u{1}\u{1a}|A|B|C|D|1||ADT^A01|C|P|2.5").is_err(),
+            "control characters as separators"
+        );
     }
 
     #[test]
