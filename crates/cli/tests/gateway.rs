@@ -1016,3 +1016,105 @@ server_test!(gateway_output_validates_against_the_fhir_r4_schema, |s| {
     );
     f.sim.shutdown().await;
 });
+
+server_test!(rate_limits_unreachable_epic_and_key_rotation, |s| {
+    let f = fixture(s).await;
+    let id = f.app["id"].as_str().unwrap();
+    // A per-app rate limit: 429 with Retry-After once the bucket is empty.
+    let r = s
+        .http
+        .put(s.api(&format!("/gateway/apps/{id}")))
+        .bearer_auth(&s.admin_token)
+        .json(&json!({"name": "Schedule sync", "scopes": SCOPES, "rate_limit_per_sec": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let token = app_token(s, &f).await;
+    let patient = ids(&f, "Patient").await[0].clone();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let r = s
+            .http
+            .get(format!("{}/Patient/{patient}", fhir(&f)))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            assert_eq!(r.headers()["retry-after"], "1");
+        }
+        statuses.push(r.status().as_u16());
+    }
+    assert!(
+        statuses.iter().filter(|s| **s == 200).count() <= 4,
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // Epic unreachable: 502 OperationOutcome.
+    let adapter = s.post(&s.admin_token, "/gateway/adapters", json!({"name": "Dead", "settings": {"epicR4Endpoint": "http://127.0.0.1:9/api/FHIR/R4"}})).await.json::<Value>().await.unwrap();
+    let dead = s
+        .post(
+            &s.admin_token,
+            "/gateway/gateways",
+            json!({"name": "dead", "adapter_id": adapter["id"]}),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let r = s
+        .post(
+            &s.admin_token,
+            "/gateway/activations",
+            json!({"app_id": id, "gateway_id": dead["id"], "ehr_auth": "none"}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    outcome(
+        s.http
+            .get(format!(
+                "{}/Patient/{patient}",
+                dead["fhir_base"].as_str().unwrap()
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+        502,
+    )
+    .await;
+    // Rotating the activation's key publishes a second key in its JWK set.
+    let act = f.activation["id"].as_str().unwrap();
+    assert_eq!(
+        s.post(
+            &s.admin_token,
+            &format!("/gateway/activations/{act}/rotate-keys"),
+            json!({})
+        )
+        .await
+        .status(),
+        200
+    );
+    let jwks: Value = reqwest::get(f.activation["jwk_url"].as_str().unwrap())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "{jwks}");
+    assert_eq!(
+        s.post(
+            &s.admin_token,
+            &format!("/gateway/activations/{act}/rotate-keys"),
+            json!({})
+        )
+        .await
+        .status(),
+        409,
+        "one rotation at a time"
+    );
+    f.sim.shutdown().await;
+});

@@ -747,3 +747,90 @@ fn the_cli_creates_lists_tests_and_rotates_epic_environments() {
         String::from_utf8_lossy(&rotate.stderr)
     );
 }
+
+#[test]
+fn the_cli_configures_the_gateway_and_shows_an_app_secret_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("g.db").display());
+    let write = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p.display().to_string()
+    };
+    let create = |kind: &str, file: &str| {
+        let out = run_cli(
+            dir.path(),
+            &db,
+            &["gateway", "create", kind, "--file", file],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let adapter = create(
+        "adapter",
+        &write(
+            "a.json",
+            r#"{"name": "Sandbox", "settings": {"useStagingEnvironment": false, "backendAuthEnabled": false, "epicR4Endpoint": "https://apporchard.epic.com/interconnect-aocurprd-oauth/api/FHIR/R4"}}"#,
+        ),
+    );
+    let gateway = create(
+        "gateway",
+        &write(
+            "g.json",
+            &format!(
+                r#"{{"name": "orchard", "adapter_id": "{}"}}"#,
+                adapter["id"].as_str().unwrap()
+            ),
+        ),
+    );
+    let app = create(
+        "app",
+        &write(
+            "p.json",
+            r#"{"name": "Sync", "launch_uri": "http://someurl.com", "scopes": "system/Schedule.read system/Slot.read"}"#,
+        ),
+    );
+    assert!(app["client_secret"].as_str().unwrap().starts_with("sbs_"));
+    let act = create(
+        "activation",
+        &write(
+            "v.json",
+            &format!(
+                r#"{{"app_id": "{}", "gateway_id": "{}", "ehr_auth": "backend", "epic_client_id": "orchard-client"}}"#,
+                app["app"]["id"].as_str().unwrap(),
+                gateway["id"].as_str().unwrap()
+            ),
+        ),
+    );
+    assert_eq!(
+        act["token_url"],
+        "https://apporchard.epic.com/interconnect-aocurprd-oauth/oauth2/token"
+    );
+    let list = run_cli(dir.path(), &db, &["gateway", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains("orchard") && text.contains("JWK URL") && text.contains("system/Slot.read"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(app["client_secret"].as_str().unwrap()),
+        "the secret is shown once only"
+    );
+    let bad = run_cli(
+        dir.path(),
+        &db,
+        &[
+            "gateway",
+            "create",
+            "app",
+            "--file",
+            &write("b.json", r#"{"name": "X", "scopes": "user/Patient.read"}"#),
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("scopes"));
+}
