@@ -1417,6 +1417,7 @@ impl App {
                     None => self.gateway_http()?,
                 };
                 Some(Arc::new(GatewaySnapshot {
+                    ca_bundle: env.as_ref().and_then(|e| e.ca_bundle.clone()),
                     public_base: format!(
                         "{}/gateways/{}",
                         self.config().public_url(),
@@ -1648,6 +1649,8 @@ pub struct GatewaySnapshot {
     /// The Basic header value for private APIs.
     pub external_basic: Option<String>,
     pub http: reqwest::Client,
+    /// Extra trusted CA certificates (PEM) of the linked Epic environment.
+    pub ca_bundle: Option<String>,
 }
 
 #[derive(Default)]

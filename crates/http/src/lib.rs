@@ -7,6 +7,7 @@ pub mod error;
 pub mod metrics_layer;
 pub mod openapi;
 pub mod routes;
+pub mod upstream;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef, Request};

@@ -604,36 +604,131 @@ async fn fhir_inner(
         url.push('?');
         url.push_str(q);
     }
-    let m = reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
-    let mut up = a.gateway.http.request(m, &url);
+    let Ok(parsed) = url::Url::parse(&url) else {
+        return outcome(
+            StatusCode::BAD_GATEWAY,
+            "exception",
+            "the adapter's epicR4Endpoint is not a URL",
+        );
+    };
+    let target = match parsed.query() {
+        Some(q) => format!("{}?{q}", parsed.path()),
+        None => parsed.path().to_owned(),
+    };
+    let host = match parsed.port() {
+        Some(p) => format!("{}:{p}", parsed.host_str().unwrap_or_default()),
+        None => parsed.host_str().unwrap_or_default().to_owned(),
+    };
+    let mut up = hyper::Request::builder()
+        .method(method.clone())
+        .uri(target)
+        .header(header::HOST, host)
+        .header(
+            header::USER_AGENT,
+            concat!("switchboard/", env!("CARGO_PKG_VERSION")),
+        );
     for h in &FORWARDED_REQUEST_HEADERS {
         if let Some(v) = headers.get(h) {
-            up = up.header(h.as_str(), v.as_bytes());
+            up = up.header(h, v);
         }
     }
     if !headers.contains_key(header::ACCEPT) {
-        up = up.header("accept", FHIR_JSON);
+        up = up.header(header::ACCEPT, FHIR_JSON);
     }
     if let Some(t) = &token {
-        up = up.bearer_auth(t);
+        up = up.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
     if let Some(c) = &a.activation.epic_client_id {
-        up = up.header("Epic-Client-ID", c);
+        up = up.header("Epic-Client-ID", c.as_str());
     }
-    if !body.is_empty() {
-        up = up.body(body);
-    }
-    match up.send().await {
-        Ok(resp) => {
-            relay(
-                resp,
-                &a.gateway.upstream_r4,
-                &format!("{}/fhir/R4", a.gateway.public_base),
+    let Ok(req) = up.body(http_body_util::Full::new(body)) else {
+        return outcome(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the request could not be forwarded",
+        );
+    };
+    let timeout = std::time::Duration::from_millis(app.config().outbound_timeout_ms);
+    match crate::upstream::send(&parsed, req, timeout, a.gateway.ca_bundle.as_deref()).await {
+        Ok(answer) => relay_answer(
+            answer,
+            &a.gateway.upstream_r4,
+            &format!("{}/fhir/R4", a.gateway.public_base),
+        ),
+        Err(crate::upstream::UpstreamError::Timeout) => outcome(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "Epic did not answer in time",
+        ),
+        Err(crate::upstream::UpstreamError::Unreachable(why)) => {
+            tracing::warn!(gateway = %a.gateway.gateway.name, %why, "Epic unreachable");
+            outcome(
+                StatusCode::BAD_GATEWAY,
+                "transient",
+                "Epic could not be reached",
             )
-            .await
         }
-        Err(e) => upstream_failure(&e),
     }
+}
+
+/// Relays an answer of the inline client, rewriting Epic's URLs like [`relay`].
+fn relay_answer(answer: crate::upstream::Answer, from: &str, to: &str) -> Response {
+    let status = answer.parts.status;
+    let mut out = Response::builder().status(status);
+    let textual = answer
+        .parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.contains("json") || c.contains("xml"));
+    for h in RETURNED_HEADERS {
+        if let Some(v) = answer.parts.headers.get(&h) {
+            let v = if matches!(h, header::LOCATION | header::CONTENT_LOCATION) {
+                rewrite_header(v, from, to).unwrap_or_else(|| v.clone())
+            } else {
+                v.clone()
+            };
+            out = out.header(h, v);
+        }
+    }
+    let body = match answer.body {
+        crate::upstream::Body::Whole(bytes) => {
+            if textual && memchr::memmem::find(&bytes, from.as_bytes()).is_some() {
+                Body::from(Rewriter::new(from, to).feed(&bytes, true))
+            } else {
+                Body::from(bytes)
+            }
+        }
+        crate::upstream::Body::Streaming(incoming) => {
+            let data = http_body_util::BodyExt::into_data_stream(incoming);
+            if textual {
+                let rw = Rewriter::new(from, to);
+                Body::from_stream(futures_util::stream::unfold(
+                    (data, rw, false),
+                    |(mut up, mut rw, done)| async move {
+                        if done {
+                            return None;
+                        }
+                        match up.next().await {
+                            Some(Ok(c)) => {
+                                let b = rw.feed(&c, false);
+                                Some((Ok(b), (up, rw, false)))
+                            }
+                            Some(Err(e)) => Some((Err(std::io::Error::other(e)), (up, rw, true))),
+                            None => {
+                                let b = rw.feed(&[], true);
+                                Some((Ok(b), (up, rw, true)))
+                            }
+                        }
+                    },
+                ))
+            } else {
+                Body::from_stream(data)
+            }
+        }
+    };
+    out.body(body)
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
 
 fn safe_path(path: &str) -> bool {
