@@ -13,7 +13,8 @@ crate::sql_impl::impl_tx!(
     for_update = "FOR UPDATE",
     skip_locked = "FOR UPDATE SKIP LOCKED",
     notify = "SELECT pg_notify('switchboard_jobs', '')",
-    batch_rows = 100
+    batch_rows = 100,
+    numbered_params = true
 );
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");

@@ -6,7 +6,7 @@
 //! (SQLite takes the write lock at `BEGIN IMMEDIATE`, so it needs neither).
 
 macro_rules! impl_tx {
-    ($tx:ident, $db:ty, for_update = $for_update:literal, skip_locked = $skip_locked:literal, notify = $notify:literal, batch_rows = $batch_rows:literal) => {
+    ($tx:ident, $db:ty, for_update = $for_update:literal, skip_locked = $skip_locked:literal, notify = $notify:literal, batch_rows = $batch_rows:literal, numbered_params = $numbered:literal) => {
         pub struct $tx {
             pub(crate) inner: sqlx::Transaction<'static, $db>,
             pub(crate) enqueued: bool,
@@ -1006,7 +1006,11 @@ macro_rules! impl_tx {
                     for (i, _) in chunk.iter().enumerate() {
                         let b = i * 10;
                         if i > 0 { sql.push_str(", "); }
-                        sql.push_str(&format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10));
+                        if $numbered {
+                            sql.push_str(&format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10));
+                        } else {
+                            sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                        }
                     }
                     let mut q = sqlx::query(&sql);
                     for r in chunk {

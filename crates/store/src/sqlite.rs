@@ -14,8 +14,10 @@ crate::sql_impl::impl_tx!(
     for_update = "",
     skip_locked = "",
     notify = "",
-    // SQLite resolves `$N` parameters by name, which grows with the statement: one row each.
-    batch_rows = 1
+    // Multi-row inserts use anonymous `?` parameters: sqlx resolves `$N` ones by name, which
+    // grows with the statement.
+    batch_rows = 100,
+    numbered_params = false
 );
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
