@@ -19,9 +19,16 @@ type Stream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>
 pub const SMALL_BODY: u64 = 64 * 1024;
 const MAX_IDLE: usize = 256;
 
+/// An HTTP/1.1 connection: the request handle and the connection state machine, both polled by
+/// whichever task is using it (nobody polls an idle one).
+struct Conn {
+    sender: http1::SendRequest<Full<Bytes>>,
+    conn: std::pin::Pin<Box<http1::Connection<TokioIo<Stream>, Full<Bytes>>>>,
+}
+
 /// Idle keepalive connections to one `scheme://host:port`.
 struct Pool {
-    idle: Mutex<Vec<Stream>>,
+    idle: Mutex<Vec<Conn>>,
 }
 
 fn pools() -> &'static Mutex<HashMap<String, Arc<Pool>>> {
@@ -145,23 +152,32 @@ async fn send_inner(
     // requests that are safe to repeat.
     let reused = lock(&pool.idle).pop();
     let retry_safe = matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD);
-    let attempt =
-        |io: Stream, req: hyper::Request<Full<Bytes>>| exchange(Arc::clone(&pool), io, req);
     match reused {
-        Some(io) if retry_safe => {
+        Some(c) if retry_safe => {
             let copy = clone_request(&req);
-            match attempt(io, req).await {
-                Err(Failure::Closed) => attempt(connect(url, ca_bundle).await?, copy)
+            match exchange(&pool, c, req).await {
+                Err(Failure::Closed) => exchange(&pool, open(url, ca_bundle).await?, copy)
                     .await
                     .map_err(Failure::into_error),
                 other => other.map_err(Failure::into_error),
             }
         }
-        Some(io) => attempt(io, req).await.map_err(Failure::into_error),
-        None => attempt(connect(url, ca_bundle).await?, req)
+        Some(c) => exchange(&pool, c, req).await.map_err(Failure::into_error),
+        None => exchange(&pool, open(url, ca_bundle).await?, req)
             .await
             .map_err(Failure::into_error),
     }
+}
+
+async fn open(url: &url::Url, ca_bundle: Option<&str>) -> Result<Conn, UpstreamError> {
+    let io = connect(url, ca_bundle).await?;
+    let (sender, conn) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+    Ok(Conn {
+        sender,
+        conn: Box::pin(conn),
+    })
 }
 
 fn clone_request(req: &hyper::Request<Full<Bytes>>) -> hyper::Request<Full<Bytes>> {
@@ -189,23 +205,30 @@ impl Failure {
     }
 }
 
+fn closed(e: &hyper::Error) -> Failure {
+    if e.is_canceled() || e.is_incomplete_message() || e.is_closed() {
+        Failure::Closed
+    } else {
+        Failure::Other(e.to_string())
+    }
+}
+
 async fn exchange(
-    pool: Arc<Pool>,
-    io: Stream,
+    pool: &Pool,
+    mut c: Conn,
     req: hyper::Request<Full<Bytes>>,
 ) -> Result<Answer, Failure> {
-    let (mut sender, conn) = http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| Failure::Other(e.to_string()))?;
-    let mut conn = Box::pin(conn.without_shutdown());
-    let mut sending = std::pin::pin!(sender.send_request(req));
-    // Drive the connection and the request together until the answer's head arrives.
+    // An idle connection may have been closed by the other side: find out before sending.
+    tokio::select! {
+        biased;
+        r = c.sender.ready() => r.map_err(|e| closed(&e))?,
+        r = &mut c.conn => return Err(r.map_or_else(|e| closed(&e), |()| Failure::Closed)),
+    }
+    let mut sending = std::pin::pin!(c.sender.send_request(req));
     let resp = tokio::select! {
         biased;
-        r = &mut sending => r.map_err(|e| if e.is_canceled() || e.is_incomplete_message() { Failure::Closed } else { Failure::Other(e.to_string()) })?,
-        c = &mut conn => {
-            return Err(match c { Ok(_) => Failure::Closed, Err(e) if e.is_incomplete_message() || e.is_closed() => Failure::Closed, Err(e) => Failure::Other(e.to_string()) });
-        }
+        r = &mut sending => r.map_err(|e| closed(&e))?,
+        r = &mut c.conn => return Err(r.map_or_else(|e| closed(&e), |()| Failure::Closed)),
     };
     let (parts, body) = resp.into_parts();
     let small = hyper::body::Body::size_hint(&body)
@@ -213,6 +236,7 @@ async fn exchange(
         .is_some_and(|n| n <= SMALL_BODY);
     if !small {
         // Large or unsized: the connection goes to its own task and the body streams.
+        let conn = c.conn;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -225,24 +249,17 @@ async fn exchange(
     let bytes = tokio::select! {
         biased;
         b = &mut collecting => b.map_err(|e| Failure::Other(e.to_string()))?.to_bytes(),
-        c = &mut conn => {
-            return Err(match c { Ok(_) => Failure::Closed, Err(e) => Failure::Other(e.to_string()) });
-        }
+        r = &mut c.conn => return Err(r.map_or_else(|e| closed(&e), |()| Failure::Closed)),
     };
-    drop(sender);
-    // The request is done: the connection hands its socket back for the next one.
     let keep = !parts
         .headers
         .get(hyper::header::CONNECTION)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-    if let Ok(Ok(p)) = tokio::time::timeout(Duration::from_millis(50), conn).await
-        && keep
-        && p.read_buf.is_empty()
-    {
+    if keep {
         let mut idle = lock(&pool.idle);
         if idle.len() < MAX_IDLE {
-            idle.push(p.io.into_inner());
+            idle.push(c);
         }
     }
     Ok(Answer {
