@@ -21,10 +21,22 @@ impl App {
         plaintext: &[u8],
     ) -> Result<String, AppError> {
         let id = SecretId::new().to_string();
-        let sealed = self.keyring().seal(&aad(&id, owner, purpose), plaintext)?;
+        tx.put_secret(&self.sealed_row(&id, owner, purpose, plaintext)?)
+            .await?;
+        Ok(id)
+    }
+
+    fn sealed_row(
+        &self,
+        id: &str,
+        owner: &str,
+        purpose: &str,
+        plaintext: &[u8],
+    ) -> Result<SecretRow, AppError> {
+        let sealed = self.keyring().seal(&aad(id, owner, purpose), plaintext)?;
         let now = now_ms();
-        tx.put_secret(&SecretRow {
-            id: id.clone(),
+        Ok(SecretRow {
+            id: id.to_owned(),
             owner: owner.to_owned(),
             purpose: purpose.to_owned(),
             key_id: sealed.key_id,
@@ -33,8 +45,6 @@ impl App {
             created_at: now,
             updated_at: now,
         })
-        .await?;
-        Ok(id)
     }
 
     /// A secret Switchboard makes for itself once (`id` fixed), shared by every replica: read it,
@@ -51,21 +61,8 @@ impl App {
         }
         drop(tx);
         let value = init();
-        let sealed = self
-            .keyring()
-            .seal(&aad(id, "switchboard", purpose), &value)?;
-        let now = now_ms();
+        let row = self.sealed_row(id, "switchboard", purpose, &value)?;
         let mut tx = self.store().begin().await?;
-        let row = SecretRow {
-            id: id.to_owned(),
-            owner: "switchboard".to_owned(),
-            purpose: purpose.to_owned(),
-            key_id: sealed.key_id,
-            nonce: sealed.nonce,
-            ciphertext: sealed.ciphertext,
-            created_at: now,
-            updated_at: now,
-        };
         match tx.put_secret(&row).await {
             Ok(()) => {
                 tx.commit().await?;

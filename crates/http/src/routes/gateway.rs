@@ -425,72 +425,6 @@ fn rewrite_header(v: &HeaderValue, from: &str, to: &str) -> Option<HeaderValue> 
     HeaderValue::from_str(&s.replace(from, to)).ok()
 }
 
-/// Streams Epic's answer back, rewriting Epic's absolute URLs to the gateway's own in JSON and
-/// XML bodies and in `Location` headers.
-async fn relay(resp: reqwest::Response, from: &str, to: &str) -> Response {
-    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut out = Response::builder().status(status);
-    let textual = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.contains("json") || c.contains("xml"));
-    for h in RETURNED_HEADERS {
-        if let Some(v) = resp.headers().get(&h) {
-            let v = if matches!(h, header::LOCATION | header::CONTENT_LOCATION) {
-                rewrite_header(v, from, to).unwrap_or_else(|| v.clone())
-            } else {
-                v.clone()
-            };
-            out = out.header(h, v);
-        }
-    }
-    // Small answers (the usual read) are rewritten whole and sent with their length in one
-    // write; larger or unsized ones stream through, never buffered whole.
-    let small = resp.content_length().is_some_and(|n| n <= SMALL_BODY);
-    if small {
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) => return upstream_failure(&e),
-        };
-        let body = if textual {
-            Rewriter::new(from, to).feed(&bytes, true)
-        } else {
-            bytes
-        };
-        return out
-            .body(Body::from(body))
-            .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response());
-    }
-    let body = if textual {
-        let rw = Rewriter::new(from, to);
-        let stream = futures_util::stream::unfold(
-            (resp.bytes_stream(), rw, false),
-            |(mut upstream, mut rw, done)| async move {
-                if done {
-                    return None;
-                }
-                match upstream.next().await {
-                    Some(Ok(c)) => {
-                        let b = rw.feed(&c, false);
-                        Some((Ok(b), (upstream, rw, false)))
-                    }
-                    Some(Err(e)) => Some((Err(std::io::Error::other(e)), (upstream, rw, true))),
-                    None => {
-                        let b = rw.feed(&[], true);
-                        Some((Ok(b), (upstream, rw, true)))
-                    }
-                }
-            },
-        );
-        Body::from_stream(stream)
-    } else {
-        Body::from_stream(resp.bytes_stream())
-    };
-    out.body(body)
-        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
-}
-
 fn new_record(gateway: &str, kind: &str, headers: &HeaderMap) -> GatewayRequestRow {
     GatewayRequestRow {
         seq: 0,
@@ -604,11 +538,59 @@ async fn fhir_inner(
         url.push('?');
         url.push_str(q);
     }
-    let Ok(parsed) = url::Url::parse(&url) else {
+    let mut extra = Vec::new();
+    if !headers.contains_key(header::ACCEPT) {
+        extra.push((header::ACCEPT, FHIR_JSON.to_owned()));
+    }
+    if let Some(t) = &token {
+        extra.push((header::AUTHORIZATION, format!("Bearer {t}")));
+    }
+    if let Some(c) = &a.activation.epic_client_id {
+        extra.push((HeaderName::from_static("epic-client-id"), c.clone()));
+    }
+    forward(
+        app,
+        &a.gateway,
+        &url,
+        Outgoing {
+            method,
+            incoming: headers,
+            pass: &FORWARDED_REQUEST_HEADERS,
+            extra,
+            body,
+        },
+        (
+            &a.gateway.upstream_r4,
+            &format!("{}/fhir/R4", a.gateway.public_base),
+        ),
+    )
+    .await
+}
+
+/// What goes to Epic besides the URL.
+struct Outgoing<'a> {
+    method: &'a Method,
+    incoming: &'a HeaderMap,
+    /// Headers copied from the app's request when present.
+    pass: &'a [HeaderName],
+    extra: Vec<(HeaderName, String)>,
+    body: Bytes,
+}
+
+/// Sends a request to Epic with the inline client and relays the answer, rewriting
+/// `rewrite.0` (Epic's base) to `rewrite.1` (the gateway's).
+async fn forward(
+    app: &App,
+    g: &GatewaySnapshot,
+    url: &str,
+    out: Outgoing<'_>,
+    rewrite: (&str, &str),
+) -> Response {
+    let Ok(parsed) = url::Url::parse(url) else {
         return outcome(
             StatusCode::BAD_GATEWAY,
             "exception",
-            "the adapter's epicR4Endpoint is not a URL",
+            "the adapter's Epic URL is not a URL",
         );
     };
     let target = match parsed.query() {
@@ -620,28 +602,22 @@ async fn fhir_inner(
         None => parsed.host_str().unwrap_or_default().to_owned(),
     };
     let mut up = hyper::Request::builder()
-        .method(method.clone())
+        .method(out.method.clone())
         .uri(target)
         .header(header::HOST, host)
         .header(
             header::USER_AGENT,
             concat!("switchboard/", env!("CARGO_PKG_VERSION")),
         );
-    for h in &FORWARDED_REQUEST_HEADERS {
-        if let Some(v) = headers.get(h) {
+    for h in out.pass {
+        if let Some(v) = out.incoming.get(h) {
             up = up.header(h, v);
         }
     }
-    if !headers.contains_key(header::ACCEPT) {
-        up = up.header(header::ACCEPT, FHIR_JSON);
+    for (k, v) in out.extra {
+        up = up.header(k, v);
     }
-    if let Some(t) = &token {
-        up = up.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    if let Some(c) = &a.activation.epic_client_id {
-        up = up.header("Epic-Client-ID", c.as_str());
-    }
-    let Ok(req) = up.body(http_body_util::Full::new(body)) else {
+    let Ok(req) = up.body(http_body_util::Full::new(out.body)) else {
         return outcome(
             StatusCode::BAD_REQUEST,
             "invalid",
@@ -649,19 +625,15 @@ async fn fhir_inner(
         );
     };
     let timeout = std::time::Duration::from_millis(app.config().outbound_timeout_ms);
-    match crate::upstream::send(&parsed, req, timeout, a.gateway.ca_bundle.as_deref()).await {
-        Ok(answer) => relay_answer(
-            answer,
-            &a.gateway.upstream_r4,
-            &format!("{}/fhir/R4", a.gateway.public_base),
-        ),
+    match crate::upstream::send(&parsed, req, timeout, g.ca_bundle.as_deref()).await {
+        Ok(answer) => relay_answer(answer, rewrite.0, rewrite.1),
         Err(crate::upstream::UpstreamError::Timeout) => outcome(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
             "Epic did not answer in time",
         ),
         Err(crate::upstream::UpstreamError::Unreachable(why)) => {
-            tracing::warn!(gateway = %a.gateway.gateway.name, %why, "Epic unreachable");
+            tracing::warn!(gateway = %g.gateway.name, %why, "Epic unreachable");
             outcome(
                 StatusCode::BAD_GATEWAY,
                 "transient",
@@ -671,7 +643,8 @@ async fn fhir_inner(
     }
 }
 
-/// Relays an answer of the inline client, rewriting Epic's URLs like [`relay`].
+/// Relays Epic's answer: Epic's absolute URLs become the gateway's in JSON / XML bodies and in
+/// `Location` / `Content-Location`; small bodies in one piece, large ones while streaming.
 fn relay_answer(answer: crate::upstream::Answer, from: &str, to: &str) -> Response {
     let status = answer.parts.status;
     let mut out = Response::builder().status(status);
@@ -792,30 +765,28 @@ async fn private_api(
             url.push('?');
             url.push_str(q);
         }
-        let m = reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
-        let mut up = a.gateway.http.request(m, &url).header("authorization", auth);
+        let mut extra = vec![(header::AUTHORIZATION, auth)];
         if let Some(c) = client_id {
-            up = up.header("Epic-Client-ID", c);
+            extra.push((HeaderName::from_static("epic-client-id"), c));
         }
-        for h in [header::ACCEPT, header::CONTENT_TYPE] {
-            if let Some(v) = headers.get(&h) {
-                up = up.header(h.as_str(), v.as_bytes());
-            }
-        }
-        if !body.is_empty() {
-            up = up.body(body);
-        }
-        match up.send().await {
-            Ok(resp) => relay(resp, &base, &format!("{}/epic", a.gateway.public_base)).await,
-            Err(e) => upstream_failure(&e),
-        }
+        forward(
+            &app,
+            &a.gateway,
+            &url,
+            Outgoing {
+                method: &method,
+                incoming: &headers,
+                pass: &[header::ACCEPT, header::CONTENT_TYPE],
+                extra,
+                body,
+            },
+            (&base, &format!("{}/epic", a.gateway.public_base)),
+        )
+        .await
     }
     .await;
     finish(&app, rec, started, r)
 }
-
-/// Answers up to this size are rewritten in one piece.
-const SMALL_BODY: u64 = 64 * 1024;
 
 const HL7_TYPE: &str = "x-application/hl7-v2+er7";
 

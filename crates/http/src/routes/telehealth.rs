@@ -138,17 +138,6 @@ fn secure(app: &App) -> &'static str {
     }
 }
 
-fn read_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
 fn with_cookie(mut r: Response, cookie: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(cookie) {
         r.headers_mut().append(header::SET_COOKIE, v);
@@ -193,7 +182,7 @@ async fn authorized(
     let Some(role) = LaunchRole::parse(&role) else {
         return error_page(&LaunchError::NotFound, &headers);
     };
-    let browser_state = read_cookie(&headers, STATE_COOKIE);
+    let browser_state = crate::auth::cookie_in(&headers, STATE_COOKIE);
     match app
         .telehealth_authorized(role, &profile_id, &q, browser_state)
         .await
@@ -238,7 +227,7 @@ async fn load_room(
     participant_id: &str,
     headers: &HeaderMap,
 ) -> Result<RoomView, Response> {
-    let session = read_cookie(headers, &participant_cookie(participant_id));
+    let session = crate::auth::cookie_in(headers, &participant_cookie(participant_id));
     app.participant_room(participant_id, session)
         .await
         .map_err(|e| match e {
@@ -298,7 +287,7 @@ async fn leave(
     Path(participant_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let session = read_cookie(&headers, &participant_cookie(&participant_id));
+    let session = crate::auth::cookie_in(&headers, &participant_cookie(&participant_id));
     match app.participant_leave(&participant_id, session).await {
         Ok(()) => Redirect::to(&format!("/telehealth/v1/room/{participant_id}")).into_response(),
         Err(AppError::NotFound(_)) => match load_room(&app, &participant_id, &headers).await {
