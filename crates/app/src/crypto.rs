@@ -34,6 +34,12 @@ pub fn sha256(data: &[u8]) -> Vec<u8> {
     digest::digest(&digest::SHA256, data).as_ref().to_vec()
 }
 
+/// SHA-256 as lower-case hex.
+#[must_use]
+pub fn sha256_hex(data: &str) -> String {
+    hex::encode(sha256(data.as_bytes()))
+}
+
 #[must_use]
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     constant_time::verify_slices_are_equal(a, b).is_ok()

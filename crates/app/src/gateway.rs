@@ -1093,34 +1093,41 @@ impl App {
                 ),
             });
         }
-        let (client_id, secret) = match (req.basic, req.form_client) {
-            (Some(_), Some(_)) => {
+        let now = now_ms();
+        let app = match (req.basic, req.form_client, req.assertion) {
+            (Some((client_id, secret)), None, None) | (None, Some((client_id, secret)), None) => {
+                let app = self
+                    .app_snapshot_by_client_id(&client_id)
+                    .await
+                    .map_err(|e| TokenError::internal(&e))?
+                    .ok_or_else(|| TokenError::invalid_client("unknown client or wrong secret"))?;
+                let d = digest(&secret);
+                let ok = crypto::constant_time_eq(d.as_bytes(), app.row.secret_digest.as_bytes())
+                    || app.row.previous_secret_digest.as_deref().is_some_and(|p| {
+                        app.row.previous_valid_until.is_some_and(|t| t > now)
+                            && crypto::constant_time_eq(d.as_bytes(), p.as_bytes())
+                    });
+                if !ok {
+                    return Err(TokenError::invalid_client("unknown client or wrong secret"));
+                }
+                app
+            }
+            (None, None, Some((claimed, assertion))) => {
+                self.check_client_assertion(claimed.as_deref(), &assertion)
+                    .await?
+            }
+            (None, None, None) => {
+                return Err(TokenError::invalid_client(
+                    "client authentication is required (HTTP Basic client_id:secret, or a private_key_jwt assertion)",
+                ));
+            }
+            _ => {
                 return Err(TokenError::invalid_request(
                     "use one client authentication method, not two",
                 ));
             }
-            (Some(b), None) | (None, Some(b)) => b,
-            (None, None) => {
-                return Err(TokenError::invalid_client(
-                    "client authentication is required (HTTP Basic client_id:secret)",
-                ));
-            }
         };
-        let app = self
-            .app_snapshot_by_client_id(&client_id)
-            .await
-            .map_err(|e| TokenError::internal(&e))?
-            .ok_or_else(|| TokenError::invalid_client("unknown client or wrong secret"))?;
-        let now = now_ms();
-        let d = digest(&secret);
-        let ok = crypto::constant_time_eq(d.as_bytes(), app.row.secret_digest.as_bytes())
-            || app.row.previous_secret_digest.as_deref().is_some_and(|p| {
-                app.row.previous_valid_until.is_some_and(|t| t > now)
-                    && crypto::constant_time_eq(d.as_bytes(), p.as_bytes())
-            });
-        if !ok {
-            return Err(TokenError::invalid_client("unknown client or wrong secret"));
-        }
+        let client_id = app.row.client_id.clone();
         if app.row.disabled {
             return Err(TokenError::new(
                 "unauthorized_client",
@@ -1169,6 +1176,138 @@ impl App {
             expires_in: app.row.token_ttl_secs,
             scope,
         })
+    }
+
+    /// `private_key_jwt` (SMART Backend Services against Switchboard): the assertion must be
+    /// signed by a key in the app's JWK Set, with `iss` = `sub` = the client ID, `aud` = this
+    /// token URL, an `exp` at most five minutes ahead, and a `jti` never seen before.
+    async fn check_client_assertion(
+        &self,
+        claimed: Option<&str>,
+        assertion: &str,
+    ) -> Result<Arc<AppSnapshot>, TokenError> {
+        use switchboard_epic::jose::Unverified;
+        let bad = |why: &str| TokenError::invalid_client(why);
+        let jwt =
+            Unverified::parse(assertion).map_err(|_| bad("the client assertion is not a JWT"))?;
+        let alg = jwt
+            .alg()
+            .map_err(|_| bad("the client assertion's alg is not RS256/384/512 or ES256/384"))?;
+        let text = |k: &str| jwt.claims.get(k).and_then(serde_json::Value::as_str);
+        let iss = text("iss").ok_or_else(|| bad("the client assertion has no iss"))?;
+        if text("sub") != Some(iss) || claimed.is_some_and(|c| c != iss) {
+            return Err(bad("iss, sub and client_id must all be the client ID"));
+        }
+        let aud = format!("{}/auth/token", self.config().public_url());
+        let aud_ok = match jwt.claims.get("aud") {
+            Some(serde_json::Value::String(a)) => *a == aud,
+            Some(serde_json::Value::Array(v)) => v.iter().any(|a| a.as_str() == Some(aud.as_str())),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(bad("the client assertion's aud must be this token URL"));
+        }
+        let now = now_ms() / 1000;
+        let exp = jwt
+            .claims
+            .get("exp")
+            .and_then(serde_json::Value::as_i64)
+            .ok_or_else(|| bad("the client assertion has no exp"))?;
+        if exp <= now - 5 || exp > now + 305 {
+            return Err(bad(
+                "the client assertion is expired or lives longer than five minutes",
+            ));
+        }
+        let jti = text("jti")
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+            .ok_or_else(|| bad("the client assertion needs a jti"))?;
+        let app = self
+            .app_snapshot_by_client_id(iss)
+            .await
+            .map_err(|e| TokenError::internal(&e))?
+            .ok_or_else(|| bad("unknown client"))?;
+        let url = app
+            .row
+            .jwks_url
+            .clone()
+            .ok_or_else(|| bad("the app has no JWK Set URL for private_key_jwt"))?;
+        let mut verified = false;
+        for refresh in [false, true] {
+            let set = self.app_jwks(&url, refresh).await.map_err(|e| bad(&e))?;
+            let candidates: Vec<_> = match &jwt.header.kid {
+                Some(kid) => set.find(kid).into_iter().collect(),
+                None => set
+                    .keys
+                    .iter()
+                    .filter(|k| (k.kty == "EC") == alg.is_ec())
+                    .collect(),
+            };
+            if candidates.iter().any(|jwk| {
+                switchboard_epic::jose::VerifyingKey::from_jwk(jwk)
+                    .is_ok_and(|k| jwt.verify_with(&k).is_ok())
+            }) {
+                verified = true;
+                break;
+            }
+        }
+        if !verified {
+            return Err(bad(
+                "the client assertion's signature does not verify with the app's JWK Set",
+            ));
+        }
+        let mut tx = self
+            .store()
+            .begin()
+            .await
+            .map_err(|e| TokenError::internal(&e.into()))?;
+        let fresh = tx
+            .revoke_token_id(
+                &format!("assertion:{}", crypto::sha256_hex(jti)),
+                &app.row.id,
+                now_ms(),
+                exp * 1000,
+            )
+            .await
+            .map_err(|e| TokenError::internal(&e.into()))?;
+        tx.commit()
+            .await
+            .map_err(|e| TokenError::internal(&e.into()))?;
+        if !fresh {
+            return Err(bad("the client assertion was already used (jti replay)"));
+        }
+        Ok(app)
+    }
+
+    /// An app's JWK Set, cached five minutes; `refresh` fetches it again (an unknown key).
+    async fn app_jwks(
+        &self,
+        url: &str,
+        refresh: bool,
+    ) -> Result<switchboard_epic::jose::JwkSet, String> {
+        if !refresh
+            && let Some((at, set)) = lock(&self.gateway_state().jwks).get(url)
+            && at.elapsed() < Duration::from_secs(300)
+        {
+            return Ok(set.clone());
+        }
+        let resp = self.http().get(url).send().await.map_err(|e| {
+            format!(
+                "the app's JWK Set could not be fetched: {}",
+                crate::outbound_error(&e)
+            )
+        })?;
+        if !resp.status().is_success() {
+            return Err(format!(
+                "the app's JWK Set URL answered HTTP {}",
+                resp.status().as_u16()
+            ));
+        }
+        let set: switchboard_epic::jose::JwkSet = resp
+            .json()
+            .await
+            .map_err(|_| "the app's JWK Set URL did not return a JWK Set".to_owned())?;
+        lock(&self.gateway_state().jwks).insert(url.to_owned(), (Instant::now(), set.clone()));
+        Ok(set)
     }
 
     /// RFC 7009: an app revokes one of its tokens (unknown or foreign tokens are ignored).
@@ -1677,6 +1816,7 @@ pub(crate) struct GatewayState {
     writer_started: std::sync::atomic::AtomicBool,
     http: Mutex<Option<reqwest::Client>>,
     verified: RwLock<HashMap<String, Arc<VerifiedToken>>>,
+    jwks: Mutex<HashMap<String, (Instant, switchboard_epic::jose::JwkSet)>>,
 }
 
 /// What the token endpoint received.
@@ -1688,6 +1828,8 @@ pub struct TokenRequest {
     pub basic: Option<(String, String)>,
     /// From `client_id` + `client_secret` in the form (`client_secret_post`).
     pub form_client: Option<(String, String)>,
+    /// `private_key_jwt`: the signed client assertion, and the form's `client_id` if any.
+    pub assertion: Option<(Option<String>, String)>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

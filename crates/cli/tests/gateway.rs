@@ -1118,3 +1118,104 @@ server_test!(rate_limits_unreachable_epic_and_key_rotation, |s| {
     );
     f.sim.shutdown().await;
 });
+
+/// Serves `set` at `http://127.0.0.1:PORT/jwks.json`.
+async fn serve_jwks(set: Value) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || async move { axum::Json(set) }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/jwks.json")
+}
+
+server_test!(apps_can_authenticate_with_private_key_jwt, |s| {
+    use switchboard_epic::jose::{Alg, Header, SigningKey};
+    let key = SigningKey::generate(Alg::ES384).unwrap();
+    let other = SigningKey::generate(Alg::ES384).unwrap();
+    let jwks = serve_jwks(json!({"keys": [key.public_jwk("k1", Alg::ES384)]})).await;
+    let created: Value = s
+        .post(
+            &s.admin_token,
+            "/gateway/apps",
+            json!({"name": "Backend service", "scopes": "system/Patient.read", "jwks_url": jwks}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let client_id = created["app"]["client_id"].as_str().unwrap().to_owned();
+    let aud = format!("{}/auth/token", s.url);
+    let now = switchboard_app::now_ms() / 1000;
+    let assertion = |signer: &SigningKey, aud: &str, exp: i64, jti: &str| {
+        signer
+            .sign_jwt(
+                &Header {
+                    alg: "ES384".into(),
+                    typ: Some("JWT".into()),
+                    kid: Some("k1".into()),
+                    jku: None,
+                },
+                &json!({"iss": client_id, "sub": client_id, "aud": aud, "exp": exp, "jti": jti}),
+            )
+            .unwrap()
+    };
+    let post = |a: String| {
+        let http = s.http.clone();
+        let url = aud.clone();
+        async move {
+            http.post(url)
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
+                    ("client_assertion", a.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let good = assertion(&key, &aud, now + 240, "jti-1");
+    let r = post(good.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["scope"],
+        "system/Patient.read"
+    );
+    for (why, a) in [
+        ("replayed", good),
+        (
+            "wrong aud",
+            assertion(&key, "https://elsewhere/token", now + 240, "jti-2"),
+        ),
+        ("expired", assertion(&key, &aud, now - 60, "jti-3")),
+        ("too long-lived", assertion(&key, &aud, now + 3600, "jti-4")),
+        ("another key", assertion(&other, &aud, now + 240, "jti-5")),
+    ] {
+        let r = post(a).await;
+        assert_eq!(r.status(), 401, "{why}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"],
+            "invalid_client",
+            "{why}"
+        );
+    }
+    // An app without a JWK Set URL cannot use private_key_jwt.
+    let r = s
+        .http
+        .post(&aud)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", "urn:example:other"),
+            ("client_assertion", "x"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+});

@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
 }
 
 const FHIR_JSON: &str = "application/fhir+json";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// A FHIR `OperationOutcome` answer.
 fn outcome(status: StatusCode, code: &str, diagnostics: &str) -> Response {
@@ -138,17 +139,37 @@ async fn token(
         _ => None,
     };
     let used_basic = basic.is_some();
+    let assertion = match (
+        get("client_assertion_type").as_deref(),
+        get("client_assertion"),
+    ) {
+        (Some(JWT_BEARER), Some(a)) => Some((get("client_id"), a)),
+        (None, None) => None,
+        _ => {
+            return token_error(
+                &switchboard_app::gateway::TokenError {
+                    error: "invalid_request".to_owned(),
+                    error_description: format!(
+                        "client_assertion_type must be {JWT_BEARER}, together with client_assertion"
+                    ),
+                },
+                false,
+            );
+        }
+    };
     let req = TokenRequest {
         grant_type: get("grant_type"),
         scope: get("scope"),
         basic,
-        form_client,
+        form_client: form_client.filter(|_| assertion.is_none()),
+        assertion,
     };
     let client = req
         .basic
         .as_ref()
         .or(req.form_client.as_ref())
-        .map(|c| c.0.clone());
+        .map(|c| c.0.clone())
+        .or_else(|| req.assertion.as_ref().and_then(|a| a.0.clone()));
     let result = app.issue_gateway_token(req).await;
     let status = match &result {
         Ok(_) => 200,
