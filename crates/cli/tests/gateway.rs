@@ -1219,3 +1219,33 @@ server_test!(apps_can_authenticate_with_private_key_jwt, |s| {
         .unwrap();
     assert_eq!(r.status(), 400);
 });
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epic_that_does_not_answer_in_time_gets_a_504() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let s = TestServer::start_with(url, |c| c.outbound_timeout_ms = 700).await;
+    let f = fixture(&s).await;
+    reqwest::Client::new()
+        .post(format!("{}/_sim/faults", f.sim.base_url()))
+        .json(&json!({"path_contains": "/Patient", "effect": {"kind": "timeout", "hold_ms": 3000}}))
+        .send()
+        .await
+        .unwrap();
+    let token = app_token(&s, &f).await;
+    let started = std::time::Instant::now();
+    let r = s
+        .http
+        .get(format!("{}/Patient/x1", fhir(&f)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    outcome(r, 504).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "gave up at the configured timeout"
+    );
+    f.sim.shutdown().await;
+    s.stop().await;
+}
