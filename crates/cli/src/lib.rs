@@ -79,6 +79,10 @@ impl Running {
         if let Some(w) = self.workers {
             w.await.context("worker task")?;
         }
+        // The last gateway access records of this process go to the database before it closes.
+        if let Err(e) = self.app.flush_gateway_requests().await {
+            tracing::warn!(error = %e, "gateway access records could not be written at shutdown");
+        }
         self.app.store().close().await;
         Ok(())
     }
