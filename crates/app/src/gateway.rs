@@ -1234,18 +1234,14 @@ impl App {
         let mut verified = false;
         for refresh in [false, true] {
             let set = self.app_jwks(&url, refresh).await.map_err(|e| bad(&e))?;
-            let candidates: Vec<_> = match &jwt.header.kid {
-                Some(kid) => set.find(kid).into_iter().collect(),
-                None => set
-                    .keys
-                    .iter()
-                    .filter(|k| (k.kty == "EC") == alg.is_ec())
-                    .collect(),
-            };
-            if candidates.iter().any(|jwk| {
-                switchboard_epic::jose::VerifyingKey::from_jwk(jwk)
-                    .is_ok_and(|k| jwt.verify_with(&k).is_ok())
-            }) {
+            if set
+                .candidates(jwt.header.kid.as_deref(), alg)
+                .iter()
+                .any(|jwk| {
+                    switchboard_epic::jose::VerifyingKey::from_jwk(jwk)
+                        .is_ok_and(|k| jwt.verify_with(&k).is_ok())
+                })
+            {
                 verified = true;
                 break;
             }

@@ -273,14 +273,7 @@ async fn verify_signature(
 }
 
 fn verify_with_set(set: &JwkSet, jwt: &Unverified, alg: Alg) -> Result<(), String> {
-    let candidates: Vec<_> = match &jwt.header.kid {
-        Some(kid) => set.find(kid).into_iter().collect(),
-        None => set
-            .keys
-            .iter()
-            .filter(|k| (k.kty == "EC") == alg.is_ec())
-            .collect(),
-    };
+    let candidates = set.candidates(jwt.header.kid.as_deref(), alg);
     if candidates.is_empty() {
         return Err(format!(
             "no key with kid {:?} in the JWK set",

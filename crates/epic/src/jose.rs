@@ -122,6 +122,20 @@ impl JwkSet {
     pub fn find(&self, kid: &str) -> Option<&Jwk> {
         self.keys.iter().find(|k| k.kid.as_deref() == Some(kid))
     }
+
+    /// The keys that may have signed a JWT: the one named by `kid`, or without a `kid` every
+    /// key of the algorithm's family.
+    #[must_use]
+    pub fn candidates(&self, kid: Option<&str>, alg: Alg) -> Vec<&Jwk> {
+        match kid {
+            Some(kid) => self.find(kid).into_iter().collect(),
+            None => self
+                .keys
+                .iter()
+                .filter(|k| (k.kty == "EC") == alg.is_ec())
+                .collect(),
+        }
+    }
 }
 
 /// A parsed public key ready to verify signatures.

@@ -246,8 +246,15 @@ async fn public_key_pem(
     State(app): State<App>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let pem = app.environment_public_key_pem(&id).await?;
-    Ok((
+    Ok(pem_download(
+        &id,
+        app.environment_public_key_pem(&id).await?,
+    ))
+}
+
+/// A public key as a PEM file download (Epic's static key upload).
+pub(crate) fn pem_download(id: &str, pem: String) -> Response {
+    (
         [
             (header::CONTENT_TYPE, "application/x-pem-file".to_owned()),
             (
@@ -257,7 +264,7 @@ async fn public_key_pem(
         ],
         pem,
     )
-        .into_response())
+        .into_response()
 }
 
 /// A public JWK set, as registered with Epic (no authentication). `file` is `{key_set_id}.json`.

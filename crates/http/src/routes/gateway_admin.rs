@@ -332,18 +332,10 @@ async fn activation_pem(
     State(app): State<App>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let pem = app.activation_public_key_pem(&id).await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/x-pem-file".to_owned()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"switchboard-{id}.pem\""),
-            ),
-        ],
-        pem,
-    )
-        .into_response())
+    Ok(super::epic_env::pem_download(
+        &id,
+        app.activation_public_key_pem(&id).await?,
+    ))
 }
 
 /// Rotate the activation's signing key (published now, signing after the publish delay).
