@@ -1454,18 +1454,9 @@ impl App {
     /// Drops this replica's snapshots (other replicas refresh within [`SNAPSHOT_TTL`]).
     pub fn forget_gateway_snapshots(&self) {
         let s = self.gateway_state();
-        s.apps
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
-        s.gateways
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
-        s.activations
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        s.apps.clear();
+        s.gateways.clear();
+        s.activations.clear();
         lock(&s.credentials).clear();
     }
 
@@ -1477,37 +1468,18 @@ impl App {
         Ok(tx
             .get_gateway_app_by_client_id(client_id)
             .await?
-            .map(|row| {
-                Arc::new(AppSnapshot {
-                    scopes: parse_scopes(&row.scopes).unwrap_or_default(),
-                    row,
-                })
-            }))
+            .map(AppSnapshot::new))
     }
 
     async fn app_snapshot(&self, app_id: &str) -> Result<Option<Arc<AppSnapshot>>, AppError> {
-        if let Some((at, a)) = self
-            .gateway_state()
-            .apps
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(app_id)
-            && at.elapsed() < SNAPSHOT_TTL
-        {
-            return Ok(a.clone());
+        if let Some(hit) = self.gateway_state().apps.fresh(app_id) {
+            return Ok(hit);
         }
         let mut tx = self.store().read().await?;
-        let snap = tx.get_gateway_app(app_id).await?.map(|row| {
-            Arc::new(AppSnapshot {
-                scopes: parse_scopes(&row.scopes).unwrap_or_default(),
-                row,
-            })
-        });
+        let snap = tx.get_gateway_app(app_id).await?.map(AppSnapshot::new);
         self.gateway_state()
             .apps
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(app_id.to_owned(), (Instant::now(), snap.clone()));
+            .put(app_id.to_owned(), snap.clone());
         Ok(snap)
     }
 
@@ -1516,15 +1488,8 @@ impl App {
         &self,
         name: &str,
     ) -> Result<Option<Arc<GatewaySnapshot>>, AppError> {
-        if let Some((at, g)) = self
-            .gateway_state()
-            .gateways
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(name)
-            && at.elapsed() < SNAPSHOT_TTL
-        {
-            return Ok(g.clone());
+        if let Some(hit) = self.gateway_state().gateways.fresh(name) {
+            return Ok(hit);
         }
         let mut tx = self.store().read().await?;
         let snap = match tx.get_gateway(name).await?.filter(|g| g.name == name) {
@@ -1569,9 +1534,7 @@ impl App {
         };
         self.gateway_state()
             .gateways
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(name.to_owned(), (Instant::now(), snap.clone()));
+            .put(name.to_owned(), snap.clone());
         Ok(snap)
     }
 
@@ -1597,24 +1560,13 @@ impl App {
         app_id: &str,
         gateway_id: &str,
     ) -> Result<Option<Arc<ActivationRow>>, AppError> {
-        let key = (app_id.to_owned(), gateway_id.to_owned());
-        if let Some((at, a)) = self
-            .gateway_state()
-            .activations
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key)
-            && at.elapsed() < SNAPSHOT_TTL
-        {
-            return Ok(a.clone());
+        let key = format!("{app_id}\u{1f}{gateway_id}");
+        if let Some(hit) = self.gateway_state().activations.fresh(&key) {
+            return Ok(hit);
         }
         let mut tx = self.store().read().await?;
         let a = tx.find_activation(app_id, gateway_id).await?.map(Arc::new);
-        self.gateway_state()
-            .activations
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, (Instant::now(), a.clone()));
+        self.gateway_state().activations.put(key, a.clone());
         Ok(a)
     }
 
@@ -1753,6 +1705,15 @@ pub struct AppSnapshot {
     pub scopes: Vec<Scope>,
 }
 
+impl AppSnapshot {
+    fn new(row: GatewayAppRow) -> Arc<Self> {
+        Arc::new(Self {
+            scopes: parse_scopes(&row.scopes).unwrap_or_default(),
+            row,
+        })
+    }
+}
+
 /// The caller of a proxied request.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -1795,16 +1756,55 @@ struct Revoked {
     refreshed: Option<Instant>,
 }
 
-type Snap<T> = RwLock<HashMap<String, (Instant, Option<Arc<T>>)>>;
-type ActivationSnaps = RwLock<HashMap<(String, String), (Instant, Option<Arc<ActivationRow>>)>>;
+/// Lookups (including "not found") trusted for [`SNAPSHOT_TTL`].
+struct Snapshots<T> {
+    map: RwLock<HashMap<String, Remembered<T>>>,
+}
+
+/// When a lookup was made, and what it found.
+type Remembered<T> = (Instant, Option<Arc<T>>);
+
+impl<T> Default for Snapshots<T> {
+    fn default() -> Self {
+        Self {
+            map: RwLock::default(),
+        }
+    }
+}
+
+impl<T> Snapshots<T> {
+    /// The remembered answer, while it is fresh.
+    fn fresh(&self, key: &str) -> Option<Option<Arc<T>>> {
+        self.map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < SNAPSHOT_TTL)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn put(&self, key: String, value: Option<Arc<T>>) {
+        self.map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, (Instant::now(), value));
+    }
+
+    fn clear(&self) {
+        self.map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+}
 
 /// Per-process gateway state.
 #[derive(Default)]
 pub(crate) struct GatewayState {
     token_key: std::sync::OnceLock<Arc<Vec<u8>>>,
-    apps: Snap<AppSnapshot>,
-    gateways: Snap<GatewaySnapshot>,
-    activations: ActivationSnaps,
+    apps: Snapshots<AppSnapshot>,
+    gateways: Snapshots<GatewaySnapshot>,
+    activations: Snapshots<ActivationRow>,
     credentials: Mutex<HashMap<String, (Instant, switchboard_epic::auth::BackendCredentials)>>,
     revoked: Mutex<Revoked>,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
