@@ -131,7 +131,7 @@ pub struct NewSession {
     pub principal: Principal,
 }
 
-fn hash_password(password: &str) -> Result<String, AppError> {
+pub(crate) fn hash_password(password: &str) -> Result<String, AppError> {
     let salt = SaltString::encode_b64(&crate::crypto::random_bytes::<16>())
         .map_err(|e| AppError::Internal(format!("salt: {e}")))?;
     Argon2::default()
@@ -140,7 +140,7 @@ fn hash_password(password: &str) -> Result<String, AppError> {
         .map_err(|e| AppError::Internal(format!("password hashing: {e}")))
 }
 
-fn verify_password(password: &str, hash: &str) -> bool {
+pub(crate) fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|h| {
         Argon2::default()
             .verify_password(password.as_bytes(), &h)
@@ -149,12 +149,12 @@ fn verify_password(password: &str, hash: &str) -> bool {
 }
 
 /// A fixed hash to verify against when the user does not exist, so timing does not tell.
-fn dummy_hash() -> &'static str {
+pub(crate) fn dummy_hash() -> &'static str {
     static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     H.get_or_init(|| hash_password("no such user, constant work").unwrap_or_default())
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, AppError> {
     tokio::task::spawn_blocking(f)

@@ -69,6 +69,18 @@ pub struct Config {
     pub outbound_timeout_ms: u64,
     /// Days to keep ended telehealth conferences (0 keeps them forever).
     pub telehealth_retention_days: u32,
+    /// Devices one clinician may hold at once (a user's own limit overrides it).
+    pub device_limit_per_user: u32,
+    /// A device not heard from for longer is not handed out.
+    pub device_heartbeat_fresh_secs: u64,
+    /// How long a device has to confirm a command before it counts as failed.
+    pub device_command_ttl_secs: u64,
+    /// Longest wait of an agent's long poll for commands.
+    pub agent_poll_max_secs: u64,
+    /// Optional identity-lookup hook: `POST {url}` with `{"badge": ...}` → `{"username", "display_name"}`.
+    pub identity_lookup_url: Option<String>,
+    /// How long a badge resolved by the hook is remembered.
+    pub identity_lookup_cache_secs: u64,
 }
 
 impl Default for Config {
@@ -101,6 +113,12 @@ impl Default for Config {
             job_backoff_cap_ms: 600_000,
             outbound_timeout_ms: 10_000,
             telehealth_retention_days: 90,
+            device_limit_per_user: 1,
+            device_heartbeat_fresh_secs: 600,
+            device_command_ttl_secs: 600,
+            agent_poll_max_secs: 25,
+            identity_lookup_url: None,
+            identity_lookup_cache_secs: 300,
         }
     }
 }
@@ -134,6 +152,12 @@ pub const KEYS: &[&str] = &[
     "job_backoff_cap_ms",
     "outbound_timeout_ms",
     "telehealth_retention_days",
+    "device_limit_per_user",
+    "device_heartbeat_fresh_secs",
+    "device_command_ttl_secs",
+    "agent_poll_max_secs",
+    "identity_lookup_url",
+    "identity_lookup_cache_secs",
 ];
 
 /// Variables with the prefix that are not configuration keys but are known to Switchboard.
@@ -233,7 +257,22 @@ impl Config {
                 });
             }
         }
-        let positive: [(&'static str, u64); 7] = [
+        if let Some(u) = &self.identity_lookup_url
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "identity_lookup_url",
+                reason: "must be an http:// or https:// URL".to_owned(),
+            });
+        }
+        let positive: [(&'static str, u64); 11] = [
+            (
+                "device_limit_per_user",
+                u64::from(self.device_limit_per_user),
+            ),
+            ("device_heartbeat_fresh_secs", self.device_heartbeat_fresh_secs),
+            ("device_command_ttl_secs", self.device_command_ttl_secs),
+            ("agent_poll_max_secs", self.agent_poll_max_secs),
             (
                 "database_max_connections",
                 u64::from(self.database_max_connections),

@@ -7,6 +7,7 @@ use crate::{App, AppError, Principal, RequestContext, now_ms};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use switchboard_domain::audit::AuditEvent;
+use switchboard_domain::devices::LogoutAttempt;
 use switchboard_store::ConnectionCheckRow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,7 +157,7 @@ pub fn cert_not_after(cert: &[u8]) -> Option<i64> {
 }
 
 impl App {
-    async fn environment_row(
+    pub(crate) async fn environment_row(
         &self,
         env_id: &str,
     ) -> Result<switchboard_store::EnvironmentRow, AppError> {
@@ -407,8 +408,7 @@ impl App {
         }
         errors.check("app", switchboard_domain::epic::check_app(app_name));
         errors.into_result()?;
-        let env = self.get_environment(env_id).await?;
-        let row = self.environment_row(env_id).await?;
+        self.get_environment(env_id).await?;
         let install_id = if append_app_name {
             format!("{serial}{app_name}")
         } else {
@@ -416,64 +416,24 @@ impl App {
         };
         let t = std::time::Instant::now();
         let mut steps = Vec::new();
-        let token = match self.epic_token(env_id).await {
-            Ok(t2) => {
-                steps.push(step(
-                    "token",
-                    StepStatus::Pass,
-                    "access token available",
-                    None,
-                    t,
-                ));
-                Some(t2)
-            }
-            Err(crate::epic_env::EpicTokenError::Epic(e)) => {
-                steps.push(step(
-                    "token",
-                    StepStatus::Fail,
-                    e.to_string(),
-                    Some(token_hint(e.class())),
-                    t,
-                ));
-                None
-            }
-            Err(crate::epic_env::EpicTokenError::App(e)) => return Err(e),
-        };
-        let t = std::time::Instant::now();
-        if let Some(token) = token {
-            let url = format!(
-                "{}/api/epic/2023/Security/MobileDevice/DisassociateMobileDevice",
-                oauth_base(&env.interconnect_url, &env.instance)
-            );
-            self.epic_permit(&row).await?;
-            let resp = self
-                .epic_http(&row)?
-                .post(url)
-                .bearer_auth(&*token)
-                .json(&serde_json::json!({"InstallID": install_id}))
-                .send()
-                .await;
-            match resp {
-                Ok(r) if r.status().is_success() => steps.push(step("logout", StepStatus::Pass, format!("Install ID {install_id} was disassociated; the app returns to its sign-in screen"), None, t)),
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    let body = r.text().await.unwrap_or_default();
-                    if body.contains("Install ID not found") {
-                        steps.push(step(
-                            "logout",
-                            StepStatus::Fail,
-                            format!("Epic does not know Install ID {install_id}"),
-                            Some("No user has signed in to the app on this device since its AppConfig (EpicMobileDeviceID, EpicMobileDeviceIDAppName) was applied, or the Install ID format differs (check the app name's case)."),
-                            t,
-                        ));
-                    } else {
-                        steps.push(step("logout", StepStatus::Fail, format!("Epic answered HTTP {status}"), Some(if status == 403 { "DisassociateMobileDevice is not attached to this client in Epic; ask your Epic team." } else { "See Epic's Interconnect logs for this request." }), t));
-                    }
-                }
-                Err(e) => steps.push(step("logout", StepStatus::Fail, format!("the request {}", crate::outbound_error(&e)), Some("Interconnect must be reachable from this server with a valid TLS certificate."), t)),
-            }
-        } else {
+        let attempt = self.disassociate_device(env_id, &install_id).await?;
+        if let LogoutAttempt::NoToken { class, detail } = &attempt {
+            steps.push(step("token", StepStatus::Fail, detail.clone(), Some(token_hint(class)), t));
             steps.push(skipped("logout", "no access token"));
+        } else {
+            steps.push(step("token", StepStatus::Pass, "access token available", None, t));
+            let (status, message, hint) = match attempt {
+                LogoutAttempt::Accepted => (StepStatus::Pass, format!("Install ID {install_id} was disassociated; the app returns to its sign-in screen"), None),
+                LogoutAttempt::InstallIdNotFound => (
+                    StepStatus::Fail,
+                    format!("Epic does not know Install ID {install_id}"),
+                    Some("No user has signed in to the app on this device since its AppConfig (EpicMobileDeviceID, EpicMobileDeviceIDAppName) was applied, or the Install ID format differs (check the app name's case)."),
+                ),
+                LogoutAttempt::Status(code) => (StepStatus::Fail, format!("Epic answered HTTP {code}"), Some(if code == 403 { "DisassociateMobileDevice is not attached to this client in Epic; ask your Epic team." } else { "See Epic's Interconnect logs for this request." })),
+                LogoutAttempt::TimedOut => (StepStatus::Fail, "the request timed out".to_owned(), Some("Interconnect must be reachable from this server with a valid TLS certificate.")),
+                LogoutAttempt::NotSent(why) | LogoutAttempt::NoToken { detail: why, .. } => (StepStatus::Fail, format!("the request failed: {why}"), Some("Interconnect must be reachable from this server with a valid TLS certificate.")),
+            };
+            steps.push(step("logout", status, message, hint, t));
         }
         let report = CheckReport {
             environment_id: env_id.to_owned(),

@@ -977,6 +977,56 @@ impl App {
         Ok(client)
     }
 
+    /// One DisassociateMobileDevice call (epic-facts §3, assumed contract) for an Install ID,
+    /// with the environment's backend token, timeout and rate limit. Says how it ended without
+    /// interpreting it; nothing here is logged but the outcome class.
+    pub async fn disassociate_device(
+        &self,
+        env_id: &str,
+        install_id: &str,
+    ) -> Result<switchboard_domain::devices::LogoutAttempt, AppError> {
+        use switchboard_domain::devices::LogoutAttempt;
+        let token = match self.epic_token(env_id).await {
+            Ok(t) => t,
+            Err(EpicTokenError::Epic(e)) => {
+                return Ok(LogoutAttempt::NoToken {
+                    class: e.class().to_owned(),
+                    detail: e.to_string(),
+                });
+            }
+            Err(EpicTokenError::App(e)) => return Err(e),
+        };
+        let env = self.environment_row(env_id).await?;
+        let url = format!(
+            "{}/api/epic/2023/Security/MobileDevice/DisassociateMobileDevice",
+            oauth_base(&env.interconnect_url, &env.instance)
+        );
+        self.epic_permit(&env).await?;
+        let resp = self
+            .epic_http(&env)?
+            .post(url)
+            .bearer_auth(&*token)
+            .json(&serde_json::json!({"InstallID": install_id}))
+            .send()
+            .await;
+        Ok(match resp {
+            Ok(r) if r.status().is_success() => LogoutAttempt::Accepted,
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let body = r.text().await.unwrap_or_default();
+                if body.contains("Install ID not found") {
+                    LogoutAttempt::InstallIdNotFound
+                } else {
+                    LogoutAttempt::Status(status)
+                }
+            }
+            Err(e) if e.is_connect() => {
+                LogoutAttempt::NotSent(crate::outbound_error(&e).to_owned())
+            }
+            Err(_) => LogoutAttempt::TimedOut,
+        })
+    }
+
     /// Waits for a slot under the environment's rate limit toward Epic (per replica); gives up
     /// after 30 seconds.
     pub async fn epic_permit(&self, env: &EnvironmentRow) -> Result<(), AppError> {

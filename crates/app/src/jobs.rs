@@ -110,6 +110,8 @@ impl Registry {
             .with(crate::telehealth::RenewToken)
             .with(crate::telehealth::ConnectionStatus)
             .with(crate::telehealth::Purge)
+            .with(crate::lending::EpicLogout)
+            .with(crate::lending::Sweep)
     }
 }
 

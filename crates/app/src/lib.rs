@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod audit;
 pub mod config;
 pub mod crypto;
+pub mod devices;
 pub mod doctor;
 pub mod epic_env;
 mod error;
@@ -12,6 +13,7 @@ pub mod files;
 pub mod gateway;
 pub mod jobs;
 pub mod keyring;
+pub mod lending;
 pub mod secrets;
 pub mod telehealth;
 
@@ -139,6 +141,7 @@ struct AppInner {
     epic_buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
     telehealth: telehealth::TelehealthCache,
     gateway: gateway::GatewayState,
+    devices: devices::DeviceState,
 }
 
 impl App {
@@ -151,7 +154,11 @@ impl App {
             .build()
             .map_err(|e| AppError::Internal(format!("HTTP client: {e}")))?;
         let epic_tokens = switchboard_epic::auth::TokenCache::new(http.clone());
-        Ok(Self {
+        let lookup = config.identity_lookup_url.clone().map(|url| {
+            std::sync::Arc::new(devices::HttpIdentityLookup::new(url, http.clone()))
+                as std::sync::Arc<dyn devices::IdentityLookup>
+        });
+        let app = Self {
             inner: Arc::new(AppInner {
                 store,
                 keyring: std::sync::RwLock::new(keyring),
@@ -164,8 +171,11 @@ impl App {
                 epic_buckets: std::sync::Mutex::default(),
                 telehealth: telehealth::TelehealthCache::default(),
                 gateway: gateway::GatewayState::default(),
+                devices: devices::DeviceState::default(),
             }),
-        })
+        };
+        app.set_identity_lookup(lookup);
+        Ok(app)
     }
 
     #[must_use]

@@ -5,6 +5,7 @@ pub mod access;
 pub mod accounts;
 pub mod appconfig;
 pub mod audit;
+pub mod devices;
 pub mod epic;
 pub mod gateway;
 pub mod hl7;

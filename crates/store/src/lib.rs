@@ -4,6 +4,7 @@
 //! enqueue the jobs they need, then commit once.
 
 mod error;
+mod device_models;
 pub mod models;
 pub mod postgres;
 mod sql_impl;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 pub use error::StoreError;
+pub use device_models::*;
 pub use models::*;
 
 use switchboard_domain::audit::{AuditEvent, StoredEntry};
@@ -330,6 +332,130 @@ pub trait Tx: Send {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<GatewayRequestRow>, StoreError>;
+
+    // --- shared devices
+    async fn put_location(&mut self, l: &LocationRow) -> Result<(), StoreError>;
+    async fn get_location(&mut self, id: &str) -> Result<Option<LocationRow>, StoreError>;
+    async fn list_locations(&mut self) -> Result<Vec<LocationRow>, StoreError>;
+    async fn delete_location(&mut self, id: &str) -> Result<bool, StoreError>;
+    async fn put_device_group(&mut self, g: &DeviceGroupRow) -> Result<(), StoreError>;
+    async fn get_device_group(&mut self, id: &str) -> Result<Option<DeviceGroupRow>, StoreError>;
+    async fn list_device_groups(&mut self) -> Result<Vec<DeviceGroupRow>, StoreError>;
+    async fn delete_device_group(&mut self, id: &str) -> Result<bool, StoreError>;
+    async fn insert_enrolment_token(&mut self, t: &EnrolmentTokenRow) -> Result<(), StoreError>;
+    async fn find_enrolment_token(
+        &mut self,
+        digest: &str,
+    ) -> Result<Option<EnrolmentTokenRow>, StoreError>;
+    async fn list_enrolment_tokens(&mut self) -> Result<Vec<EnrolmentTokenRow>, StoreError>;
+    async fn revoke_enrolment_token(&mut self, id: &str, at: i64) -> Result<bool, StoreError>;
+    async fn count_enrolment_use(&mut self, id: &str) -> Result<(), StoreError>;
+    async fn insert_device(&mut self, d: &DeviceRow) -> Result<(), StoreError>;
+    /// Writes every mutable column of a device.
+    async fn update_device(&mut self, d: &DeviceRow) -> Result<(), StoreError>;
+    async fn get_device(&mut self, id_or_serial: &str) -> Result<Option<DeviceRow>, StoreError>;
+    async fn find_device_by_credential(
+        &mut self,
+        digest: &str,
+    ) -> Result<Option<DeviceRow>, StoreError>;
+    async fn list_devices(&mut self, f: &DeviceFilter) -> Result<Vec<DeviceRow>, StoreError>;
+    /// Reads a device and locks its row until commit (PostgreSQL; SQLite writers are serial).
+    async fn lock_device(&mut self, id: &str) -> Result<Option<DeviceRow>, StoreError>;
+    /// Locks a check-in's row until commit, so its steps are settled one writer at a time.
+    async fn lock_checkin(&mut self, id: &str) -> Result<(), StoreError>;
+    /// Moves an available device to `checked_out` for `holder`; `false` when it was not available.
+    async fn take_device(
+        &mut self,
+        id: &str,
+        holder: &str,
+        checkout_id: &str,
+        pin_set: bool,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+    async fn put_device_user(&mut self, u: &DeviceUserRow) -> Result<(), StoreError>;
+    async fn get_device_user(
+        &mut self,
+        id_or_username: &str,
+    ) -> Result<Option<DeviceUserRow>, StoreError>;
+    async fn find_device_user_by_badge(
+        &mut self,
+        digest: &str,
+    ) -> Result<Option<DeviceUserRow>, StoreError>;
+    async fn list_device_users(&mut self) -> Result<Vec<DeviceUserRow>, StoreError>;
+    /// Locks a user's row until commit (PostgreSQL), so their device limit holds under races.
+    async fn lock_device_user(&mut self, id: &str) -> Result<(), StoreError>;
+    async fn insert_checkout(&mut self, c: &CheckoutRow) -> Result<(), StoreError>;
+    async fn get_checkout(&mut self, id: &str) -> Result<Option<CheckoutRow>, StoreError>;
+    async fn end_checkout(
+        &mut self,
+        id: &str,
+        at: i64,
+        checkin_id: &str,
+    ) -> Result<bool, StoreError>;
+    async fn open_checkouts(
+        &mut self,
+        user_id: Option<&str>,
+        due_before: Option<i64>,
+    ) -> Result<Vec<CheckoutRow>, StoreError>;
+    async fn device_checkouts(
+        &mut self,
+        device_id: &str,
+        limit: i64,
+    ) -> Result<Vec<CheckoutRow>, StoreError>;
+    async fn insert_checkin(&mut self, c: &CheckinRow) -> Result<(), StoreError>;
+    async fn update_checkin(&mut self, c: &CheckinRow) -> Result<(), StoreError>;
+    async fn get_checkin(&mut self, id: &str) -> Result<Option<CheckinRow>, StoreError>;
+    async fn device_checkins(
+        &mut self,
+        device_id: &str,
+        limit: i64,
+    ) -> Result<Vec<CheckinRow>, StoreError>;
+    async fn insert_checkin_step(&mut self, s: &CheckinStepRow) -> Result<(), StoreError>;
+    async fn update_checkin_step(&mut self, s: &CheckinStepRow) -> Result<(), StoreError>;
+    async fn checkin_steps(&mut self, checkin_id: &str) -> Result<Vec<CheckinStepRow>, StoreError>;
+    async fn get_checkin_step(
+        &mut self,
+        checkin_id: &str,
+        position: i64,
+    ) -> Result<Option<CheckinStepRow>, StoreError>;
+    /// Totals over the server-side steps of check-ins started at or after `since`.
+    async fn step_totals(&mut self, since: i64) -> Result<StepTotals, StoreError>;
+    async fn insert_command(&mut self, c: &CommandRow) -> Result<(), StoreError>;
+    async fn update_command(&mut self, c: &CommandRow) -> Result<(), StoreError>;
+    async fn get_command(&mut self, id: &str) -> Result<Option<CommandRow>, StoreError>;
+    /// Commands to hand to a device: queued ones, and delivered ones with no result since
+    /// `redeliver_before`, oldest first, not expired.
+    async fn deliverable_commands(
+        &mut self,
+        device_id: &str,
+        now: i64,
+        redeliver_before: i64,
+    ) -> Result<Vec<CommandRow>, StoreError>;
+    /// Open commands whose time ran out.
+    async fn expired_commands(&mut self, now: i64, limit: i64) -> Result<Vec<CommandRow>, StoreError>;
+    async fn device_commands(
+        &mut self,
+        device_id: &str,
+        limit: i64,
+    ) -> Result<Vec<CommandRow>, StoreError>;
+    async fn insert_device_event(
+        &mut self,
+        device_id: &str,
+        at: i64,
+        kind: &str,
+        detail: &str,
+    ) -> Result<(), StoreError>;
+    async fn device_events(
+        &mut self,
+        device_id: &str,
+        limit: i64,
+    ) -> Result<Vec<DeviceEventRow>, StoreError>;
+    async fn get_idempotency(
+        &mut self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRow>, StoreError>;
+    async fn put_idempotency(&mut self, r: &IdempotencyRow) -> Result<(), StoreError>;
 
     // --- job queue
     /// Enqueues a job; with a `dedupe_key` that is already queued, returns `None` and adds nothing.

@@ -94,6 +94,15 @@ macro_rules! impl_tx {
             })
         }
 
+        const GROUP_COLS: &str = "id, name, lending_minutes, workflows, required_apps, checkin_on_dock, created_at, updated_at";
+        const ENROL_COLS: &str = "id, name, digest, prefix, group_id, location_id, created_at, expires_at, revoked_at, uses";
+        const DEVICE_COLS: &str = "id, serial, uuid, platform, model, os_version, name, slot, group_id, location_id, credential_digest, status, holder_id, \
+            checkout_id, pin_set, battery, charging, docked, reported_location, apps, appconfig, readiness, last_heartbeat_at, enrolled_at, revoked_at, created_at, updated_at";
+        const DEVICE_USER_COLS: &str = "id, username, display_name, badge_digest, password_hash, device_limit, source, disabled, created_at, updated_at";
+        const CHECKOUT_COLS: &str = "id, device_id, user_id, location_id, source, pin_set, started_at, due_at, ended_at, checkin_id";
+        const CHECKIN_COLS: &str = "id, device_id, checkout_id, user_id, requested_by, status, warnings, started_at, completed_at";
+        const STEP_COLS: &str = "checkin_id, position, action, spec, on_device, mandatory, status, detail, install_id, attempts, in_flight, outcome_unknown, repeats, command_id, updated_at";
+        const COMMAND_COLS: &str = "id, device_id, kind, params, secret_ref, state, checkin_id, position, created_at, expires_at, delivered_at, finished_at, result";
         const JOB_COLS: &str = "id, kind, payload, dedupe_key, state, run_at, attempts, max_attempts, lease_owner, lease_until, last_error, created_at, updated_at";
 
         type DbRow = <$db as sqlx::Database>::Row;
@@ -1029,6 +1038,313 @@ macro_rules! impl_tx {
                 )
                 .bind(gateway_id).bind(app_id).bind(before).bind(limit)
                 .fetch_all(&mut *self.inner).await?)
+            }
+
+            // --- shared devices
+
+            async fn put_location(&mut self, l: &$crate::LocationRow) -> Result<(), $crate::StoreError> {
+                sqlx::query("INSERT INTO locations (id, name, kiosk_key_digest, created_at, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                             ON CONFLICT (id) DO UPDATE SET name = excluded.name, kiosk_key_digest = excluded.kiosk_key_digest, updated_at = excluded.updated_at")
+                    .bind(&l.id).bind(&l.name).bind(&l.kiosk_key_digest).bind(l.created_at).bind(l.updated_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn get_location(&mut self, id: &str) -> Result<Option<$crate::LocationRow>, $crate::StoreError> {
+                Ok(sqlx::query_as("SELECT id, name, kiosk_key_digest, created_at, updated_at FROM locations WHERE id = $1").bind(id).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn list_locations(&mut self) -> Result<Vec<$crate::LocationRow>, $crate::StoreError> {
+                Ok(sqlx::query_as("SELECT id, name, kiosk_key_digest, created_at, updated_at FROM locations ORDER BY name, id").fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn delete_location(&mut self, id: &str) -> Result<bool, $crate::StoreError> {
+                Ok(sqlx::query("DELETE FROM locations WHERE id = $1").bind(id).execute(&mut *self.inner).await?.rows_affected() > 0)
+            }
+
+            async fn put_device_group(&mut self, g: &$crate::DeviceGroupRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(&format!("INSERT INTO device_groups ({GROUP_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                             ON CONFLICT (id) DO UPDATE SET name = excluded.name, lending_minutes = excluded.lending_minutes, workflows = excluded.workflows, \
+                             required_apps = excluded.required_apps, checkin_on_dock = excluded.checkin_on_dock, updated_at = excluded.updated_at"))
+                    .bind(&g.id).bind(&g.name).bind(g.lending_minutes).bind(&g.workflows).bind(&g.required_apps).bind(g.checkin_on_dock)
+                    .bind(g.created_at).bind(g.updated_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn get_device_group(&mut self, id: &str) -> Result<Option<$crate::DeviceGroupRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {GROUP_COLS} FROM device_groups WHERE id = $1 OR name = $1 ORDER BY id = $1 DESC LIMIT 1")).bind(id).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn list_device_groups(&mut self) -> Result<Vec<$crate::DeviceGroupRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {GROUP_COLS} FROM device_groups ORDER BY name")).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn delete_device_group(&mut self, id: &str) -> Result<bool, $crate::StoreError> {
+                Ok(sqlx::query("DELETE FROM device_groups WHERE id = $1").bind(id).execute(&mut *self.inner).await?.rows_affected() > 0)
+            }
+
+            async fn insert_enrolment_token(&mut self, t: &$crate::EnrolmentTokenRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(&format!("INSERT INTO enrolment_tokens ({ENROL_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"))
+                    .bind(&t.id).bind(&t.name).bind(&t.digest).bind(&t.prefix).bind(&t.group_id).bind(&t.location_id)
+                    .bind(t.created_at).bind(t.expires_at).bind(t.revoked_at).bind(t.uses)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn find_enrolment_token(&mut self, digest: &str) -> Result<Option<$crate::EnrolmentTokenRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {ENROL_COLS} FROM enrolment_tokens WHERE digest = $1")).bind(digest).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn list_enrolment_tokens(&mut self) -> Result<Vec<$crate::EnrolmentTokenRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {ENROL_COLS} FROM enrolment_tokens ORDER BY created_at DESC")).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn revoke_enrolment_token(&mut self, id: &str, at: i64) -> Result<bool, $crate::StoreError> {
+                Ok(sqlx::query("UPDATE enrolment_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL").bind(id).bind(at).execute(&mut *self.inner).await?.rows_affected() > 0)
+            }
+
+            async fn count_enrolment_use(&mut self, id: &str) -> Result<(), $crate::StoreError> {
+                sqlx::query("UPDATE enrolment_tokens SET uses = uses + 1 WHERE id = $1").bind(id).execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn insert_device(&mut self, d: &$crate::DeviceRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(&format!("INSERT INTO devices ({DEVICE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"))
+                    .bind(&d.id).bind(&d.serial).bind(&d.uuid).bind(&d.platform).bind(&d.model).bind(&d.os_version).bind(&d.name).bind(&d.slot)
+                    .bind(&d.group_id).bind(&d.location_id).bind(&d.credential_digest).bind(&d.status).bind(&d.holder_id).bind(&d.checkout_id)
+                    .bind(d.pin_set).bind(d.battery).bind(d.charging).bind(d.docked).bind(&d.reported_location).bind(&d.apps).bind(&d.appconfig)
+                    .bind(&d.readiness).bind(d.last_heartbeat_at).bind(d.enrolled_at).bind(d.revoked_at).bind(d.created_at).bind(d.updated_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn update_device(&mut self, d: &$crate::DeviceRow) -> Result<(), $crate::StoreError> {
+                sqlx::query("UPDATE devices SET serial = $2, uuid = $3, platform = $4, model = $5, os_version = $6, name = $7, slot = $8, group_id = $9, \
+                             location_id = $10, credential_digest = $11, status = $12, holder_id = $13, checkout_id = $14, pin_set = $15, battery = $16, \
+                             charging = $17, docked = $18, reported_location = $19, apps = $20, appconfig = $21, readiness = $22, last_heartbeat_at = $23, \
+                             enrolled_at = $24, revoked_at = $25, updated_at = $26 WHERE id = $1")
+                    .bind(&d.id).bind(&d.serial).bind(&d.uuid).bind(&d.platform).bind(&d.model).bind(&d.os_version).bind(&d.name).bind(&d.slot)
+                    .bind(&d.group_id).bind(&d.location_id).bind(&d.credential_digest).bind(&d.status).bind(&d.holder_id).bind(&d.checkout_id)
+                    .bind(d.pin_set).bind(d.battery).bind(d.charging).bind(d.docked).bind(&d.reported_location).bind(&d.apps).bind(&d.appconfig)
+                    .bind(&d.readiness).bind(d.last_heartbeat_at).bind(d.enrolled_at).bind(d.revoked_at).bind(d.updated_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn get_device(&mut self, id_or_serial: &str) -> Result<Option<$crate::DeviceRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1 OR serial = $1 ORDER BY id = $1 DESC LIMIT 1")).bind(id_or_serial).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn find_device_by_credential(&mut self, digest: &str) -> Result<Option<$crate::DeviceRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {DEVICE_COLS} FROM devices WHERE credential_digest = $1")).bind(digest).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn list_devices(&mut self, f: &$crate::DeviceFilter) -> Result<Vec<$crate::DeviceRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {DEVICE_COLS} FROM devices WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR location_id = $2) \
+                                            AND ($3 IS NULL OR platform = $3) AND ($4 IS NULL OR group_id = $4) ORDER BY name, serial LIMIT $5"))
+                    .bind(&f.status).bind(&f.location_id).bind(&f.platform).bind(&f.group_id).bind(f.limit)
+                    .fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn lock_device(&mut self, id: &str) -> Result<Option<$crate::DeviceRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1 {}", $for_update)).bind(id).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn lock_checkin(&mut self, id: &str) -> Result<(), $crate::StoreError> {
+                sqlx::query(concat!("SELECT id FROM checkins WHERE id = $1 ", $for_update)).bind(id).fetch_optional(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn take_device(&mut self, id: &str, holder: &str, checkout_id: &str, pin_set: bool, now: i64) -> Result<bool, $crate::StoreError> {
+                Ok(sqlx::query("UPDATE devices SET status = 'checked_out', holder_id = $2, checkout_id = $3, pin_set = $4, updated_at = $5 \
+                                WHERE id = $1 AND status = 'available' AND revoked_at IS NULL")
+                    .bind(id).bind(holder).bind(checkout_id).bind(pin_set).bind(now)
+                    .execute(&mut *self.inner).await?.rows_affected() == 1)
+            }
+
+            async fn put_device_user(&mut self, u: &$crate::DeviceUserRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(&format!("INSERT INTO device_users ({DEVICE_USER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                             ON CONFLICT (id) DO UPDATE SET username = excluded.username, display_name = excluded.display_name, badge_digest = excluded.badge_digest, \
+                             password_hash = excluded.password_hash, device_limit = excluded.device_limit, source = excluded.source, disabled = excluded.disabled, \
+                             updated_at = excluded.updated_at"))
+                    .bind(&u.id).bind(&u.username).bind(&u.display_name).bind(&u.badge_digest).bind(&u.password_hash).bind(u.device_limit)
+                    .bind(&u.source).bind(u.disabled).bind(u.created_at).bind(u.updated_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn get_device_user(&mut self, id_or_username: &str) -> Result<Option<$crate::DeviceUserRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {DEVICE_USER_COLS} FROM device_users WHERE id = $1 OR username = $1 ORDER BY id = $1 DESC LIMIT 1")).bind(id_or_username).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn find_device_user_by_badge(&mut self, digest: &str) -> Result<Option<$crate::DeviceUserRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {DEVICE_USER_COLS} FROM device_users WHERE badge_digest = $1")).bind(digest).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn list_device_users(&mut self) -> Result<Vec<$crate::DeviceUserRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {DEVICE_USER_COLS} FROM device_users ORDER BY username")).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn lock_device_user(&mut self, id: &str) -> Result<(), $crate::StoreError> {
+                sqlx::query(concat!("SELECT id FROM device_users WHERE id = $1 ", $for_update)).bind(id).fetch_optional(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn insert_checkout(&mut self, c: &$crate::CheckoutRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(&format!("INSERT INTO checkouts ({CHECKOUT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"))
+                    .bind(&c.id).bind(&c.device_id).bind(&c.user_id).bind(&c.location_id).bind(&c.source).bind(c.pin_set)
+                    .bind(c.started_at).bind(c.due_at).bind(c.ended_at).bind(&c.checkin_id)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn get_checkout(&mut self, id: &str) -> Result<Option<$crate::CheckoutRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {CHECKOUT_COLS} FROM checkouts WHERE id = $1")).bind(id).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn end_checkout(&mut self, id: &str, at: i64, checkin_id: &str) -> Result<bool, $crate::StoreError> {
+                Ok(sqlx::query("UPDATE checkouts SET ended_at = $2, checkin_id = $3 WHERE id = $1 AND ended_at IS NULL")
+                    .bind(id).bind(at).bind(checkin_id).execute(&mut *self.inner).await?.rows_affected() == 1)
+            }
+
+            async fn open_checkouts(&mut self, user_id: Option<&str>, due_before: Option<i64>) -> Result<Vec<$crate::CheckoutRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {CHECKOUT_COLS} FROM checkouts WHERE ended_at IS NULL AND ($1 IS NULL OR user_id = $1) \
+                                            AND ($2 IS NULL OR due_at < $2) ORDER BY due_at"))
+                    .bind(user_id).bind(due_before).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn device_checkouts(&mut self, device_id: &str, limit: i64) -> Result<Vec<$crate::CheckoutRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {CHECKOUT_COLS} FROM checkouts WHERE device_id = $1 ORDER BY started_at DESC LIMIT $2"))
+                    .bind(device_id).bind(limit).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn insert_checkin(&mut self, c: &$crate::CheckinRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(&format!("INSERT INTO checkins ({CHECKIN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
+                    .bind(&c.id).bind(&c.device_id).bind(&c.checkout_id).bind(&c.user_id).bind(&c.requested_by).bind(&c.status)
+                    .bind(&c.warnings).bind(c.started_at).bind(c.completed_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn update_checkin(&mut self, c: &$crate::CheckinRow) -> Result<(), $crate::StoreError> {
+                sqlx::query("UPDATE checkins SET status = $2, warnings = $3, completed_at = $4 WHERE id = $1")
+                    .bind(&c.id).bind(&c.status).bind(&c.warnings).bind(c.completed_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn get_checkin(&mut self, id: &str) -> Result<Option<$crate::CheckinRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {CHECKIN_COLS} FROM checkins WHERE id = $1")).bind(id).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn device_checkins(&mut self, device_id: &str, limit: i64) -> Result<Vec<$crate::CheckinRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {CHECKIN_COLS} FROM checkins WHERE device_id = $1 ORDER BY started_at DESC LIMIT $2"))
+                    .bind(device_id).bind(limit).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn insert_checkin_step(&mut self, s: &$crate::CheckinStepRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(&format!("INSERT INTO checkin_steps ({STEP_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"))
+                    .bind(&s.checkin_id).bind(s.position).bind(&s.action).bind(&s.spec).bind(s.on_device).bind(s.mandatory).bind(&s.status)
+                    .bind(&s.detail).bind(&s.install_id).bind(s.attempts).bind(s.in_flight).bind(s.outcome_unknown).bind(s.repeats)
+                    .bind(&s.command_id).bind(s.updated_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn update_checkin_step(&mut self, s: &$crate::CheckinStepRow) -> Result<(), $crate::StoreError> {
+                sqlx::query("UPDATE checkin_steps SET status = $3, detail = $4, install_id = $5, attempts = $6, in_flight = $7, outcome_unknown = $8, \
+                             repeats = $9, command_id = $10, updated_at = $11 WHERE checkin_id = $1 AND position = $2")
+                    .bind(&s.checkin_id).bind(s.position).bind(&s.status).bind(&s.detail).bind(&s.install_id).bind(s.attempts)
+                    .bind(s.in_flight).bind(s.outcome_unknown).bind(s.repeats).bind(&s.command_id).bind(s.updated_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn checkin_steps(&mut self, checkin_id: &str) -> Result<Vec<$crate::CheckinStepRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {STEP_COLS} FROM checkin_steps WHERE checkin_id = $1 ORDER BY position")).bind(checkin_id).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn get_checkin_step(&mut self, checkin_id: &str, position: i64) -> Result<Option<$crate::CheckinStepRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {STEP_COLS} FROM checkin_steps WHERE checkin_id = $1 AND position = $2"))
+                    .bind(checkin_id).bind(position).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn step_totals(&mut self, since: i64) -> Result<$crate::StepTotals, $crate::StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query("SELECT COUNT(*) AS n, \
+                                       COALESCE(SUM(CASE WHEN s.status = 'done' THEN 1 ELSE 0 END), 0) AS done, \
+                                       COALESCE(SUM(CASE WHEN s.status = 'failed' THEN 1 ELSE 0 END), 0) AS failed, \
+                                       COALESCE(SUM(CASE WHEN s.status IN ('pending', 'retrying') THEN 1 ELSE 0 END), 0) AS open, \
+                                       COALESCE(SUM(s.repeats), 0) AS repeats, COALESCE(SUM(s.attempts), 0) AS attempts \
+                                       FROM checkin_steps s JOIN checkins c ON c.id = s.checkin_id WHERE c.started_at >= $1 AND s.on_device = FALSE")
+                    .bind(since).fetch_one(&mut *self.inner).await?;
+                Ok($crate::StepTotals {
+                    server_steps: row.try_get("n")?,
+                    done: row.try_get("done")?,
+                    failed: row.try_get("failed")?,
+                    open: row.try_get("open")?,
+                    repeats: row.try_get("repeats")?,
+                    attempts: row.try_get("attempts")?,
+                })
+            }
+
+            async fn insert_command(&mut self, c: &$crate::CommandRow) -> Result<(), $crate::StoreError> {
+                sqlx::query(&format!("INSERT INTO device_commands ({COMMAND_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"))
+                    .bind(&c.id).bind(&c.device_id).bind(&c.kind).bind(&c.params).bind(&c.secret_ref).bind(&c.state).bind(&c.checkin_id)
+                    .bind(c.position).bind(c.created_at).bind(c.expires_at).bind(c.delivered_at).bind(c.finished_at).bind(&c.result)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn update_command(&mut self, c: &$crate::CommandRow) -> Result<(), $crate::StoreError> {
+                sqlx::query("UPDATE device_commands SET state = $2, secret_ref = $3, delivered_at = $4, finished_at = $5, result = $6 WHERE id = $1")
+                    .bind(&c.id).bind(&c.state).bind(&c.secret_ref).bind(c.delivered_at).bind(c.finished_at).bind(&c.result)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn get_command(&mut self, id: &str) -> Result<Option<$crate::CommandRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {COMMAND_COLS} FROM device_commands WHERE id = $1")).bind(id).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn deliverable_commands(&mut self, device_id: &str, now: i64, redeliver_before: i64) -> Result<Vec<$crate::CommandRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {COMMAND_COLS} FROM device_commands WHERE device_id = $1 AND expires_at > $2 \
+                                            AND (state = 'queued' OR (state = 'delivered' AND delivered_at < $3)) ORDER BY created_at, position, id LIMIT 50"))
+                    .bind(device_id).bind(now).bind(redeliver_before).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn expired_commands(&mut self, now: i64, limit: i64) -> Result<Vec<$crate::CommandRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {COMMAND_COLS} FROM device_commands WHERE state IN ('queued', 'delivered') AND expires_at <= $1 ORDER BY expires_at LIMIT $2"))
+                    .bind(now).bind(limit).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn device_commands(&mut self, device_id: &str, limit: i64) -> Result<Vec<$crate::CommandRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {COMMAND_COLS} FROM device_commands WHERE device_id = $1 ORDER BY created_at DESC, position DESC LIMIT $2"))
+                    .bind(device_id).bind(limit).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn insert_device_event(&mut self, device_id: &str, at: i64, kind: &str, detail: &str) -> Result<(), $crate::StoreError> {
+                sqlx::query("INSERT INTO device_events (device_id, at, kind, detail) VALUES ($1, $2, $3, $4)")
+                    .bind(device_id).bind(at).bind(kind).bind(detail).execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn device_events(&mut self, device_id: &str, limit: i64) -> Result<Vec<$crate::DeviceEventRow>, $crate::StoreError> {
+                Ok(sqlx::query_as("SELECT seq, device_id, at, kind, detail FROM device_events WHERE device_id = $1 ORDER BY seq DESC LIMIT $2")
+                    .bind(device_id).bind(limit).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn get_idempotency(&mut self, scope: &str, key: &str) -> Result<Option<$crate::IdempotencyRow>, $crate::StoreError> {
+                Ok(sqlx::query_as("SELECT scope, key, request_digest, status, response, created_at FROM idempotency_keys WHERE scope = $1 AND key = $2")
+                    .bind(scope).bind(key).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn put_idempotency(&mut self, r: &$crate::IdempotencyRow) -> Result<(), $crate::StoreError> {
+                sqlx::query("INSERT INTO idempotency_keys (scope, key, request_digest, status, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(&r.scope).bind(&r.key).bind(&r.request_digest).bind(r.status).bind(&r.response).bind(r.created_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
             }
 
             async fn enqueue_job(&mut self, j: &$crate::NewJob) -> Result<Option<i64>, $crate::StoreError> {

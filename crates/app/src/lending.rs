@@ -1,0 +1,1846 @@
+//! The lending cycle of shared devices: the agent protocol (enrol, heartbeat, commands), check-out
+//! (kiosk, operator, device), check-in with its workflow and receipt, Epic API logout as durable
+//! jobs, and the sweep that expires unanswered commands.
+//!
+//! Every change of a device's state happens with its row locked (PostgreSQL) or under SQLite's
+//! single writer, in one transaction with its audit entry, timeline event, commands and jobs.
+
+use crate::devices::{group_view, readiness_json, user_view, DeviceUser};
+use crate::jobs::{self, JobHandler};
+use crate::{App, AppError, Principal, RequestContext, crypto, now_ms};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use switchboard_domain::ValidationErrors;
+use switchboard_domain::audit::AuditEvent;
+use switchboard_domain::devices::{
+    self as dd, DeviceStatus, InstallId, InstalledApp, LogoutVerdict, Platform, ReportedConfig,
+    StepSpec, StepStatus,
+};
+use switchboard_domain::jobs::{JobOutcome, RetryPolicy};
+use switchboard_store::{
+    CheckinRow, CheckinStepRow, CheckoutRow, CommandRow, DeviceFilter, DeviceRow, DeviceUserRow,
+    IdempotencyRow, JobRow, StepTotals, Tx,
+};
+
+pub const JOB_LOGOUT: &str = "devices.epic_logout";
+pub const JOB_SWEEP: &str = "devices.sweep";
+/// A delivered command with no result is handed out again after this long.
+const REDELIVER_MS: i64 = 30_000;
+
+// ---------------------------------------------------------------------------------------------
+// Views and inputs
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UserBrief {
+    pub id: String,
+    pub username: String,
+    pub display_name: String,
+}
+
+fn brief(u: &DeviceUserRow) -> UserBrief {
+    UserBrief {
+        id: u.id.clone(),
+        username: u.username.clone(),
+        display_name: u.display_name.clone(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeviceBrief {
+    pub id: String,
+    pub serial: String,
+    pub name: String,
+    pub slot: Option<String>,
+}
+
+fn device_brief(d: &DeviceRow) -> DeviceBrief {
+    DeviceBrief {
+        id: d.id.clone(),
+        serial: d.serial.clone(),
+        name: d.name.clone(),
+        slot: d.slot.clone(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Device {
+    pub id: String,
+    pub serial: String,
+    pub uuid: Option<String>,
+    pub platform: String,
+    pub model: Option<String>,
+    pub os_version: Option<String>,
+    pub name: String,
+    pub slot: Option<String>,
+    pub group_id: String,
+    pub location_id: Option<String>,
+    /// available, checked_out, returning (check-in steps running) or attention.
+    pub status: String,
+    pub holder: Option<UserBrief>,
+    pub checkout_id: Option<String>,
+    pub due_at: Option<i64>,
+    pub overdue: bool,
+    pub pin_set: bool,
+    pub battery: Option<i64>,
+    pub charging: Option<bool>,
+    pub docked: Option<bool>,
+    pub reported_location: Option<String>,
+    #[schema(value_type = Vec<Object>)]
+    pub apps: Vec<InstalledApp>,
+    #[schema(value_type = Object)]
+    pub appconfig: ReportedConfig,
+    pub ready: bool,
+    /// Why the device is not handed out, in words.
+    pub not_ready: Vec<String>,
+    /// Each Epic app's Install ID as Epic will be asked to sign it out (null: cannot be formed).
+    pub install_ids: BTreeMap<String, Option<String>>,
+    /// Configuration problems worth knowing (e.g. Enhanced Rover value mismatch).
+    pub warnings: Vec<String>,
+    pub last_heartbeat_at: Option<i64>,
+    pub enrolled_at: i64,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReceiptStep {
+    pub position: i64,
+    pub action: String,
+    pub description: String,
+    /// `device` (a command to the agent) or `server` (a job toward Epic).
+    pub side: String,
+    pub mandatory: bool,
+    /// pending, done, retrying, failed or skipped.
+    pub status: String,
+    pub detail: String,
+    pub install_id: Option<String>,
+    pub attempts: i64,
+    /// Attempts made after an earlier attempt's answer was lost.
+    pub repeats: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Receipt {
+    pub id: String,
+    pub device: DeviceBrief,
+    pub user: Option<UserBrief>,
+    pub requested_by: String,
+    /// in_progress, complete or complete_with_problems.
+    pub status: String,
+    pub started_at: i64,
+    pub completed_at: Option<i64>,
+    pub warnings: Vec<String>,
+    pub steps: Vec<ReceiptStep>,
+    /// True when the device was already checked in and this is its last receipt.
+    #[serde(default)]
+    pub already_checked_in: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutInput {
+    /// The badge number as the reader typed it.
+    #[serde(default)]
+    pub badge: Option<String>,
+    /// A device user's id or username (operators).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// A device id or serial; without it Switchboard picks the best ready device at `location`.
+    #[serde(default)]
+    pub device: Option<String>,
+    #[serde(default)]
+    pub location: Option<String>,
+    /// A PIN (4-8 digits) the agent sets on the device; removed again at check-in.
+    #[serde(default)]
+    pub pin: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Checkout {
+    pub id: String,
+    pub device: DeviceBrief,
+    pub user: UserBrief,
+    pub started_at: i64,
+    pub due_at: i64,
+    pub pin_set: bool,
+    /// What the device's screen shows.
+    pub message: String,
+}
+
+/// Why a check-out was refused (each with its own words and status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    UnknownBadge,
+    UnknownUser(String),
+    UserDisabled,
+    AtLimit(i64),
+    NoneReady(String),
+    UnknownLocation(String),
+    UnknownDevice(String),
+    DeviceNotAvailable(String, String),
+    DeviceNotReady(String, Vec<String>),
+    NoTarget,
+    BadPin(String),
+    BadCredentials,
+}
+
+impl Refusal {
+    /// A stable code for kiosks and clients.
+    #[must_use]
+    pub const fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownBadge => "unknown_badge",
+            Self::UnknownUser(_) => "unknown_user",
+            Self::UserDisabled => "user_disabled",
+            Self::AtLimit(_) => "at_device_limit",
+            Self::NoneReady(_) => "none_ready",
+            Self::UnknownLocation(_) => "unknown_location",
+            Self::UnknownDevice(_) => "unknown_device",
+            Self::DeviceNotAvailable(..) => "device_not_available",
+            Self::DeviceNotReady(..) => "device_not_ready",
+            Self::NoTarget => "no_target",
+            Self::BadPin(_) => "bad_pin",
+            Self::BadCredentials => "bad_credentials",
+        }
+    }
+
+    #[must_use]
+    pub fn message(&self) -> String {
+        match self {
+            Self::UnknownBadge => "This badge is not known. Ask the unit's device coordinator to register it.".to_owned(),
+            Self::UnknownUser(u) => format!("no device user `{u}`"),
+            Self::UserDisabled => "This user may not check out devices (disabled in the directory).".to_owned(),
+            Self::AtLimit(n) => format!("You already hold {n} device(s), your limit. Return one first."),
+            Self::NoneReady(l) => format!("No device is ready at {l} right now."),
+            Self::UnknownLocation(l) => format!("no location `{l}`"),
+            Self::UnknownDevice(d) => format!("no device `{d}`"),
+            Self::DeviceNotAvailable(d, s) => format!("device {d} is not available (it is {s})"),
+            Self::DeviceNotReady(d, r) => format!("device {d} is not ready: {}", r.join("; ")),
+            Self::NoTarget => "name a device or a location".to_owned(),
+            Self::BadPin(e) => format!("pin {e}"),
+            Self::BadCredentials => "wrong username, password or badge".to_owned(),
+        }
+    }
+}
+
+impl From<Refusal> for AppError {
+    fn from(r: Refusal) -> Self {
+        let m = r.message();
+        match r {
+            Refusal::UnknownBadge => Self::NotFound("a device user with this badge".to_owned()),
+            Refusal::UnknownUser(u) => Self::NotFound(format!("device user {u}")),
+            Refusal::UnknownLocation(l) => Self::NotFound(format!("location {l}")),
+            Refusal::UnknownDevice(d) => Self::NotFound(format!("device {d}")),
+            Refusal::UserDisabled => Self::Forbidden(m),
+            Refusal::BadCredentials => Self::Unauthenticated("wrong device user credentials"),
+            Refusal::NoTarget => ValidationErrors::single("device", m).into(),
+            Refusal::BadPin(e) => ValidationErrors::single("pin", e).into(),
+            Refusal::AtLimit(_)
+            | Refusal::NoneReady(_)
+            | Refusal::DeviceNotAvailable(..)
+            | Refusal::DeviceNotReady(..) => Self::Conflict(m),
+        }
+    }
+}
+
+/// What a device sends to enrol.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolInput {
+    pub serial: String,
+    #[serde(default)]
+    pub uuid: Option<String>,
+    pub platform: String,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub os_version: Option<String>,
+    /// A friendly name (defaults to the serial).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The dock slot the device lives in.
+    #[serde(default)]
+    pub slot: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub apps: Vec<InstalledApp>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub appconfig: ReportedConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Enrolled {
+    pub device_id: String,
+    /// The device's credential (`Authorization: Bearer`), shown once.
+    pub credential: String,
+    pub heartbeat_secs: u64,
+    pub poll_wait_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatInput {
+    #[serde(default)]
+    pub battery: Option<i64>,
+    #[serde(default)]
+    pub charging: Option<bool>,
+    #[serde(default)]
+    pub docked: Option<bool>,
+    /// Where the device says it is (a dock or unit name).
+    #[serde(default)]
+    pub location: Option<String>,
+    #[serde(default)]
+    pub os_version: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub apps: Option<Vec<InstalledApp>>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub appconfig: Option<ReportedConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HeartbeatAnswer {
+    pub status: String,
+    pub holder: Option<String>,
+    pub ready: bool,
+    /// Commands are waiting: poll now.
+    pub commands_waiting: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AgentCommand {
+    pub id: String,
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub params: Value,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandResultInput {
+    /// succeeded, failed or skipped (not applicable on this device).
+    pub status: String,
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CommandView {
+    pub id: String,
+    pub kind: String,
+    /// queued, delivered, succeeded, failed, skipped or expired.
+    pub state: String,
+    pub checkin_id: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub delivered_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub result: Option<String>,
+}
+
+fn command_view(c: &CommandRow) -> CommandView {
+    CommandView {
+        id: c.id.clone(),
+        kind: c.kind.clone(),
+        state: c.state.clone(),
+        checkin_id: c.checkin_id.clone(),
+        created_at: c.created_at,
+        expires_at: c.expires_at,
+        delivered_at: c.delivered_at,
+        finished_at: c.finished_at,
+        result: c.result.clone(),
+    }
+}
+
+/// Device-side check-out: the clinician signs in on the device itself.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentCheckoutInput {
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub badge: Option<String>,
+    /// The user set a device PIN through the agent.
+    #[serde(default)]
+    pub pin_set: bool,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TimelineEntry {
+    pub at: i64,
+    /// event, command, checkout or checkin.
+    pub kind: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DeviceDetail {
+    #[serde(flatten)]
+    pub device: Device,
+    pub group_name: String,
+    pub receipts: Vec<Receipt>,
+    pub commands: Vec<CommandView>,
+    pub timeline: Vec<TimelineEntry>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+pub struct DeviceQuery {
+    /// available, checked_out, returning, attention, or `overdue`.
+    pub status: Option<String>,
+    pub location: Option<String>,
+    pub platform: Option<String>,
+    pub group: Option<String>,
+    /// `ready` or `not_ready`.
+    pub readiness: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LocationSummary {
+    pub location_id: String,
+    pub name: String,
+    pub available: usize,
+    pub checked_out: usize,
+    pub overdue: usize,
+    pub returning: usize,
+    pub attention: usize,
+    pub not_ready: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceUpdate {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub slot: Option<String>,
+    #[serde(default)]
+    pub location_id: Option<String>,
+    #[serde(default)]
+    pub group_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandInput {
+    /// lock, show_message or lock_with_message.
+    pub kind: String,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn parse_json<T: DeserializeOwned + Default>(s: &str) -> T {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+fn to_json(v: &impl Serialize) -> Result<String, AppError> {
+    serde_json::to_string(v).map_err(|e| AppError::Internal(e.to_string()))
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}{}", &crypto::new_secret("x")[2..22])
+}
+
+fn printable(s: &str, max: usize) -> bool {
+    s.len() <= max && !s.chars().any(char::is_control)
+}
+
+/// The Install IDs and warnings a device's reported AppConfig gives.
+fn install_ids(config: &ReportedConfig) -> (BTreeMap<String, Option<String>>, Vec<String>) {
+    let mut ids = BTreeMap::new();
+    for app in dd::EPIC_APPS {
+        if config.contains_key(app) {
+            ids.insert(
+                app.to_owned(),
+                match dd::install_id(config, app) {
+                    InstallId::Known(id) => Some(id),
+                    InstallId::Unavailable(_) => None,
+                },
+            );
+        }
+    }
+    let mut warnings = Vec::new();
+    if config.get(dd::LOCKER).is_some_and(|l| l.contains_key("epicRoverEpicMobileDeviceID")) {
+        let (_, w) = dd::enhanced_rover_install_id(config);
+        warnings.extend(w);
+    }
+    (ids, warnings)
+}
+
+fn device_view(d: &DeviceRow, holder: Option<&DeviceUserRow>, due_at: Option<i64>, now: i64) -> Device {
+    let config: ReportedConfig = parse_json(&d.appconfig);
+    let not_ready: Vec<String> = parse_json(&d.readiness);
+    let (ids, warnings) = install_ids(&config);
+    Device {
+        id: d.id.clone(),
+        serial: d.serial.clone(),
+        uuid: d.uuid.clone(),
+        platform: d.platform.clone(),
+        model: d.model.clone(),
+        os_version: d.os_version.clone(),
+        name: d.name.clone(),
+        slot: d.slot.clone(),
+        group_id: d.group_id.clone(),
+        location_id: d.location_id.clone(),
+        status: d.status.clone(),
+        holder: holder.map(brief),
+        checkout_id: d.checkout_id.clone(),
+        due_at,
+        overdue: due_at.is_some_and(|t| t < now) && d.status == "checked_out",
+        pin_set: d.pin_set,
+        battery: d.battery,
+        charging: d.charging,
+        docked: d.docked,
+        reported_location: d.reported_location.clone(),
+        apps: parse_json(&d.apps),
+        appconfig: config,
+        ready: not_ready.is_empty(),
+        not_ready,
+        install_ids: ids,
+        warnings,
+        last_heartbeat_at: d.last_heartbeat_at,
+        enrolled_at: d.enrolled_at,
+        revoked: d.revoked_at.is_some(),
+    }
+}
+
+fn step_view(s: &CheckinStepRow) -> ReceiptStep {
+    let spec: Option<StepSpec> = serde_json::from_str(&s.spec).ok();
+    ReceiptStep {
+        position: s.position,
+        action: s.action.clone(),
+        description: spec.map_or_else(|| s.action.clone(), |x| x.describe()),
+        side: if s.on_device { "device" } else { "server" }.to_owned(),
+        mandatory: s.mandatory,
+        status: s.status.clone(),
+        detail: s.detail.clone(),
+        install_id: s.install_id.clone(),
+        attempts: s.attempts,
+        repeats: s.repeats,
+        updated_at: s.updated_at,
+    }
+}
+
+fn receipt_view(
+    c: &CheckinRow,
+    d: &DeviceRow,
+    user: Option<&DeviceUserRow>,
+    steps: &[CheckinStepRow],
+) -> Receipt {
+    Receipt {
+        id: c.id.clone(),
+        device: device_brief(d),
+        user: user.map(brief),
+        requested_by: c.requested_by.clone(),
+        status: c.status.clone(),
+        started_at: c.started_at,
+        completed_at: c.completed_at,
+        warnings: parse_json(&c.warnings),
+        steps: steps.iter().map(step_view).collect(),
+        already_checked_in: false,
+    }
+}
+
+fn command_row(device_id: &str, kind: &str, params: Value, now: i64, ttl_ms: i64) -> CommandRow {
+    CommandRow {
+        id: new_id("cmd_"),
+        device_id: device_id.to_owned(),
+        kind: kind.to_owned(),
+        params: params.to_string(),
+        secret_ref: None,
+        state: "queued".to_owned(),
+        checkin_id: None,
+        position: None,
+        created_at: now,
+        expires_at: now + ttl_ms,
+        delivered_at: None,
+        finished_at: None,
+        result: None,
+    }
+}
+
+impl App {
+    fn command_ttl_ms(&self) -> i64 {
+        i64::try_from(self.config().device_command_ttl_secs).unwrap_or(600) * 1000
+    }
+
+    async fn event(&self, tx: &mut dyn Tx, device_id: &str, kind: &str, detail: Value) -> Result<(), AppError> {
+        tx.insert_device_event(device_id, now_ms(), kind, &detail.to_string())
+            .await?;
+        Ok(())
+    }
+
+    async fn device_audit(
+        &self,
+        tx: &mut dyn Tx,
+        d: &DeviceRow,
+        action: &str,
+        details: Value,
+    ) -> Result<(), AppError> {
+        let ev = AuditEvent::new(format!("device:{}", d.serial), action, format!("device:{}", d.id))
+            .with_details(details);
+        self.append_audit(tx, &ev).await
+    }
+
+    // --- the agent protocol
+
+    /// Enrols a device with an enrolment token. Re-enrolling a serial replaces its credential.
+    pub async fn enrol_device(&self, token: &str, input: EnrolInput) -> Result<Enrolled, AppError> {
+        let now = now_ms();
+        let mut tx = self.store().begin().await?;
+        let t = tx
+            .find_enrolment_token(&crypto::sha256_hex(token))
+            .await?
+            .filter(|t| t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now))
+            .ok_or(AppError::Unauthenticated("unknown, expired or revoked enrolment token"))?;
+        let mut errors = ValidationErrors::new();
+        if !dd::serial_ok(&input.serial) {
+            errors.add("serial", "must be 1-64 letters, digits or `-`");
+        }
+        if input.uuid.as_ref().is_some_and(|u| !dd::serial_ok(u)) {
+            errors.add("uuid", "must be 1-64 letters, digits or `-`");
+        }
+        let platform = errors.check("platform", Platform::parse(&input.platform));
+        for (f, v, max) in [
+            ("model", &input.model, 80),
+            ("os_version", &input.os_version, 40),
+            ("name", &input.name, 80),
+            ("slot", &input.slot, 40),
+        ] {
+            if v.as_ref().is_some_and(|v| v.trim().is_empty() || !printable(v, max)) {
+                errors.add(f, format!("must be 1-{max} characters of text"));
+            }
+        }
+        dd::check_inventory(&input.apps, "apps", &mut errors);
+        dd::check_reported_config(&input.appconfig, "appconfig", &mut errors);
+        errors.into_result()?;
+        let platform = platform.unwrap_or(Platform::Ios);
+        let group = tx
+            .get_device_group(&t.group_id)
+            .await?
+            .map(group_view)
+            .ok_or_else(|| AppError::Conflict("the enrolment token's device group was removed".to_owned()))?;
+        let credential = crypto::new_secret("sbd_");
+        let digest = crypto::sha256_hex(&credential);
+        let existing = match tx.get_device(&input.serial).await? {
+            Some(d) => tx.lock_device(&d.id).await?,
+            None => None,
+        };
+        let mut d = existing.clone().unwrap_or_else(|| DeviceRow {
+            id: new_id("dev_"),
+            serial: input.serial.clone(),
+            uuid: None,
+            platform: platform.as_str().to_owned(),
+            model: None,
+            os_version: None,
+            name: input.serial.clone(),
+            slot: None,
+            group_id: group.id.clone(),
+            location_id: t.location_id.clone(),
+            credential_digest: String::new(),
+            status: DeviceStatus::Available.as_str().to_owned(),
+            holder_id: None,
+            checkout_id: None,
+            pin_set: false,
+            battery: None,
+            charging: None,
+            docked: None,
+            reported_location: None,
+            apps: "[]".to_owned(),
+            appconfig: "{}".to_owned(),
+            readiness: "[]".to_owned(),
+            last_heartbeat_at: Some(now),
+            enrolled_at: now,
+            revoked_at: None,
+            created_at: now,
+            updated_at: now,
+        });
+        d.credential_digest = digest;
+        d.uuid = input.uuid.clone().or(d.uuid);
+        d.platform = platform.as_str().to_owned();
+        d.model = input.model.clone().or(d.model);
+        d.os_version = input.os_version.clone().or(d.os_version);
+        if let Some(n) = &input.name {
+            d.name = n.trim().to_owned();
+        }
+        d.slot = input.slot.clone().or(d.slot);
+        d.apps = to_json(&input.apps)?;
+        d.appconfig = to_json(&input.appconfig)?;
+        d.readiness = readiness_json(&d, &group.required_apps);
+        d.enrolled_at = now;
+        d.revoked_at = None;
+        d.last_heartbeat_at = Some(now);
+        d.updated_at = now;
+        if existing.is_some() {
+            tx.update_device(&d).await?;
+        } else {
+            tx.insert_device(&d).await?;
+        }
+        tx.count_enrolment_use(&t.id).await?;
+        let action = if existing.is_some() { "device.re_enrolled" } else { "device.enrolled" };
+        self.event(&mut *tx, &d.id, if existing.is_some() { "re_enrolled" } else { "enrolled" }, json!({"platform": d.platform, "enrolment_token": t.id})).await?;
+        self.device_audit(&mut *tx, &d, action, json!({"serial": d.serial, "platform": d.platform, "enrolment_token": t.id, "credential": if existing.is_some() { "replaced" } else { "issued" }})).await?;
+        tx.commit().await?;
+        Ok(Enrolled {
+            device_id: d.id,
+            credential,
+            heartbeat_secs: 60,
+            poll_wait_secs: self.config().agent_poll_max_secs,
+        })
+    }
+
+    /// The device a credential belongs to (revoked credentials are refused).
+    pub async fn authenticate_device(&self, credential: &str) -> Result<DeviceRow, AppError> {
+        let mut tx = self.store().read().await?;
+        let d = tx
+            .find_device_by_credential(&crypto::sha256_hex(credential))
+            .await?
+            .ok_or(AppError::Unauthenticated("unknown device credential"))?;
+        if d.revoked_at.is_some() {
+            return Err(AppError::Unauthenticated("device credential revoked"));
+        }
+        Ok(d)
+    }
+
+    /// Records a heartbeat. Docking a checked-out device checks it in when its group says so.
+    pub async fn device_heartbeat(&self, device_id: &str, input: HeartbeatInput) -> Result<HeartbeatAnswer, AppError> {
+        let mut errors = ValidationErrors::new();
+        if input.battery.is_some_and(|b| !(0..=100).contains(&b)) {
+            errors.add("battery", "must be a percentage from 0 to 100");
+        }
+        for (f, v, max) in [("location", &input.location, 80), ("os_version", &input.os_version, 40)] {
+            if v.as_ref().is_some_and(|v| !printable(v, max)) {
+                errors.add(f, format!("must be at most {max} characters of text"));
+            }
+        }
+        if let Some(apps) = &input.apps {
+            dd::check_inventory(apps, "apps", &mut errors);
+        }
+        if let Some(c) = &input.appconfig {
+            dd::check_reported_config(c, "appconfig", &mut errors);
+        }
+        errors.into_result()?;
+        let now = now_ms();
+        let mut tx = self.store().begin().await?;
+        let mut d = tx
+            .lock_device(device_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("device {device_id}")))?;
+        let group = tx.get_device_group(&d.group_id).await?.map(group_view);
+        let was_docked = d.docked;
+        if let Some(b) = input.battery {
+            if b < 20 && d.battery.is_none_or(|old| old >= 20) {
+                self.event(&mut *tx, &d.id, "battery_low", json!({"battery": b})).await?;
+            }
+            d.battery = Some(b);
+        }
+        d.charging = input.charging.or(d.charging);
+        if let Some(dock) = input.docked {
+            if was_docked != Some(dock) {
+                self.event(&mut *tx, &d.id, if dock { "docked" } else { "undocked" }, json!({})).await?;
+            }
+            d.docked = Some(dock);
+        }
+        d.reported_location = input.location.or(d.reported_location);
+        d.os_version = input.os_version.or(d.os_version);
+        if let Some(apps) = &input.apps {
+            let s = to_json(apps)?;
+            if s != d.apps {
+                self.event(&mut *tx, &d.id, "apps_changed", json!({"count": apps.len()})).await?;
+                d.apps = s;
+            }
+        }
+        if let Some(c) = &input.appconfig {
+            let s = to_json(c)?;
+            if s != d.appconfig {
+                self.event(&mut *tx, &d.id, "appconfig_changed", json!({"apps": c.keys().collect::<Vec<_>>()})).await?;
+                d.appconfig = s;
+            }
+        }
+        if let Some(g) = &group {
+            d.readiness = readiness_json(&d, &g.required_apps);
+        }
+        d.last_heartbeat_at = Some(now);
+        d.updated_at = now;
+        tx.update_device(&d).await?;
+        let docked_now = input.docked == Some(true) && was_docked != Some(true);
+        if docked_now && d.status == "checked_out" && group.as_ref().is_some_and(|g| g.checkin_on_dock) {
+            self.checkin_in_tx(&mut *tx, d.clone(), "dock").await?;
+        }
+        let waiting = !tx.deliverable_commands(&d.id, now, now - REDELIVER_MS).await?.is_empty();
+        let d = tx.get_device(&d.id).await?.unwrap_or(d);
+        let holder = match &d.holder_id {
+            Some(h) => tx.get_device_user(h).await?.map(|u| u.display_name),
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(HeartbeatAnswer {
+            ready: d.readiness == "[]",
+            status: d.status,
+            holder,
+            commands_waiting: waiting,
+        })
+    }
+
+    /// Hands a device its pending commands, waiting up to `wait` for one to appear.
+    pub async fn poll_commands(&self, device_id: &str, wait: Duration) -> Result<Vec<AgentCommand>, AppError> {
+        let wait = wait.min(Duration::from_secs(self.config().agent_poll_max_secs));
+        let deadline = tokio::time::Instant::now() + wait;
+        let waiter = self.device_waiter(device_id);
+        loop {
+            let notified = waiter.notified();
+            let out = self.take_commands(device_id).await?;
+            if !out.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(out);
+            }
+            // Woken by this process at once; commands queued by another replica are seen
+            // within a second.
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    async fn take_commands(&self, device_id: &str) -> Result<Vec<AgentCommand>, AppError> {
+        let now = now_ms();
+        let mut tx = self.store().read().await?;
+        let pending = tx.deliverable_commands(device_id, now, now - REDELIVER_MS).await?;
+        drop(tx);
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.store().begin().await?;
+        let mut out = Vec::new();
+        for mut c in tx.deliverable_commands(device_id, now, now - REDELIVER_MS).await? {
+            let mut params: Value = serde_json::from_str(&c.params).unwrap_or_else(|_| json!({}));
+            if let Some(r) = &c.secret_ref {
+                let pin = self.get_secret(&mut *tx, r).await?;
+                params["pin"] = Value::String(String::from_utf8_lossy(&pin).into_owned());
+            }
+            c.state = "delivered".to_owned();
+            c.delivered_at = Some(now);
+            tx.update_command(&c).await?;
+            out.push(AgentCommand {
+                id: c.id,
+                kind: c.kind,
+                params,
+                expires_at: c.expires_at,
+            });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Records a command's result. Repeating the same result is harmless; a different one for a
+    /// finished command, or a result for another device's command, changes nothing.
+    pub async fn command_result(&self, device_id: &str, command_id: &str, input: CommandResultInput) -> Result<CommandView, AppError> {
+        let state = match input.status.as_str() {
+            "succeeded" | "failed" | "skipped" => input.status.clone(),
+            other => {
+                return Err(ValidationErrors::single("status", format!("`{other}` is not succeeded, failed or skipped")).into());
+            }
+        };
+        let detail = input.detail.unwrap_or_default();
+        if !printable(&detail, 500) {
+            return Err(ValidationErrors::single("detail", "at most 500 characters of text").into());
+        }
+        let now = now_ms();
+        let mut tx = self.store().begin().await?;
+        let mut c = tx
+            .get_command(command_id)
+            .await?
+            .filter(|c| c.device_id == device_id)
+            .ok_or_else(|| AppError::NotFound(format!("command {command_id} of this device")))?;
+        if let Some(ch) = &c.checkin_id {
+            tx.lock_checkin(ch).await?;
+            c = tx.get_command(command_id).await?.unwrap_or(c);
+        }
+        match c.state.as_str() {
+            s if s == state => return Ok(command_view(&c)),
+            "succeeded" | "failed" | "skipped" => {
+                return Err(AppError::Conflict(format!("command {command_id} already reported `{}`", c.state)));
+            }
+            "expired" => {
+                return Err(AppError::Conflict(format!("command {command_id} expired before its result arrived")));
+            }
+            _ => {}
+        }
+        c.state.clone_from(&state);
+        c.finished_at = Some(now);
+        c.result = Some(detail.clone()).filter(|d| !d.is_empty());
+        if let Some(r) = c.secret_ref.take() {
+            tx.delete_secret(&r).await?;
+        }
+        tx.update_command(&c).await?;
+        let mut d = tx
+            .lock_device(device_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("device {device_id}")))?;
+        if state == "succeeded" && (c.kind == "set_pin" || c.kind == "clear_pin") {
+            d.pin_set = c.kind == "set_pin";
+            d.updated_at = now;
+            tx.update_device(&d).await?;
+        }
+        self.event(&mut *tx, device_id, "command_result", json!({"command": c.id, "kind": c.kind, "status": state})).await?;
+        if let (Some(ch), Some(pos)) = (&c.checkin_id, c.position)
+            && let Some(mut s) = tx.get_checkin_step(ch, pos).await?
+            && !StepStatus::parse(&s.status).is_ok_and(StepStatus::is_final)
+        {
+            let (st, text) = match state.as_str() {
+                "succeeded" => (StepStatus::Done, if detail.is_empty() { "done on the device".to_owned() } else { detail.clone() }),
+                "skipped" => (StepStatus::Skipped, if detail.is_empty() { "not applicable on this device".to_owned() } else { detail.clone() }),
+                _ => (StepStatus::Failed, if detail.is_empty() { "the device reported a failure".to_owned() } else { format!("the device reported: {detail}") }),
+            };
+            s.status = st.as_str().to_owned();
+            s.detail = text;
+            s.attempts += 1;
+            s.updated_at = now;
+            tx.update_checkin_step(&s).await?;
+            self.settle_checkin(&mut *tx, ch).await?;
+        }
+        tx.commit().await?;
+        Ok(command_view(&c))
+    }
+
+    /// Works out a check-in's status and its device's after a step changed. Call with the
+    /// check-in locked.
+    async fn settle_checkin(&self, tx: &mut dyn Tx, checkin_id: &str) -> Result<(), AppError> {
+        let Some(mut c) = tx.get_checkin(checkin_id).await? else {
+            return Ok(());
+        };
+        let steps = tx.checkin_steps(checkin_id).await?;
+        let status = |s: &CheckinStepRow| StepStatus::parse(&s.status).unwrap_or(StepStatus::Pending);
+        let mandatory: Vec<_> = steps.iter().filter(|s| s.on_device && s.mandatory).collect();
+        let now = now_ms();
+        if let Some(mut d) = tx.lock_device(&c.device_id).await?
+            && d.checkout_id.is_none()
+            && d.status == DeviceStatus::Returning.as_str()
+        {
+            let next = if mandatory.iter().any(|s| status(s) == StepStatus::Failed) {
+                Some(DeviceStatus::Attention)
+            } else if mandatory.iter().all(|s| matches!(status(s), StepStatus::Done | StepStatus::Skipped)) {
+                Some(DeviceStatus::Available)
+            } else {
+                None
+            };
+            if let Some(n) = next {
+                d.status = n.as_str().to_owned();
+                d.updated_at = now;
+                tx.update_device(&d).await?;
+                self.event(tx, &d.id, n.as_str(), json!({"checkin": c.id})).await?;
+            }
+        }
+        if c.completed_at.is_none() && steps.iter().all(|s| status(s).is_final()) {
+            c.completed_at = Some(now);
+            c.status = if steps.iter().any(|s| status(s) == StepStatus::Failed) {
+                "complete_with_problems"
+            } else {
+                "complete"
+            }
+            .to_owned();
+            tx.update_checkin(&c).await?;
+        }
+        Ok(())
+    }
+
+    // --- check-out
+
+    /// Checks a device out (kiosk, operator). `idempotency_key` makes a retried request return
+    /// the first answer instead of a second device.
+    pub async fn checkout(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        input: CheckoutInput,
+        source: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Checkout, AppError> {
+        self.checkout_inner(p, ctx, input, source, idempotency_key)
+            .await
+            .and_then(|r| r.map_err(AppError::from))
+    }
+
+    /// Like [`App::checkout`], with a refusal told apart from failures (for the kiosk).
+    pub async fn checkout_inner(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        input: CheckoutInput,
+        source: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Result<Checkout, Refusal>, AppError> {
+        if let Some(pin) = &input.pin
+            && let Err(e) = dd::check_pin(pin)
+        {
+            return Ok(Err(Refusal::BadPin(e)));
+        }
+        let mut tx = self.store().begin().await?;
+        let scope = format!("checkout:{}", p.actor());
+        let request_digest = idempotency_digest(&json!({"badge": input.badge.as_ref().map(|b| crypto::sha256_hex(b)), "user": input.user, "device": input.device, "location": input.location, "pin": input.pin.is_some()}));
+        if let Some(k) = idempotency_key
+            && let Some(prev) = replay::<Checkout>(&mut *tx, &scope, k, &request_digest).await?
+        {
+            return Ok(Ok(prev));
+        }
+        let user = if let Some(b) = &input.badge {
+            match self.resolve_badge(&mut *tx, b).await? {
+                Some(u) => u,
+                None => return Ok(Err(Refusal::UnknownBadge)),
+            }
+        } else if let Some(u) = &input.user {
+            match tx.get_device_user(u).await? {
+                Some(u) => u,
+                None => return Ok(Err(Refusal::UnknownUser(u.clone()))),
+            }
+        } else {
+            return Err(ValidationErrors::single("badge", "give a badge or a user").into());
+        };
+        let device = match (&input.device, &input.location) {
+            (Some(dev), _) => match tx.get_device(dev).await? {
+                Some(d) => d,
+                None => return Ok(Err(Refusal::UnknownDevice(dev.clone()))),
+            },
+            (None, Some(loc)) => {
+                let Some(l) = tx.get_location(loc).await? else {
+                    return Ok(Err(Refusal::UnknownLocation(loc.clone())));
+                };
+                let filter = DeviceFilter {
+                    status: Some("available".to_owned()),
+                    location_id: Some(l.id.clone()),
+                    limit: 10_000,
+                    ..DeviceFilter::default()
+                };
+                let list = tx.list_devices(&filter).await?;
+                let candidates: Vec<dd::Candidate> = list
+                    .iter()
+                    .filter(|d| d.revoked_at.is_none())
+                    .map(|d| dd::Candidate {
+                        id: d.id.clone(),
+                        battery: d.battery,
+                        last_heartbeat_at: d.last_heartbeat_at,
+                        ready: d.readiness == "[]",
+                    })
+                    .collect();
+                let fresh = i64::try_from(self.config().device_heartbeat_fresh_secs).unwrap_or(600) * 1000;
+                match dd::pick_device(&candidates, now_ms(), fresh) {
+                    Some(c) => list.into_iter().find(|d| d.id == c.id).ok_or_else(|| AppError::Internal("picked device vanished".to_owned()))?,
+                    None => return Ok(Err(Refusal::NoneReady(l.name))),
+                }
+            }
+            (None, None) => return Ok(Err(Refusal::NoTarget)),
+        };
+        let r = self.checkout_device(&mut *tx, p, ctx, &user, device, input.pin.as_deref(), false, source).await?;
+        let out = match r {
+            Ok(c) => c,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        if let Some(k) = idempotency_key {
+            remember(&mut *tx, &scope, k, &request_digest, 201, &out).await?;
+        }
+        tx.commit().await?;
+        self.wake_device(&out.device.id);
+        Ok(Ok(out))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn checkout_device(
+        &self,
+        tx: &mut dyn Tx,
+        p: &Principal,
+        ctx: &RequestContext,
+        user: &DeviceUserRow,
+        device: DeviceRow,
+        pin: Option<&str>,
+        pin_set_by_device: bool,
+        source: &str,
+    ) -> Result<Result<Checkout, Refusal>, AppError> {
+        if user.disabled {
+            return Ok(Err(Refusal::UserDisabled));
+        }
+        tx.lock_device_user(&user.id).await?;
+        let limit = user
+            .device_limit
+            .unwrap_or_else(|| i64::from(self.config().device_limit_per_user));
+        let held = i64::try_from(tx.open_checkouts(Some(&user.id), None).await?.len()).unwrap_or(i64::MAX);
+        if held >= limit {
+            return Ok(Err(Refusal::AtLimit(held)));
+        }
+        let Some(device) = tx.lock_device(&device.id).await? else {
+            return Ok(Err(Refusal::UnknownDevice(device.id)));
+        };
+        if device.revoked_at.is_some() {
+            return Ok(Err(Refusal::DeviceNotAvailable(device.name, "revoked".to_owned())));
+        }
+        if device.status != "available" {
+            return Ok(Err(Refusal::DeviceNotAvailable(device.name, device.status.replace('_', " "))));
+        }
+        let reasons: Vec<String> = parse_json(&device.readiness);
+        if !reasons.is_empty() {
+            return Ok(Err(Refusal::DeviceNotReady(device.name, reasons)));
+        }
+        let group = tx
+            .get_device_group(&device.group_id)
+            .await?
+            .ok_or_else(|| AppError::Internal("device group missing".to_owned()))?;
+        let now = now_ms();
+        let checkout = CheckoutRow {
+            id: new_id("co_"),
+            device_id: device.id.clone(),
+            user_id: user.id.clone(),
+            location_id: device.location_id.clone(),
+            source: source.to_owned(),
+            pin_set: pin.is_some() || pin_set_by_device,
+            started_at: now,
+            due_at: now + group.lending_minutes * 60_000,
+            ended_at: None,
+            checkin_id: None,
+        };
+        if !tx.take_device(&device.id, &user.id, &checkout.id, pin_set_by_device, now).await? {
+            return Ok(Err(Refusal::DeviceNotAvailable(device.name, "taken".to_owned())));
+        }
+        tx.insert_checkout(&checkout).await.map_err(|e| match e {
+            switchboard_store::StoreError::Conflict(_) => AppError::Conflict(format!("device {} was just checked out by someone else", device.name)),
+            other => other.into(),
+        })?;
+        let message = format!("Ready for {}", user.display_name);
+        let ttl = self.command_ttl_ms();
+        tx.insert_command(&command_row(&device.id, "show_ready", json!({"message": message, "user": user.display_name}), now, ttl)).await?;
+        if let Some(pin) = pin {
+            let mut c = command_row(&device.id, "set_pin", json!({}), now, ttl);
+            c.position = Some(1);
+            c.secret_ref = Some(self.put_secret(tx, &format!("command:{}", c.id), "device_pin", pin.as_bytes()).await?);
+            tx.insert_command(&c).await?;
+        }
+        self.event(tx, &device.id, "checked_out", json!({"user": user.username, "source": source, "checkout": checkout.id})).await?;
+        let ev = AuditEvent::new("", "device.checked_out", format!("device:{}", device.id)).with_details(json!({
+            "checkout": checkout.id, "user_id": user.id, "username": user.username, "source": source, "pin": checkout.pin_set,
+        }));
+        self.audit(tx, p, ctx, ev).await?;
+        metrics::counter!("switchboard_device_checkouts_total", "source" => source.to_owned()).increment(1);
+        Ok(Ok(Checkout {
+            id: checkout.id,
+            device: device_brief(&device),
+            user: brief(user),
+            started_at: now,
+            due_at: checkout.due_at,
+            pin_set: checkout.pin_set,
+            message,
+        }))
+    }
+
+    /// Check-out on the device itself: username + password, or a badge.
+    pub async fn agent_checkout(&self, device_id: &str, input: AgentCheckoutInput) -> Result<Checkout, AppError> {
+        let mut tx = self.store().begin().await?;
+        let device = tx
+            .get_device(device_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("device {device_id}")))?;
+        let user = if let Some(b) = &input.badge {
+            self.resolve_badge(&mut *tx, b).await?.ok_or(Refusal::UnknownBadge)?
+        } else {
+            let (Some(u), Some(pw)) = (&input.username, &input.password) else {
+                return Err(ValidationErrors::single("username", "give username and password, or badge").into());
+            };
+            let row = tx.get_device_user(u).await?;
+            let hash = row.as_ref().and_then(|r| r.password_hash.clone()).unwrap_or_else(|| crate::accounts::dummy_hash().to_owned());
+            let pw = pw.clone();
+            let ok = crate::accounts::blocking(move || crate::accounts::verify_password(&pw, &hash)).await?;
+            match row {
+                Some(r) if ok && r.password_hash.is_some() => r,
+                _ => return Err(Refusal::BadCredentials.into()),
+            }
+        };
+        let p = Principal {
+            user_id: String::new(),
+            username: format!("device:{}", device.serial),
+            display_name: device.name.clone(),
+            role: switchboard_domain::Role::Operator,
+            via: crate::AuthMethod::System,
+        };
+        let out = self
+            .checkout_device(&mut *tx, &p, &RequestContext::default(), &user, device, None, input.pin_set, "device")
+            .await??;
+        tx.commit().await?;
+        self.wake_device(&out.device.id);
+        Ok(out)
+    }
+
+    // --- check-in
+
+    /// Checks a device in. A device that is not checked out answers with its last receipt.
+    pub async fn checkin(&self, p: &Principal, ctx: &RequestContext, device: &str, requested_by: &str) -> Result<Receipt, AppError> {
+        let mut tx = self.store().begin().await?;
+        let d = tx
+            .get_device(device)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("device {device}")))?;
+        let d = tx.lock_device(&d.id).await?.unwrap_or(d);
+        if d.status != "checked_out" {
+            let last = tx.device_checkins(&d.id, 1).await?;
+            let Some(c) = last.into_iter().next() else {
+                return Err(AppError::Conflict(format!("device {} is not checked out and has never been", d.name)));
+            };
+            let mut r = self.receipt_in(&mut *tx, &c).await?;
+            r.already_checked_in = true;
+            return Ok(r);
+        }
+        let (c, _) = self.checkin_in_tx(&mut *tx, d.clone(), requested_by).await?;
+        let ev = AuditEvent::new("", "device.checked_in", format!("device:{}", d.id))
+            .with_details(json!({"checkin": c.id, "requested_by": requested_by}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        let r = self.receipt_in(&mut *tx, &c).await?;
+        tx.commit().await?;
+        self.wake_device(&d.id);
+        Ok(r)
+    }
+
+    /// Check-in from the device's agent.
+    pub async fn agent_checkin(&self, device_id: &str) -> Result<Receipt, AppError> {
+        let p = Principal {
+            user_id: String::new(),
+            username: "device".to_owned(),
+            display_name: "device".to_owned(),
+            role: switchboard_domain::Role::Operator,
+            via: crate::AuthMethod::System,
+        };
+        self.checkin(&p, &RequestContext::default(), device_id, "device").await
+    }
+
+    /// The check-in itself, inside `tx` with the device locked: ends the check-out, writes the
+    /// receipt, queues the device's commands and the Epic logout jobs.
+    async fn checkin_in_tx(&self, tx: &mut dyn Tx, mut d: DeviceRow, requested_by: &str) -> Result<(CheckinRow, Vec<CheckinStepRow>), AppError> {
+        let now = now_ms();
+        let checkout_id = d.checkout_id.clone().unwrap_or_default();
+        let user_id = d.holder_id.clone().unwrap_or_default();
+        let group = tx.get_device_group(&d.group_id).await?.map(group_view);
+        let platform = Platform::parse(&d.platform).unwrap_or(Platform::Ios);
+        let workflow = group.as_ref().map(|g| g.workflows.for_platform(platform).to_vec()).unwrap_or_default();
+        let steps = dd::steps_for_checkin(&workflow, d.pin_set);
+        let config: ReportedConfig = parse_json(&d.appconfig);
+        let checkin_id = new_id("ci_");
+        // Commands of the ended lending that were never delivered are moot now.
+        for mut c in tx.deliverable_commands(&d.id, now, i64::MAX).await? {
+            if c.checkin_id.is_none() && (c.kind == "show_ready" || c.kind == "set_pin") {
+                c.state = "skipped".to_owned();
+                c.finished_at = Some(now);
+                c.result = Some("cancelled by check-in".to_owned());
+                if let Some(r) = c.secret_ref.take() {
+                    tx.delete_secret(&r).await?;
+                }
+                tx.update_command(&c).await?;
+            }
+        }
+        let mut warnings = Vec::new();
+        let mut rows = Vec::new();
+        let ttl = self.command_ttl_ms();
+        for (i, s) in steps.iter().enumerate() {
+            let position = i64::try_from(i).unwrap_or(0);
+            let mut row = CheckinStepRow {
+                checkin_id: checkin_id.clone(),
+                position,
+                action: s.action().to_owned(),
+                spec: to_json(s)?,
+                on_device: s.on_device(),
+                mandatory: s.mandatory(),
+                status: StepStatus::Pending.as_str().to_owned(),
+                detail: String::new(),
+                install_id: None,
+                attempts: 0,
+                in_flight: false,
+                outcome_unknown: false,
+                repeats: 0,
+                command_id: None,
+                updated_at: now,
+            };
+            if s.on_device() {
+                let params = match s {
+                    StepSpec::ForceQuit { app_id, .. } | StepSpec::ClearData { app_id, .. } => json!({"app_id": app_id}),
+                    StepSpec::UniversalLinkLogout { url, .. } => json!({"url": url}),
+                    _ => json!({}),
+                };
+                let mut c = command_row(&d.id, s.action(), params, now, ttl);
+                c.checkin_id = Some(checkin_id.clone());
+                c.position = Some(position);
+                row.command_id = Some(c.id.clone());
+                row.detail = "sent to the device".to_owned();
+                tx.insert_command(&c).await?;
+            } else {
+                let (app, install) = match s {
+                    StepSpec::EpicLogout { app, .. } => (app.as_str(), dd::install_id(&config, app)),
+                    _ => {
+                        let (id, w) = dd::enhanced_rover_install_id(&config);
+                        warnings.extend(w);
+                        ("Rover", id)
+                    }
+                };
+                match install {
+                    InstallId::Known(id) => {
+                        row.install_id = Some(id);
+                        row.detail = format!("queued: sign the user out of {app} in Epic");
+                        jobs::enqueue(tx, JOB_LOGOUT, json!({"checkin_id": checkin_id, "position": position}), None, Duration::ZERO, LOGOUT_MAX_ATTEMPTS).await?;
+                    }
+                    InstallId::Unavailable(why) => {
+                        row.status = StepStatus::Skipped.as_str().to_owned();
+                        row.detail = why;
+                    }
+                }
+            }
+            tx.insert_checkin_step(&row).await?;
+            rows.push(row);
+        }
+        let mandatory_left = rows.iter().any(|r| r.on_device && r.mandatory);
+        let c = CheckinRow {
+            id: checkin_id.clone(),
+            device_id: d.id.clone(),
+            checkout_id: checkout_id.clone(),
+            user_id,
+            requested_by: requested_by.to_owned(),
+            status: "in_progress".to_owned(),
+            warnings: to_json(&warnings)?,
+            started_at: now,
+            completed_at: None,
+        };
+        tx.insert_checkin(&c).await?;
+        tx.end_checkout(&checkout_id, now, &checkin_id).await?;
+        d.status = if mandatory_left { DeviceStatus::Returning } else { DeviceStatus::Available }.as_str().to_owned();
+        d.holder_id = None;
+        d.checkout_id = None;
+        d.updated_at = now;
+        tx.update_device(&d).await?;
+        self.event(tx, &d.id, "checked_in", json!({"checkin": checkin_id, "requested_by": requested_by, "steps": rows.len()})).await?;
+        self.settle_checkin(tx, &checkin_id).await?;
+        metrics::counter!("switchboard_device_checkins_total").increment(1);
+        Ok((c, rows))
+    }
+
+    async fn receipt_in(&self, tx: &mut dyn Tx, c: &CheckinRow) -> Result<Receipt, AppError> {
+        let c = tx.get_checkin(&c.id).await?.unwrap_or_else(|| c.clone());
+        let d = tx
+            .get_device(&c.device_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("device {}", c.device_id)))?;
+        let u = tx.get_device_user(&c.user_id).await?;
+        let steps = tx.checkin_steps(&c.id).await?;
+        Ok(receipt_view(&c, &d, u.as_ref(), &steps))
+    }
+
+    pub async fn get_receipt(&self, id: &str) -> Result<Receipt, AppError> {
+        let mut tx = self.store().read().await?;
+        let c = tx
+            .get_checkin(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("check-in {id}")))?;
+        self.receipt_in(&mut *tx, &c).await
+    }
+
+    /// Server-side step totals of check-ins since `since` (benchmarks, dashboards).
+    pub async fn logout_totals(&self, since: i64) -> Result<StepTotals, AppError> {
+        let mut tx = self.store().read().await?;
+        Ok(tx.step_totals(since).await?)
+    }
+
+    // --- reading devices
+
+    pub async fn list_devices(&self, q: &DeviceQuery) -> Result<Vec<Device>, AppError> {
+        let mut errors = ValidationErrors::new();
+        let overdue_only = q.status.as_deref() == Some("overdue");
+        if let Some(s) = q.status.as_deref().filter(|_| !overdue_only) {
+            errors.check("status", DeviceStatus::parse(s));
+        }
+        if let Some(p) = &q.platform {
+            errors.check("platform", Platform::parse(p));
+        }
+        if q.readiness.as_deref().is_some_and(|r| r != "ready" && r != "not_ready") {
+            errors.add("readiness", "must be ready or not_ready");
+        }
+        errors.into_result()?;
+        let mut tx = self.store().read().await?;
+        let filter = DeviceFilter {
+            status: if overdue_only { Some("checked_out".to_owned()) } else { q.status.clone() },
+            location_id: q.location.clone(),
+            platform: q.platform.clone(),
+            group_id: q.group.clone(),
+            limit: 100_000,
+        };
+        let rows = tx.list_devices(&filter).await?;
+        let users: HashMap<String, DeviceUserRow> = tx.list_device_users().await?.into_iter().map(|u| (u.id.clone(), u)).collect();
+        let due: HashMap<String, i64> = tx.open_checkouts(None, None).await?.into_iter().map(|c| (c.device_id, c.due_at)).collect();
+        let now = now_ms();
+        Ok(rows
+            .iter()
+            .map(|d| device_view(d, d.holder_id.as_ref().and_then(|h| users.get(h)), due.get(&d.id).copied(), now))
+            .filter(|d| !overdue_only || d.overdue)
+            .filter(|d| match q.readiness.as_deref() {
+                Some("ready") => d.ready,
+                Some("not_ready") => !d.ready,
+                _ => true,
+            })
+            .collect())
+    }
+
+    pub async fn get_device(&self, id: &str) -> Result<DeviceDetail, AppError> {
+        let mut tx = self.store().read().await?;
+        let d = tx
+            .get_device(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("device {id}")))?;
+        let holder = match &d.holder_id {
+            Some(h) => tx.get_device_user(h).await?,
+            None => None,
+        };
+        let checkouts = tx.device_checkouts(&d.id, 50).await?;
+        let due = checkouts.iter().find(|c| c.ended_at.is_none()).map(|c| c.due_at);
+        let view = device_view(&d, holder.as_ref(), due, now_ms());
+        let group_name = tx.get_device_group(&d.group_id).await?.map(|g| g.name).unwrap_or_default();
+        let mut receipts = Vec::new();
+        for c in tx.device_checkins(&d.id, 10).await? {
+            receipts.push(self.receipt_in(&mut *tx, &c).await?);
+        }
+        let commands = tx.device_commands(&d.id, 30).await?;
+        let events = tx.device_events(&d.id, 100).await?;
+        let mut users: HashMap<String, String> = HashMap::new();
+        for c in &checkouts {
+            if !users.contains_key(&c.user_id)
+                && let Some(u) = tx.get_device_user(&c.user_id).await?
+            {
+                users.insert(c.user_id.clone(), u.display_name);
+            }
+        }
+        let mut timeline: Vec<TimelineEntry> = Vec::new();
+        for e in &events {
+            timeline.push(TimelineEntry { at: e.at, kind: "event".to_owned(), text: event_text(&e.kind, &e.detail) });
+        }
+        for c in &commands {
+            timeline.push(TimelineEntry { at: c.created_at, kind: "command".to_owned(), text: format!("command {} → {}", c.kind, c.state) });
+        }
+        for c in &checkouts {
+            let who = users.get(&c.user_id).cloned().unwrap_or_else(|| c.user_id.clone());
+            timeline.push(TimelineEntry { at: c.started_at, kind: "checkout".to_owned(), text: format!("checked out to {who} ({}), due {}", c.source, fmt_time(c.due_at)) });
+        }
+        for r in &receipts {
+            let done = r.steps.iter().filter(|s| s.status == "done").count();
+            timeline.push(TimelineEntry { at: r.started_at, kind: "checkin".to_owned(), text: format!("checked in ({}): {done}/{} steps done, {}", r.requested_by, r.steps.len(), r.status.replace('_', " ")) });
+        }
+        timeline.sort_by(|a, b| b.at.cmp(&a.at));
+        timeline.truncate(150);
+        Ok(DeviceDetail {
+            device: view,
+            group_name,
+            receipts,
+            commands: commands.iter().map(command_view).collect(),
+            timeline,
+        })
+    }
+
+    /// Counts per location for the dashboard.
+    pub async fn location_summaries(&self) -> Result<Vec<LocationSummary>, AppError> {
+        let devices = self.list_devices(&DeviceQuery::default()).await?;
+        let locations = self.list_locations().await?;
+        let mut out: Vec<LocationSummary> = locations
+            .into_iter()
+            .map(|l| LocationSummary { location_id: l.id, name: l.name, available: 0, checked_out: 0, overdue: 0, returning: 0, attention: 0, not_ready: 0 })
+            .collect();
+        for d in devices {
+            let Some(s) = out.iter_mut().find(|s| Some(&s.location_id) == d.location_id.as_ref()) else {
+                continue;
+            };
+            match d.status.as_str() {
+                "available" if d.ready => s.available += 1,
+                "available" => s.not_ready += 1,
+                "checked_out" => {
+                    s.checked_out += 1;
+                    if d.overdue {
+                        s.overdue += 1;
+                    }
+                }
+                "returning" => s.returning += 1,
+                _ => s.attention += 1,
+            }
+        }
+        Ok(out)
+    }
+
+    // --- operator actions on a device
+
+    pub async fn update_device(&self, p: &Principal, ctx: &RequestContext, id: &str, input: DeviceUpdate) -> Result<Device, AppError> {
+        let mut tx = self.store().begin().await?;
+        let d = tx.get_device(id).await?.ok_or_else(|| AppError::NotFound(format!("device {id}")))?;
+        let mut d = tx.lock_device(&d.id).await?.unwrap_or(d);
+        let mut errors = ValidationErrors::new();
+        if let Some(n) = &input.name {
+            if n.trim().is_empty() || !printable(n, 80) {
+                errors.add("name", "must be 1-80 characters of text");
+            }
+            d.name = n.trim().to_owned();
+        }
+        if let Some(s) = &input.slot {
+            if !printable(s, 40) {
+                errors.add("slot", "must be at most 40 characters of text");
+            }
+            d.slot = Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+        }
+        if let Some(l) = &input.location_id {
+            if tx.get_location(l).await?.is_none() {
+                errors.add("location_id", format!("no location `{l}`"));
+            }
+            d.location_id = Some(l.clone());
+        }
+        if let Some(g) = &input.group_id {
+            match tx.get_device_group(g).await? {
+                None => errors.add("group_id", format!("no device group `{g}`")),
+                Some(g) => {
+                    d.group_id.clone_from(&g.id);
+                    d.readiness = readiness_json(&d, &group_view(g).required_apps);
+                }
+            }
+        }
+        errors.into_result()?;
+        d.updated_at = now_ms();
+        tx.update_device(&d).await?;
+        let ev = AuditEvent::new("", "device.updated", format!("device:{}", d.id))
+            .with_details(json!({"name": d.name, "slot": d.slot, "location_id": d.location_id, "group_id": d.group_id}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        Ok(device_view(&d, None, None, now_ms()))
+    }
+
+    /// Revokes a device's credential: its agent is refused until it enrols again.
+    pub async fn revoke_device(&self, p: &Principal, ctx: &RequestContext, id: &str) -> Result<(), AppError> {
+        let mut tx = self.store().begin().await?;
+        let d = tx.get_device(id).await?.ok_or_else(|| AppError::NotFound(format!("device {id}")))?;
+        let mut d = tx.lock_device(&d.id).await?.unwrap_or(d);
+        if d.revoked_at.is_some() {
+            return Err(AppError::Conflict(format!("device {} is already revoked", d.name)));
+        }
+        d.revoked_at = Some(now_ms());
+        d.updated_at = now_ms();
+        tx.update_device(&d).await?;
+        self.event(&mut *tx, &d.id, "credential_revoked", json!({})).await?;
+        let ev = AuditEvent::new("", "device.revoked", format!("device:{}", d.id)).with_details(json!({"serial": d.serial}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Marks a device that needed attention as available again (after someone checked it).
+    pub async fn release_device(&self, p: &Principal, ctx: &RequestContext, id: &str) -> Result<Device, AppError> {
+        let mut tx = self.store().begin().await?;
+        let d = tx.get_device(id).await?.ok_or_else(|| AppError::NotFound(format!("device {id}")))?;
+        let mut d = tx.lock_device(&d.id).await?.unwrap_or(d);
+        if d.status != "attention" && d.status != "returning" {
+            return Err(AppError::Conflict(format!("device {} is {}, not waiting for attention", d.name, d.status.replace('_', " "))));
+        }
+        d.status = "available".to_owned();
+        d.updated_at = now_ms();
+        tx.update_device(&d).await?;
+        self.event(&mut *tx, &d.id, "released", json!({"by": p.actor()})).await?;
+        let ev = AuditEvent::new("", "device.released", format!("device:{}", d.id));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        Ok(device_view(&d, None, None, now_ms()))
+    }
+
+    /// Sends an operator's command (lock, message) to a device.
+    pub async fn send_command(&self, p: &Principal, ctx: &RequestContext, id: &str, input: CommandInput) -> Result<CommandView, AppError> {
+        let mut errors = ValidationErrors::new();
+        let message = input.message.clone().unwrap_or_default();
+        match input.kind.as_str() {
+            "lock" => {}
+            "show_message" | "lock_with_message" => {
+                if message.trim().is_empty() || !printable(&message, 200) {
+                    errors.add("message", "must be 1-200 characters of text");
+                }
+            }
+            other => errors.add("kind", format!("`{other}` is not lock, show_message or lock_with_message")),
+        }
+        errors.into_result()?;
+        let mut tx = self.store().begin().await?;
+        let d = tx.get_device(id).await?.ok_or_else(|| AppError::NotFound(format!("device {id}")))?;
+        let c = command_row(&d.id, &input.kind, json!({"message": message}), now_ms(), self.command_ttl_ms());
+        tx.insert_command(&c).await?;
+        let ev = AuditEvent::new("", "device.command_sent", format!("device:{}", d.id)).with_details(json!({"command": c.id, "kind": c.kind}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        self.wake_device(&d.id);
+        Ok(command_view(&c))
+    }
+
+    /// Users with the devices they hold now.
+    pub async fn device_user_holdings(&self) -> Result<Vec<(DeviceUser, usize)>, AppError> {
+        let mut tx = self.store().read().await?;
+        let open = tx.open_checkouts(None, None).await?;
+        Ok(tx
+            .list_device_users()
+            .await?
+            .into_iter()
+            .map(|u| {
+                let n = open.iter().filter(|c| c.user_id == u.id).count();
+                (user_view(u), n)
+            })
+            .collect())
+    }
+
+    /// Queues the periodic sweep (expired commands) unless it is queued already.
+    pub async fn schedule_device_sweep(&self, delay: Duration) -> Result<(), AppError> {
+        let mut tx = self.store().begin().await?;
+        let slot = (now_ms() + i64::try_from(delay.as_millis()).unwrap_or(0)) / 15_000;
+        jobs::enqueue(&mut *tx, JOB_SWEEP, json!({}), Some(format!("{JOB_SWEEP}:{slot}")), delay, 5).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn fmt_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+}
+
+fn event_text(kind: &str, detail: &str) -> String {
+    let d: Value = serde_json::from_str(detail).unwrap_or(Value::Null);
+    match kind {
+        "enrolled" => "enrolled".to_owned(),
+        "re_enrolled" => "enrolled again: the previous credential no longer works".to_owned(),
+        "docked" => "docked".to_owned(),
+        "undocked" => "taken off the dock".to_owned(),
+        "battery_low" => format!("battery low ({}%)", d["battery"]),
+        "apps_changed" => format!("app inventory changed ({} apps)", d["count"]),
+        "appconfig_changed" => "reported AppConfig changed".to_owned(),
+        "checked_out" => format!("checked out ({})", d["source"].as_str().unwrap_or("")),
+        "checked_in" => format!("checked in ({})", d["requested_by"].as_str().unwrap_or("")),
+        "command_result" => format!("{} {}", d["kind"].as_str().unwrap_or("command"), d["status"].as_str().unwrap_or("")),
+        "available" => "available again: check-in steps on the device are done".to_owned(),
+        "attention" => "needs attention: a mandatory check-in step failed on the device".to_owned(),
+        "credential_revoked" => "device credential revoked".to_owned(),
+        "released" => "released by an operator".to_owned(),
+        other => other.replace('_', " "),
+    }
+}
+
+fn idempotency_digest(v: &Value) -> String {
+    crypto::sha256_hex(&v.to_string())
+}
+
+async fn replay<T: DeserializeOwned>(tx: &mut dyn Tx, scope: &str, key: &str, digest: &str) -> Result<Option<T>, AppError> {
+    if key.is_empty() || key.len() > 200 {
+        return Err(ValidationErrors::single("Idempotency-Key", "must be 1-200 characters").into());
+    }
+    match tx.get_idempotency(scope, key).await? {
+        None => Ok(None),
+        Some(r) if r.request_digest == digest => serde_json::from_str(&r.response).map(Some).map_err(|e| AppError::Internal(e.to_string())),
+        Some(_) => Err(ValidationErrors::single("Idempotency-Key", "was already used for a different request").into()),
+    }
+}
+
+async fn remember(tx: &mut dyn Tx, scope: &str, key: &str, digest: &str, status: i64, v: &impl Serialize) -> Result<(), AppError> {
+    tx.put_idempotency(&IdempotencyRow {
+        scope: scope.to_owned(),
+        key: key.to_owned(),
+        request_digest: digest.to_owned(),
+        status,
+        response: to_json(v)?,
+        created_at: now_ms(),
+    })
+    .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs
+
+/// Attempts of an Epic logout before it is dead-lettered: with the back-off capped at 15 s this
+/// rides out an Epic outage of about 45 minutes; an operator can retry it after that.
+pub const LOGOUT_MAX_ATTEMPTS: u32 = 200;
+
+/// `devices.epic_logout`: one DisassociateMobileDevice for one receipt step.
+pub struct EpicLogout;
+
+#[derive(Deserialize)]
+struct LogoutPayload {
+    checkin_id: String,
+    position: i64,
+}
+
+#[async_trait]
+impl JobHandler for EpicLogout {
+    fn kind(&self) -> &'static str {
+        JOB_LOGOUT
+    }
+
+    fn policy(&self, _defaults: RetryPolicy) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: LOGOUT_MAX_ATTEMPTS,
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(15),
+        }
+    }
+
+    async fn run(&self, app: &App, job: &JobRow) -> JobOutcome {
+        let Ok(p) = serde_json::from_value::<LogoutPayload>(job.payload.clone()) else {
+            return JobOutcome::Permanent { error: "malformed payload".to_owned() };
+        };
+        match logout_step(app, &p).await {
+            Ok(o) => o,
+            Err(e) => JobOutcome::Retry { error: e.to_string(), after: None },
+        }
+    }
+}
+
+async fn logout_step(app: &App, p: &LogoutPayload) -> Result<JobOutcome, AppError> {
+    // 1. Record that an attempt starts, so a crash during the call is known afterwards.
+    let mut tx = app.store().begin().await?;
+    tx.lock_checkin(&p.checkin_id).await?;
+    let Some(mut step) = tx.get_checkin_step(&p.checkin_id, p.position).await? else {
+        return Ok(JobOutcome::Done);
+    };
+    if StepStatus::parse(&step.status).is_ok_and(StepStatus::is_final) {
+        return Ok(JobOutcome::Done);
+    }
+    let spec: StepSpec = serde_json::from_str(&step.spec).map_err(|e| AppError::Internal(e.to_string()))?;
+    let (env_id, app_name) = match &spec {
+        StepSpec::EpicLogout { environment_id, app } => (environment_id.clone(), app.clone()),
+        StepSpec::EnhancedRoverLogout { environment_id } => (environment_id.clone(), "Rover".to_owned()),
+        _ => return Ok(JobOutcome::Permanent { error: "not a server-side step".to_owned() }),
+    };
+    let install_id = step.install_id.clone().unwrap_or_default();
+    if step.in_flight {
+        // The previous attempt started and never recorded its answer (a crash or a lost lease).
+        step.outcome_unknown = true;
+    }
+    if step.outcome_unknown {
+        step.repeats += 1;
+    }
+    step.in_flight = true;
+    step.attempts += 1;
+    step.updated_at = now_ms();
+    tx.update_checkin_step(&step).await?;
+    tx.commit().await?;
+
+    // 2. The call.
+    let attempt = match app.disassociate_device(&env_id, &install_id).await {
+        Ok(a) => a,
+        Err(AppError::NotFound(what)) => {
+            return finish_step(app, p, StepStatus::Failed, format!("{what} not found: the Epic environment was removed"), false).await.map(|()| JobOutcome::Done);
+        }
+        Err(e) => {
+            let detail = format!("{e}; retrying");
+            finish_step(app, p, StepStatus::Retrying, detail.clone(), false).await?;
+            return Ok(JobOutcome::Retry { error: detail, after: None });
+        }
+    };
+    let label = match &attempt {
+        dd::LogoutAttempt::Accepted => "accepted",
+        dd::LogoutAttempt::InstallIdNotFound => "not_found",
+        dd::LogoutAttempt::Status(_) => "error_status",
+        dd::LogoutAttempt::TimedOut => "timeout",
+        dd::LogoutAttempt::NotSent(_) => "unreachable",
+        dd::LogoutAttempt::NoToken { .. } => "no_token",
+    };
+    metrics::counter!("switchboard_epic_logout_attempts_total", "outcome" => label).increment(1);
+    // 3. Its meaning.
+    match dd::logout_verdict(&app_name, &install_id, &attempt, step.outcome_unknown) {
+        LogoutVerdict::Done(text) => {
+            finish_step(app, p, StepStatus::Done, text, false).await?;
+            Ok(JobOutcome::Done)
+        }
+        LogoutVerdict::Failed(text) => {
+            finish_step(app, p, StepStatus::Failed, text, false).await?;
+            Ok(JobOutcome::Done)
+        }
+        LogoutVerdict::Retry { detail, outcome_unknown } => {
+            finish_step(app, p, StepStatus::Retrying, detail.clone(), outcome_unknown).await?;
+            Ok(JobOutcome::Retry { error: detail, after: None })
+        }
+    }
+}
+
+async fn finish_step(app: &App, p: &LogoutPayload, status: StepStatus, detail: String, unknown: bool) -> Result<(), AppError> {
+    let mut tx = app.store().begin().await?;
+    tx.lock_checkin(&p.checkin_id).await?;
+    let Some(mut step) = tx.get_checkin_step(&p.checkin_id, p.position).await? else {
+        return Ok(());
+    };
+    step.in_flight = false;
+    step.outcome_unknown |= unknown;
+    step.status = status.as_str().to_owned();
+    step.detail = detail;
+    step.updated_at = now_ms();
+    tx.update_checkin_step(&step).await?;
+    if status.is_final() {
+        if let Some(c) = tx.get_checkin(&p.checkin_id).await? {
+            let d = tx.get_device(&c.device_id).await?;
+            if let Some(d) = d {
+                let ev = AuditEvent::new("system", "device.epic_logout", format!("device:{}", d.id)).with_details(json!({
+                    "checkin": c.id, "action": step.action, "install_id": step.install_id, "status": step.status, "attempts": step.attempts, "repeats": step.repeats,
+                }));
+                app.append_audit(&mut *tx, &ev).await?;
+            }
+        }
+        app.settle_checkin(&mut *tx, &p.checkin_id).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `devices.sweep`: expires commands nobody confirmed in time (failing their check-in steps),
+/// then queues itself again.
+pub struct Sweep;
+
+#[async_trait]
+impl JobHandler for Sweep {
+    fn kind(&self) -> &'static str {
+        JOB_SWEEP
+    }
+
+    async fn run(&self, app: &App, _job: &JobRow) -> JobOutcome {
+        let r = async {
+            sweep(app).await?;
+            app.schedule_device_sweep(Duration::from_secs(15)).await
+        }
+        .await;
+        match r {
+            Ok(()) => JobOutcome::Done,
+            Err(e) => JobOutcome::Retry { error: e.to_string(), after: None },
+        }
+    }
+}
+
+/// Expires unconfirmed commands; returns how many.
+pub async fn sweep(app: &App) -> Result<usize, AppError> {
+    let now = now_ms();
+    let mut tx = app.store().begin().await?;
+    let expired = tx.expired_commands(now, 500).await?;
+    for mut c in expired.clone() {
+        if let Some(ch) = &c.checkin_id {
+            tx.lock_checkin(ch).await?;
+        }
+        c.state = "expired".to_owned();
+        c.finished_at = Some(now);
+        c.result = Some("the device did not confirm in time".to_owned());
+        if let Some(r) = c.secret_ref.take() {
+            tx.delete_secret(&r).await?;
+        }
+        tx.update_command(&c).await?;
+        if let (Some(ch), Some(pos)) = (&c.checkin_id, c.position)
+            && let Some(mut s) = tx.get_checkin_step(ch, pos).await?
+            && !StepStatus::parse(&s.status).is_ok_and(StepStatus::is_final)
+        {
+            s.status = StepStatus::Failed.as_str().to_owned();
+            s.detail = format!("the device did not confirm within {} minutes (is it switched on and online?)", app.config().device_command_ttl_secs / 60);
+            s.updated_at = now;
+            tx.update_checkin_step(&s).await?;
+            app.settle_checkin(&mut *tx, ch).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(expired.len())
+}
