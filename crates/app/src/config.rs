@@ -270,7 +270,10 @@ impl Config {
                 "device_limit_per_user",
                 u64::from(self.device_limit_per_user),
             ),
-            ("device_heartbeat_fresh_secs", self.device_heartbeat_fresh_secs),
+            (
+                "device_heartbeat_fresh_secs",
+                self.device_heartbeat_fresh_secs,
+            ),
             ("device_command_ttl_secs", self.device_command_ttl_secs),
             ("agent_poll_max_secs", self.agent_poll_max_secs),
             (

@@ -62,11 +62,9 @@ impl IdentityLookup for HttpIdentityLookup {
             .await
             .map_err(|e| format!("identity lookup {}", crate::outbound_error(&e)))?;
         match r.status().as_u16() {
-            200 => r
-                .json::<LookedUpUser>()
-                .await
-                .map(Some)
-                .map_err(|_| "identity lookup answered without username and display_name".to_owned()),
+            200 => r.json::<LookedUpUser>().await.map(Some).map_err(|_| {
+                "identity lookup answered without username and display_name".to_owned()
+            }),
             404 => Ok(None),
             s => Err(format!("identity lookup answered HTTP {s}")),
         }
@@ -80,6 +78,18 @@ pub struct DeviceState {
     waiters: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     lookup: RwLock<Option<Arc<dyn IdentityLookup>>>,
     lookup_cache: Mutex<HashMap<String, (Instant, Option<LookedUpUser>)>>,
+    badge_key: tokio::sync::OnceCell<Vec<u8>>,
+}
+
+/// The key badge numbers are hashed with (load it with [`App::badge_key`] before a transaction).
+pub(crate) struct BadgeKey(Vec<u8>);
+
+impl BadgeKey {
+    /// The keyed hash a badge number is stored and looked up by.
+    fn digest(&self, badge: &str) -> String {
+        let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &self.0);
+        hex::encode(aws_lc_rs::hmac::sign(&k, badge.as_bytes()).as_ref())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -323,15 +333,19 @@ impl App {
         lock(&self.device_state().lookup_cache).clear();
     }
 
-    /// The keyed hash a badge number is stored and looked up by.
-    pub(crate) async fn badge_digest(&self, badge: &str) -> Result<String, AppError> {
+    /// The badge hashing key, created on first use. Call it before opening a transaction: on
+    /// SQLite a second transaction inside a write transaction would wait for itself.
+    pub(crate) async fn badge_key(&self) -> Result<BadgeKey, AppError> {
         let key = self
-            .singleton_secret(BADGE_KEY_ID, "badge_hash_key", || {
-                crypto::random_bytes::<32>().to_vec()
+            .device_state()
+            .badge_key
+            .get_or_try_init(|| {
+                self.singleton_secret(BADGE_KEY_ID, "badge_hash_key", || {
+                    crypto::random_bytes::<32>().to_vec()
+                })
             })
             .await?;
-        let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key);
-        Ok(hex::encode(aws_lc_rs::hmac::sign(&k, badge.as_bytes()).as_ref()))
+        Ok(BadgeKey(key.clone()))
     }
 
     /// The device user a badge belongs to: the directory first, then the lookup hook (whose
@@ -339,12 +353,13 @@ impl App {
     pub(crate) async fn resolve_badge(
         &self,
         tx: &mut dyn Tx,
+        key: &BadgeKey,
         raw: &str,
     ) -> Result<Option<DeviceUserRow>, AppError> {
         let Ok(badge) = normalise_badge(raw) else {
             return Ok(None);
         };
-        let digest = self.badge_digest(&badge).await?;
+        let digest = key.digest(&badge);
         if let Some(u) = tx.find_device_user_by_badge(&digest).await? {
             return Ok(Some(u));
         }
@@ -434,7 +449,10 @@ impl App {
     ) -> Result<CreatedLocation, AppError> {
         let mut errors = ValidationErrors::new();
         if !slug_ok(&input.id) {
-            errors.add("id", "must be 1-40 lower-case letters, digits or `-` (it is part of the kiosk URL)");
+            errors.add(
+                "id",
+                "must be 1-40 lower-case letters, digits or `-` (it is part of the kiosk URL)",
+            );
         }
         if !text_ok(&input.name, 80) {
             errors.add("name", "must be 1-80 characters of text");
@@ -454,7 +472,11 @@ impl App {
         tx.put_location(&row).await?;
         let ev = AuditEvent::new(
             "",
-            if old.is_some() { "location.updated" } else { "location.created" },
+            if old.is_some() {
+                "location.updated"
+            } else {
+                "location.created"
+            },
             format!("location:{}", row.id),
         )
         .with_details(json!({"name": row.name, "kiosk_key": "issued"}));
@@ -506,7 +528,12 @@ impl App {
 
     pub async fn list_device_groups(&self) -> Result<Vec<DeviceGroup>, AppError> {
         let mut tx = self.store().read().await?;
-        Ok(tx.list_device_groups().await?.into_iter().map(group_view).collect())
+        Ok(tx
+            .list_device_groups()
+            .await?
+            .into_iter()
+            .map(group_view)
+            .collect())
     }
 
     pub async fn get_device_group(&self, id: &str) -> Result<DeviceGroup, AppError> {
@@ -547,31 +574,61 @@ impl App {
             .await?
             .is_some_and(|g| g.id != id)
         {
-            errors.add("name", format!("a device group named `{}` already exists", input.name.trim()));
+            errors.add(
+                "name",
+                format!(
+                    "a device group named `{}` already exists",
+                    input.name.trim()
+                ),
+            );
         }
         if !(15..=10_080).contains(&input.lending_minutes) {
-            errors.add("lending_minutes", "must be between 15 minutes and 7 days (10080)");
+            errors.add(
+                "lending_minutes",
+                "must be between 15 minutes and 7 days (10080)",
+            );
         }
         let envs: BTreeMap<String, Vec<String>> = tx
             .list_environments()
             .await?
             .into_iter()
-            .map(|e| {
-                let apps = e.apps.split(',').map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
-                (e.id, apps)
-            })
+            .map(|e| (e.id, serde_json::from_str(&e.apps).unwrap_or_default()))
             .collect();
-        dd::check_workflow(Platform::Ios, &input.workflows.ios, &envs, "workflows.ios", &mut errors);
-        dd::check_workflow(Platform::Android, &input.workflows.android, &envs, "workflows.android", &mut errors);
+        dd::check_workflow(
+            Platform::Ios,
+            &input.workflows.ios,
+            &envs,
+            "workflows.ios",
+            &mut errors,
+        );
+        dd::check_workflow(
+            Platform::Android,
+            &input.workflows.android,
+            &envs,
+            "workflows.android",
+            &mut errors,
+        );
         if input.required_apps.len() > 20 {
             errors.add("required_apps", "at most 20 apps");
         }
         for (i, r) in input.required_apps.iter().enumerate() {
             if !dd::app_id_ok(&r.app_id) {
-                errors.add(&format!("required_apps[{i}].app_id"), "must be a bundle id or package name such as `com.epic.rover`");
+                errors.add(
+                    &format!("required_apps[{i}].app_id"),
+                    "must be a bundle id or package name such as `com.epic.rover`",
+                );
             }
-            if r.min_version.as_ref().is_some_and(|v| v.is_empty() || v.len() > 32 || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')) {
-                errors.add(&format!("required_apps[{i}].min_version"), "must be a version such as `9.10` or `23.4.1`");
+            if r.min_version.as_ref().is_some_and(|v| {
+                v.is_empty()
+                    || v.len() > 32
+                    || !v
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+            }) {
+                errors.add(
+                    &format!("required_apps[{i}].min_version"),
+                    "must be a version such as `9.10` or `23.4.1`",
+                );
             }
         }
         errors.into_result()?;
@@ -580,8 +637,10 @@ impl App {
             id: id.clone(),
             name: input.name.trim().to_owned(),
             lending_minutes: input.lending_minutes,
-            workflows: serde_json::to_string(&input.workflows).map_err(|e| AppError::Internal(e.to_string()))?,
-            required_apps: serde_json::to_string(&input.required_apps).map_err(|e| AppError::Internal(e.to_string()))?,
+            workflows: serde_json::to_string(&input.workflows)
+                .map_err(|e| AppError::Internal(e.to_string()))?,
+            required_apps: serde_json::to_string(&input.required_apps)
+                .map_err(|e| AppError::Internal(e.to_string()))?,
             checkin_on_dock: input.checkin_on_dock,
             created_at: old.as_ref().map_or(now, |o| o.created_at),
             updated_at: now,
@@ -605,7 +664,11 @@ impl App {
         let steps = |w: &[StepSpec]| w.iter().map(StepSpec::action).collect::<Vec<_>>();
         let ev = AuditEvent::new(
             "",
-            if old.is_some() { "device_group.updated" } else { "device_group.created" },
+            if old.is_some() {
+                "device_group.updated"
+            } else {
+                "device_group.created"
+            },
             format!("device_group:{id}"),
         )
         .with_details(json!({
@@ -653,7 +716,12 @@ impl App {
 
     pub async fn list_enrolment_tokens(&self) -> Result<Vec<EnrolmentToken>, AppError> {
         let mut tx = self.store().read().await?;
-        Ok(tx.list_enrolment_tokens().await?.into_iter().map(Into::into).collect())
+        Ok(tx
+            .list_enrolment_tokens()
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect())
     }
 
     pub async fn create_enrolment_token(
@@ -676,7 +744,10 @@ impl App {
         {
             errors.add("location_id", format!("no location `{l}`"));
         }
-        if input.expires_in_days.is_some_and(|d| !(1..=3650).contains(&d)) {
+        if input
+            .expires_in_days
+            .is_some_and(|d| !(1..=3650).contains(&d))
+        {
             errors.add("expires_in_days", "must be between 1 and 3650");
         }
         errors.into_result()?;
@@ -695,8 +766,14 @@ impl App {
             uses: 0,
         };
         tx.insert_enrolment_token(&row).await?;
-        let ev = AuditEvent::new("", "enrolment_token.created", format!("enrolment_token:{}", row.id))
-            .with_details(json!({"name": row.name, "group_id": row.group_id, "location_id": row.location_id}));
+        let ev = AuditEvent::new(
+            "",
+            "enrolment_token.created",
+            format!("enrolment_token:{}", row.id),
+        )
+        .with_details(
+            json!({"name": row.name, "group_id": row.group_id, "location_id": row.location_id}),
+        );
         self.audit(&mut *tx, p, ctx, ev).await?;
         tx.commit().await?;
         Ok(CreatedEnrolmentToken {
@@ -715,7 +792,11 @@ impl App {
         if !tx.revoke_enrolment_token(id, now_ms()).await? {
             return Err(AppError::NotFound(format!("active enrolment token {id}")));
         }
-        let ev = AuditEvent::new("", "enrolment_token.revoked", format!("enrolment_token:{id}"));
+        let ev = AuditEvent::new(
+            "",
+            "enrolment_token.revoked",
+            format!("enrolment_token:{id}"),
+        );
         self.audit(&mut *tx, p, ctx, ev).await?;
         tx.commit().await?;
         Ok(())
@@ -725,7 +806,12 @@ impl App {
 
     pub async fn list_device_users(&self) -> Result<Vec<DeviceUser>, AppError> {
         let mut tx = self.store().read().await?;
-        Ok(tx.list_device_users().await?.into_iter().map(user_view).collect())
+        Ok(tx
+            .list_device_users()
+            .await?
+            .into_iter()
+            .map(user_view)
+            .collect())
     }
 
     pub async fn get_device_user(&self, id: &str) -> Result<DeviceUser, AppError> {
@@ -744,8 +830,11 @@ impl App {
         id: Option<&str>,
         input: DeviceUserInput,
     ) -> Result<DeviceUser, AppError> {
+        let key = self.badge_key().await?;
         let mut tx = self.store().begin().await?;
-        let (row, created) = self.apply_device_user(&mut *tx, id, input, "").await?;
+        let (row, created) = self
+            .apply_device_user(&mut *tx, &key, id, input, "")
+            .await?;
         let ev = AuditEvent::new(
             "",
             if created { "device_user.created" } else { "device_user.updated" },
@@ -761,6 +850,7 @@ impl App {
     async fn apply_device_user(
         &self,
         tx: &mut dyn Tx,
+        key: &BadgeKey,
         id: Option<&str>,
         input: DeviceUserInput,
         field: &str,
@@ -781,13 +871,19 @@ impl App {
             .or_else(|| old.as_ref().map(|o| o.username.clone()))
             .unwrap_or_default();
         if !username_ok(&username) {
-            errors.add(&f("username"), "must be 1-64 lower-case letters, digits or . _ - @");
+            errors.add(
+                &f("username"),
+                "must be 1-64 lower-case letters, digits or . _ - @",
+            );
         } else if tx
             .get_device_user(&username)
             .await?
             .is_some_and(|u| old.as_ref().is_none_or(|o| o.id != u.id))
         {
-            errors.add(&f("username"), format!("`{username}` is already in the directory"));
+            errors.add(
+                &f("username"),
+                format!("`{username}` is already in the directory"),
+            );
         }
         let display_name = input
             .display_name
@@ -805,7 +901,7 @@ impl App {
                 match normalise_badge(b) {
                     Err(e) => errors.add(&f("badge"), e),
                     Ok(b) => {
-                        let d = self.badge_digest(&b).await?;
+                        let d = key.digest(&b);
                         if tx
                             .find_device_user_by_badge(&d)
                             .await?
@@ -826,10 +922,15 @@ impl App {
                 errors.add(&f("password"), "must be 8-256 characters");
             } else {
                 let pw = pw.clone();
-                password_hash = Some(crate::accounts::blocking(move || crate::accounts::hash_password(&pw)).await??);
+                password_hash = Some(
+                    crate::accounts::blocking(move || crate::accounts::hash_password(&pw))
+                        .await??,
+                );
             }
         }
-        let device_limit = input.device_limit.or_else(|| old.as_ref().and_then(|o| o.device_limit));
+        let device_limit = input
+            .device_limit
+            .or_else(|| old.as_ref().and_then(|o| o.device_limit));
         if device_limit.is_some_and(|l| !(1..=10).contains(&l)) {
             errors.add(&f("device_limit"), "must be between 1 and 10");
         }
@@ -837,14 +938,21 @@ impl App {
         let now = now_ms();
         let created = old.is_none();
         let row = DeviceUserRow {
-            id: old.as_ref().map_or_else(|| format!("du_{}", &crypto::new_secret("x")[2..18]), |o| o.id.clone()),
+            id: old.as_ref().map_or_else(
+                || format!("du_{}", &crypto::new_secret("x")[2..18]),
+                |o| o.id.clone(),
+            ),
             username,
             display_name: display_name.trim().to_owned(),
             badge_digest,
             password_hash,
             device_limit,
-            source: old.as_ref().map_or_else(|| "local".to_owned(), |o| o.source.clone()),
-            disabled: input.disabled.unwrap_or_else(|| old.as_ref().is_some_and(|o| o.disabled)),
+            source: old
+                .as_ref()
+                .map_or_else(|| "local".to_owned(), |o| o.source.clone()),
+            disabled: input
+                .disabled
+                .unwrap_or_else(|| old.as_ref().is_some_and(|o| o.disabled)),
             created_at: old.as_ref().map_or(now, |o| o.created_at),
             updated_at: now,
         };
@@ -880,6 +988,7 @@ impl App {
             .into());
         };
         let (cb, cl) = (col("badge"), col("device_limit"));
+        let key = self.badge_key().await?;
         let mut tx = self.store().begin().await?;
         let mut errors = ValidationErrors::new();
         let (mut created, mut updated) = (0, 0);
@@ -898,7 +1007,10 @@ impl App {
                 Some(s) => match s.parse::<i64>() {
                     Ok(v) => Some(v),
                     Err(_) => {
-                        errors.add(&format!("line {line}: device_limit"), format!("`{s}` is not a number"));
+                        errors.add(
+                            &format!("line {line}: device_limit"),
+                            format!("`{s}` is not a number"),
+                        );
                         continue;
                     }
                 },
@@ -914,7 +1026,13 @@ impl App {
                 disabled: None,
             };
             match self
-                .apply_device_user(&mut *tx, existing.as_deref(), input, &format!("line {line}: "))
+                .apply_device_user(
+                    &mut *tx,
+                    &key,
+                    existing.as_deref(),
+                    input,
+                    &format!("line {line}: "),
+                )
                 .await
             {
                 Ok((_, true)) => created += 1,
@@ -952,5 +1070,6 @@ impl App {
 pub(crate) fn readiness_json(d: &DeviceRow, required: &[RequiredApp]) -> String {
     let config: dd::ReportedConfig = serde_json::from_str(&d.appconfig).unwrap_or_default();
     let apps: Vec<dd::InstalledApp> = serde_json::from_str(&d.apps).unwrap_or_default();
-    serde_json::to_string(&dd::readiness(&config, &apps, required)).unwrap_or_else(|_| "[]".to_owned())
+    serde_json::to_string(&dd::readiness(&config, &apps, required))
+        .unwrap_or_else(|_| "[]".to_owned())
 }

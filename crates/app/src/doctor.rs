@@ -418,20 +418,60 @@ impl App {
         let mut steps = Vec::new();
         let attempt = self.disassociate_device(env_id, &install_id).await?;
         if let LogoutAttempt::NoToken { class, detail } = &attempt {
-            steps.push(step("token", StepStatus::Fail, detail.clone(), Some(token_hint(class)), t));
+            steps.push(step(
+                "token",
+                StepStatus::Fail,
+                detail.clone(),
+                Some(token_hint(class)),
+                t,
+            ));
             steps.push(skipped("logout", "no access token"));
         } else {
-            steps.push(step("token", StepStatus::Pass, "access token available", None, t));
+            steps.push(step(
+                "token",
+                StepStatus::Pass,
+                "access token available",
+                None,
+                t,
+            ));
             let (status, message, hint) = match attempt {
-                LogoutAttempt::Accepted => (StepStatus::Pass, format!("Install ID {install_id} was disassociated; the app returns to its sign-in screen"), None),
+                LogoutAttempt::Accepted => (
+                    StepStatus::Pass,
+                    format!(
+                        "Install ID {install_id} was disassociated; the app returns to its sign-in screen"
+                    ),
+                    None,
+                ),
                 LogoutAttempt::InstallIdNotFound => (
                     StepStatus::Fail,
                     format!("Epic does not know Install ID {install_id}"),
-                    Some("No user has signed in to the app on this device since its AppConfig (EpicMobileDeviceID, EpicMobileDeviceIDAppName) was applied, or the Install ID format differs (check the app name's case)."),
+                    Some(
+                        "No user has signed in to the app on this device since its AppConfig (EpicMobileDeviceID, EpicMobileDeviceIDAppName) was applied, or the Install ID format differs (check the app name's case).",
+                    ),
                 ),
-                LogoutAttempt::Status(code) => (StepStatus::Fail, format!("Epic answered HTTP {code}"), Some(if code == 403 { "DisassociateMobileDevice is not attached to this client in Epic; ask your Epic team." } else { "See Epic's Interconnect logs for this request." })),
-                LogoutAttempt::TimedOut => (StepStatus::Fail, "the request timed out".to_owned(), Some("Interconnect must be reachable from this server with a valid TLS certificate.")),
-                LogoutAttempt::NotSent(why) | LogoutAttempt::NoToken { detail: why, .. } => (StepStatus::Fail, format!("the request failed: {why}"), Some("Interconnect must be reachable from this server with a valid TLS certificate.")),
+                LogoutAttempt::Status(code) => (
+                    StepStatus::Fail,
+                    format!("Epic answered HTTP {code}"),
+                    Some(if code == 403 {
+                        "DisassociateMobileDevice is not attached to this client in Epic; ask your Epic team."
+                    } else {
+                        "See Epic's Interconnect logs for this request."
+                    }),
+                ),
+                LogoutAttempt::TimedOut => (
+                    StepStatus::Fail,
+                    "the request timed out".to_owned(),
+                    Some(
+                        "Interconnect must be reachable from this server with a valid TLS certificate.",
+                    ),
+                ),
+                LogoutAttempt::NotSent(why) | LogoutAttempt::NoToken { detail: why, .. } => (
+                    StepStatus::Fail,
+                    format!("the request failed: {why}"),
+                    Some(
+                        "Interconnect must be reachable from this server with a valid TLS certificate.",
+                    ),
+                ),
             };
             steps.push(step("logout", status, message, hint, t));
         }

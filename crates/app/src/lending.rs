@@ -5,7 +5,7 @@
 //! Every change of a device's state happens with its row locked (PostgreSQL) or under SQLite's
 //! single writer, in one transaction with its audit entry, timeline event, commands and jobs.
 
-use crate::devices::{group_view, readiness_json, user_view, DeviceUser};
+use crate::devices::{DeviceUser, group_view, readiness_json, user_view};
 use crate::jobs::{self, JobHandler};
 use crate::{App, AppError, Principal, RequestContext, crypto, now_ms};
 use async_trait::async_trait;
@@ -210,10 +210,17 @@ impl Refusal {
     #[must_use]
     pub fn message(&self) -> String {
         match self {
-            Self::UnknownBadge => "This badge is not known. Ask the unit's device coordinator to register it.".to_owned(),
+            Self::UnknownBadge => {
+                "This badge is not known. Ask the unit's device coordinator to register it."
+                    .to_owned()
+            }
             Self::UnknownUser(u) => format!("no device user `{u}`"),
-            Self::UserDisabled => "This user may not check out devices (disabled in the directory).".to_owned(),
-            Self::AtLimit(n) => format!("You already hold {n} device(s), your limit. Return one first."),
+            Self::UserDisabled => {
+                "This user may not check out devices (disabled in the directory).".to_owned()
+            }
+            Self::AtLimit(n) => {
+                format!("You already hold {n} device(s), your limit. Return one first.")
+            }
             Self::NoneReady(l) => format!("No device is ready at {l} right now."),
             Self::UnknownLocation(l) => format!("no location `{l}`"),
             Self::UnknownDevice(d) => format!("no device `{d}`"),
@@ -469,14 +476,22 @@ fn install_ids(config: &ReportedConfig) -> (BTreeMap<String, Option<String>>, Ve
         }
     }
     let mut warnings = Vec::new();
-    if config.get(dd::LOCKER).is_some_and(|l| l.contains_key("epicRoverEpicMobileDeviceID")) {
+    if config
+        .get(dd::LOCKER)
+        .is_some_and(|l| l.contains_key("epicRoverEpicMobileDeviceID"))
+    {
         let (_, w) = dd::enhanced_rover_install_id(config);
         warnings.extend(w);
     }
     (ids, warnings)
 }
 
-fn device_view(d: &DeviceRow, holder: Option<&DeviceUserRow>, due_at: Option<i64>, now: i64) -> Device {
+fn device_view(
+    d: &DeviceRow,
+    holder: Option<&DeviceUserRow>,
+    due_at: Option<i64>,
+    now: i64,
+) -> Device {
     let config: ReportedConfig = parse_json(&d.appconfig);
     let not_ready: Vec<String> = parse_json(&d.readiness);
     let (ids, warnings) = install_ids(&config);
@@ -573,7 +588,13 @@ impl App {
         i64::try_from(self.config().device_command_ttl_secs).unwrap_or(600) * 1000
     }
 
-    async fn event(&self, tx: &mut dyn Tx, device_id: &str, kind: &str, detail: Value) -> Result<(), AppError> {
+    async fn event(
+        &self,
+        tx: &mut dyn Tx,
+        device_id: &str,
+        kind: &str,
+        detail: Value,
+    ) -> Result<(), AppError> {
         tx.insert_device_event(device_id, now_ms(), kind, &detail.to_string())
             .await?;
         Ok(())
@@ -586,8 +607,12 @@ impl App {
         action: &str,
         details: Value,
     ) -> Result<(), AppError> {
-        let ev = AuditEvent::new(format!("device:{}", d.serial), action, format!("device:{}", d.id))
-            .with_details(details);
+        let ev = AuditEvent::new(
+            format!("device:{}", d.serial),
+            action,
+            format!("device:{}", d.id),
+        )
+        .with_details(details);
         self.append_audit(tx, &ev).await
     }
 
@@ -601,7 +626,9 @@ impl App {
             .find_enrolment_token(&crypto::sha256_hex(token))
             .await?
             .filter(|t| t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now))
-            .ok_or(AppError::Unauthenticated("unknown, expired or revoked enrolment token"))?;
+            .ok_or(AppError::Unauthenticated(
+                "unknown, expired or revoked enrolment token",
+            ))?;
         let mut errors = ValidationErrors::new();
         if !dd::serial_ok(&input.serial) {
             errors.add("serial", "must be 1-64 letters, digits or `-`");
@@ -616,7 +643,9 @@ impl App {
             ("name", &input.name, 80),
             ("slot", &input.slot, 40),
         ] {
-            if v.as_ref().is_some_and(|v| v.trim().is_empty() || !printable(v, max)) {
+            if v.as_ref()
+                .is_some_and(|v| v.trim().is_empty() || !printable(v, max))
+            {
                 errors.add(f, format!("must be 1-{max} characters of text"));
             }
         }
@@ -628,7 +657,9 @@ impl App {
             .get_device_group(&t.group_id)
             .await?
             .map(group_view)
-            .ok_or_else(|| AppError::Conflict("the enrolment token's device group was removed".to_owned()))?;
+            .ok_or_else(|| {
+                AppError::Conflict("the enrolment token's device group was removed".to_owned())
+            })?;
         let credential = crypto::new_secret("sbd_");
         let digest = crypto::sha256_hex(&credential);
         let existing = match tx.get_device(&input.serial).await? {
@@ -686,8 +717,22 @@ impl App {
             tx.insert_device(&d).await?;
         }
         tx.count_enrolment_use(&t.id).await?;
-        let action = if existing.is_some() { "device.re_enrolled" } else { "device.enrolled" };
-        self.event(&mut *tx, &d.id, if existing.is_some() { "re_enrolled" } else { "enrolled" }, json!({"platform": d.platform, "enrolment_token": t.id})).await?;
+        let action = if existing.is_some() {
+            "device.re_enrolled"
+        } else {
+            "device.enrolled"
+        };
+        self.event(
+            &mut *tx,
+            &d.id,
+            if existing.is_some() {
+                "re_enrolled"
+            } else {
+                "enrolled"
+            },
+            json!({"platform": d.platform, "enrolment_token": t.id}),
+        )
+        .await?;
         self.device_audit(&mut *tx, &d, action, json!({"serial": d.serial, "platform": d.platform, "enrolment_token": t.id, "credential": if existing.is_some() { "replaced" } else { "issued" }})).await?;
         tx.commit().await?;
         Ok(Enrolled {
@@ -712,12 +757,19 @@ impl App {
     }
 
     /// Records a heartbeat. Docking a checked-out device checks it in when its group says so.
-    pub async fn device_heartbeat(&self, device_id: &str, input: HeartbeatInput) -> Result<HeartbeatAnswer, AppError> {
+    pub async fn device_heartbeat(
+        &self,
+        device_id: &str,
+        input: HeartbeatInput,
+    ) -> Result<HeartbeatAnswer, AppError> {
         let mut errors = ValidationErrors::new();
         if input.battery.is_some_and(|b| !(0..=100).contains(&b)) {
             errors.add("battery", "must be a percentage from 0 to 100");
         }
-        for (f, v, max) in [("location", &input.location, 80), ("os_version", &input.os_version, 40)] {
+        for (f, v, max) in [
+            ("location", &input.location, 80),
+            ("os_version", &input.os_version, 40),
+        ] {
             if v.as_ref().is_some_and(|v| !printable(v, max)) {
                 errors.add(f, format!("must be at most {max} characters of text"));
             }
@@ -739,14 +791,21 @@ impl App {
         let was_docked = d.docked;
         if let Some(b) = input.battery {
             if b < 20 && d.battery.is_none_or(|old| old >= 20) {
-                self.event(&mut *tx, &d.id, "battery_low", json!({"battery": b})).await?;
+                self.event(&mut *tx, &d.id, "battery_low", json!({"battery": b}))
+                    .await?;
             }
             d.battery = Some(b);
         }
         d.charging = input.charging.or(d.charging);
         if let Some(dock) = input.docked {
             if was_docked != Some(dock) {
-                self.event(&mut *tx, &d.id, if dock { "docked" } else { "undocked" }, json!({})).await?;
+                self.event(
+                    &mut *tx,
+                    &d.id,
+                    if dock { "docked" } else { "undocked" },
+                    json!({}),
+                )
+                .await?;
             }
             d.docked = Some(dock);
         }
@@ -755,14 +814,26 @@ impl App {
         if let Some(apps) = &input.apps {
             let s = to_json(apps)?;
             if s != d.apps {
-                self.event(&mut *tx, &d.id, "apps_changed", json!({"count": apps.len()})).await?;
+                self.event(
+                    &mut *tx,
+                    &d.id,
+                    "apps_changed",
+                    json!({"count": apps.len()}),
+                )
+                .await?;
                 d.apps = s;
             }
         }
         if let Some(c) = &input.appconfig {
             let s = to_json(c)?;
             if s != d.appconfig {
-                self.event(&mut *tx, &d.id, "appconfig_changed", json!({"apps": c.keys().collect::<Vec<_>>()})).await?;
+                self.event(
+                    &mut *tx,
+                    &d.id,
+                    "appconfig_changed",
+                    json!({"apps": c.keys().collect::<Vec<_>>()}),
+                )
+                .await?;
                 d.appconfig = s;
             }
         }
@@ -773,10 +844,16 @@ impl App {
         d.updated_at = now;
         tx.update_device(&d).await?;
         let docked_now = input.docked == Some(true) && was_docked != Some(true);
-        if docked_now && d.status == "checked_out" && group.as_ref().is_some_and(|g| g.checkin_on_dock) {
+        if docked_now
+            && d.status == "checked_out"
+            && group.as_ref().is_some_and(|g| g.checkin_on_dock)
+        {
             self.checkin_in_tx(&mut *tx, d.clone(), "dock").await?;
         }
-        let waiting = !tx.deliverable_commands(&d.id, now, now - REDELIVER_MS).await?.is_empty();
+        let waiting = !tx
+            .deliverable_commands(&d.id, now, now - REDELIVER_MS)
+            .await?
+            .is_empty();
         let d = tx.get_device(&d.id).await?.unwrap_or(d);
         let holder = match &d.holder_id {
             Some(h) => tx.get_device_user(h).await?.map(|u| u.display_name),
@@ -792,7 +869,11 @@ impl App {
     }
 
     /// Hands a device its pending commands, waiting up to `wait` for one to appear.
-    pub async fn poll_commands(&self, device_id: &str, wait: Duration) -> Result<Vec<AgentCommand>, AppError> {
+    pub async fn poll_commands(
+        &self,
+        device_id: &str,
+        wait: Duration,
+    ) -> Result<Vec<AgentCommand>, AppError> {
         let wait = wait.min(Duration::from_secs(self.config().agent_poll_max_secs));
         let deadline = tokio::time::Instant::now() + wait;
         let waiter = self.device_waiter(device_id);
@@ -815,14 +896,19 @@ impl App {
     async fn take_commands(&self, device_id: &str) -> Result<Vec<AgentCommand>, AppError> {
         let now = now_ms();
         let mut tx = self.store().read().await?;
-        let pending = tx.deliverable_commands(device_id, now, now - REDELIVER_MS).await?;
+        let pending = tx
+            .deliverable_commands(device_id, now, now - REDELIVER_MS)
+            .await?;
         drop(tx);
         if pending.is_empty() {
             return Ok(Vec::new());
         }
         let mut tx = self.store().begin().await?;
         let mut out = Vec::new();
-        for mut c in tx.deliverable_commands(device_id, now, now - REDELIVER_MS).await? {
+        for mut c in tx
+            .deliverable_commands(device_id, now, now - REDELIVER_MS)
+            .await?
+        {
             let mut params: Value = serde_json::from_str(&c.params).unwrap_or_else(|_| json!({}));
             if let Some(r) = &c.secret_ref {
                 let pin = self.get_secret(&mut *tx, r).await?;
@@ -844,16 +930,27 @@ impl App {
 
     /// Records a command's result. Repeating the same result is harmless; a different one for a
     /// finished command, or a result for another device's command, changes nothing.
-    pub async fn command_result(&self, device_id: &str, command_id: &str, input: CommandResultInput) -> Result<CommandView, AppError> {
+    pub async fn command_result(
+        &self,
+        device_id: &str,
+        command_id: &str,
+        input: CommandResultInput,
+    ) -> Result<CommandView, AppError> {
         let state = match input.status.as_str() {
             "succeeded" | "failed" | "skipped" => input.status.clone(),
             other => {
-                return Err(ValidationErrors::single("status", format!("`{other}` is not succeeded, failed or skipped")).into());
+                return Err(ValidationErrors::single(
+                    "status",
+                    format!("`{other}` is not succeeded, failed or skipped"),
+                )
+                .into());
             }
         };
         let detail = input.detail.unwrap_or_default();
         if !printable(&detail, 500) {
-            return Err(ValidationErrors::single("detail", "at most 500 characters of text").into());
+            return Err(
+                ValidationErrors::single("detail", "at most 500 characters of text").into(),
+            );
         }
         let now = now_ms();
         let mut tx = self.store().begin().await?;
@@ -869,10 +966,15 @@ impl App {
         match c.state.as_str() {
             s if s == state => return Ok(command_view(&c)),
             "succeeded" | "failed" | "skipped" => {
-                return Err(AppError::Conflict(format!("command {command_id} already reported `{}`", c.state)));
+                return Err(AppError::Conflict(format!(
+                    "command {command_id} already reported `{}`",
+                    c.state
+                )));
             }
             "expired" => {
-                return Err(AppError::Conflict(format!("command {command_id} expired before its result arrived")));
+                return Err(AppError::Conflict(format!(
+                    "command {command_id} expired before its result arrived"
+                )));
             }
             _ => {}
         }
@@ -892,15 +994,42 @@ impl App {
             d.updated_at = now;
             tx.update_device(&d).await?;
         }
-        self.event(&mut *tx, device_id, "command_result", json!({"command": c.id, "kind": c.kind, "status": state})).await?;
+        self.event(
+            &mut *tx,
+            device_id,
+            "command_result",
+            json!({"command": c.id, "kind": c.kind, "status": state}),
+        )
+        .await?;
         if let (Some(ch), Some(pos)) = (&c.checkin_id, c.position)
             && let Some(mut s) = tx.get_checkin_step(ch, pos).await?
             && !StepStatus::parse(&s.status).is_ok_and(StepStatus::is_final)
         {
             let (st, text) = match state.as_str() {
-                "succeeded" => (StepStatus::Done, if detail.is_empty() { "done on the device".to_owned() } else { detail.clone() }),
-                "skipped" => (StepStatus::Skipped, if detail.is_empty() { "not applicable on this device".to_owned() } else { detail.clone() }),
-                _ => (StepStatus::Failed, if detail.is_empty() { "the device reported a failure".to_owned() } else { format!("the device reported: {detail}") }),
+                "succeeded" => (
+                    StepStatus::Done,
+                    if detail.is_empty() {
+                        "done on the device".to_owned()
+                    } else {
+                        detail.clone()
+                    },
+                ),
+                "skipped" => (
+                    StepStatus::Skipped,
+                    if detail.is_empty() {
+                        "not applicable on this device".to_owned()
+                    } else {
+                        detail.clone()
+                    },
+                ),
+                _ => (
+                    StepStatus::Failed,
+                    if detail.is_empty() {
+                        "the device reported a failure".to_owned()
+                    } else {
+                        format!("the device reported: {detail}")
+                    },
+                ),
             };
             s.status = st.as_str().to_owned();
             s.detail = text;
@@ -920,8 +1049,12 @@ impl App {
             return Ok(());
         };
         let steps = tx.checkin_steps(checkin_id).await?;
-        let status = |s: &CheckinStepRow| StepStatus::parse(&s.status).unwrap_or(StepStatus::Pending);
-        let mandatory: Vec<_> = steps.iter().filter(|s| s.on_device && s.mandatory).collect();
+        let status =
+            |s: &CheckinStepRow| StepStatus::parse(&s.status).unwrap_or(StepStatus::Pending);
+        let mandatory: Vec<_> = steps
+            .iter()
+            .filter(|s| s.on_device && s.mandatory)
+            .collect();
         let now = now_ms();
         if let Some(mut d) = tx.lock_device(&c.device_id).await?
             && d.checkout_id.is_none()
@@ -929,7 +1062,10 @@ impl App {
         {
             let next = if mandatory.iter().any(|s| status(s) == StepStatus::Failed) {
                 Some(DeviceStatus::Attention)
-            } else if mandatory.iter().all(|s| matches!(status(s), StepStatus::Done | StepStatus::Skipped)) {
+            } else if mandatory
+                .iter()
+                .all(|s| matches!(status(s), StepStatus::Done | StepStatus::Skipped))
+            {
                 Some(DeviceStatus::Available)
             } else {
                 None
@@ -938,7 +1074,8 @@ impl App {
                 d.status = n.as_str().to_owned();
                 d.updated_at = now;
                 tx.update_device(&d).await?;
-                self.event(tx, &d.id, n.as_str(), json!({"checkin": c.id})).await?;
+                self.event(tx, &d.id, n.as_str(), json!({"checkin": c.id}))
+                    .await?;
             }
         }
         if c.completed_at.is_none() && steps.iter().all(|s| status(s).is_final()) {
@@ -985,16 +1122,19 @@ impl App {
         {
             return Ok(Err(Refusal::BadPin(e)));
         }
+        let key = self.badge_key().await?;
         let mut tx = self.store().begin().await?;
         let scope = format!("checkout:{}", p.actor());
-        let request_digest = idempotency_digest(&json!({"badge": input.badge.as_ref().map(|b| crypto::sha256_hex(b)), "user": input.user, "device": input.device, "location": input.location, "pin": input.pin.is_some()}));
+        let request_digest = idempotency_digest(
+            &json!({"badge": input.badge.as_ref().map(|b| crypto::sha256_hex(b)), "user": input.user, "device": input.device, "location": input.location, "pin": input.pin.is_some()}),
+        );
         if let Some(k) = idempotency_key
             && let Some(prev) = replay::<Checkout>(&mut *tx, &scope, k, &request_digest).await?
         {
             return Ok(Ok(prev));
         }
         let user = if let Some(b) = &input.badge {
-            match self.resolve_badge(&mut *tx, b).await? {
+            match self.resolve_badge(&mut *tx, &key, b).await? {
                 Some(u) => u,
                 None => return Ok(Err(Refusal::UnknownBadge)),
             }
@@ -1032,15 +1172,30 @@ impl App {
                         ready: d.readiness == "[]",
                     })
                     .collect();
-                let fresh = i64::try_from(self.config().device_heartbeat_fresh_secs).unwrap_or(600) * 1000;
+                let fresh =
+                    i64::try_from(self.config().device_heartbeat_fresh_secs).unwrap_or(600) * 1000;
                 match dd::pick_device(&candidates, now_ms(), fresh) {
-                    Some(c) => list.into_iter().find(|d| d.id == c.id).ok_or_else(|| AppError::Internal("picked device vanished".to_owned()))?,
+                    Some(c) => list
+                        .into_iter()
+                        .find(|d| d.id == c.id)
+                        .ok_or_else(|| AppError::Internal("picked device vanished".to_owned()))?,
                     None => return Ok(Err(Refusal::NoneReady(l.name))),
                 }
             }
             (None, None) => return Ok(Err(Refusal::NoTarget)),
         };
-        let r = self.checkout_device(&mut *tx, p, ctx, &user, device, input.pin.as_deref(), false, source).await?;
+        let r = self
+            .checkout_device(
+                &mut *tx,
+                p,
+                ctx,
+                &user,
+                device,
+                input.pin.as_deref(),
+                false,
+                source,
+            )
+            .await?;
         let out = match r {
             Ok(c) => c,
             Err(refusal) => return Ok(Err(refusal)),
@@ -1072,7 +1227,8 @@ impl App {
         let limit = user
             .device_limit
             .unwrap_or_else(|| i64::from(self.config().device_limit_per_user));
-        let held = i64::try_from(tx.open_checkouts(Some(&user.id), None).await?.len()).unwrap_or(i64::MAX);
+        let held =
+            i64::try_from(tx.open_checkouts(Some(&user.id), None).await?.len()).unwrap_or(i64::MAX);
         if held >= limit {
             return Ok(Err(Refusal::AtLimit(held)));
         }
@@ -1080,10 +1236,16 @@ impl App {
             return Ok(Err(Refusal::UnknownDevice(device.id)));
         };
         if device.revoked_at.is_some() {
-            return Ok(Err(Refusal::DeviceNotAvailable(device.name, "revoked".to_owned())));
+            return Ok(Err(Refusal::DeviceNotAvailable(
+                device.name,
+                "revoked".to_owned(),
+            )));
         }
         if device.status != "available" {
-            return Ok(Err(Refusal::DeviceNotAvailable(device.name, device.status.replace('_', " "))));
+            return Ok(Err(Refusal::DeviceNotAvailable(
+                device.name,
+                device.status.replace('_', " "),
+            )));
         }
         let reasons: Vec<String> = parse_json(&device.readiness);
         if !reasons.is_empty() {
@@ -1106,28 +1268,59 @@ impl App {
             ended_at: None,
             checkin_id: None,
         };
-        if !tx.take_device(&device.id, &user.id, &checkout.id, pin_set_by_device, now).await? {
-            return Ok(Err(Refusal::DeviceNotAvailable(device.name, "taken".to_owned())));
+        if !tx
+            .take_device(&device.id, &user.id, &checkout.id, pin_set_by_device, now)
+            .await?
+        {
+            return Ok(Err(Refusal::DeviceNotAvailable(
+                device.name,
+                "taken".to_owned(),
+            )));
         }
         tx.insert_checkout(&checkout).await.map_err(|e| match e {
-            switchboard_store::StoreError::Conflict(_) => AppError::Conflict(format!("device {} was just checked out by someone else", device.name)),
+            switchboard_store::StoreError::Conflict(_) => AppError::Conflict(format!(
+                "device {} was just checked out by someone else",
+                device.name
+            )),
             other => other.into(),
         })?;
         let message = format!("Ready for {}", user.display_name);
         let ttl = self.command_ttl_ms();
-        tx.insert_command(&command_row(&device.id, "show_ready", json!({"message": message, "user": user.display_name}), now, ttl)).await?;
+        tx.insert_command(&command_row(
+            &device.id,
+            "show_ready",
+            json!({"message": message, "user": user.display_name, "username": user.username}),
+            now,
+            ttl,
+        ))
+        .await?;
         if let Some(pin) = pin {
             let mut c = command_row(&device.id, "set_pin", json!({}), now, ttl);
             c.position = Some(1);
-            c.secret_ref = Some(self.put_secret(tx, &format!("command:{}", c.id), "device_pin", pin.as_bytes()).await?);
+            c.secret_ref = Some(
+                self.put_secret(
+                    tx,
+                    &format!("command:{}", c.id),
+                    "device_pin",
+                    pin.as_bytes(),
+                )
+                .await?,
+            );
             tx.insert_command(&c).await?;
         }
-        self.event(tx, &device.id, "checked_out", json!({"user": user.username, "source": source, "checkout": checkout.id})).await?;
+        self.event(
+            tx,
+            &device.id,
+            "checked_out",
+            json!({"user": user.username, "source": source, "checkout": checkout.id}),
+        )
+        .await?;
         let ev = AuditEvent::new("", "device.checked_out", format!("device:{}", device.id)).with_details(json!({
             "checkout": checkout.id, "user_id": user.id, "username": user.username, "source": source, "pin": checkout.pin_set,
         }));
         self.audit(tx, p, ctx, ev).await?;
-        metrics::counter!("switchboard_device_checkouts_total", "source" => source.to_owned()).increment(1);
+        metrics::counter!("switchboard_device_checkouts_total", "source" => source.to_owned())
+            .increment(1);
         Ok(Ok(Checkout {
             id: checkout.id,
             device: device_brief(&device),
@@ -1140,36 +1333,55 @@ impl App {
     }
 
     /// Check-out on the device itself: username + password, or a badge.
-    pub async fn agent_checkout(&self, device_id: &str, input: AgentCheckoutInput) -> Result<Checkout, AppError> {
+    pub async fn agent_checkout(
+        &self,
+        device_id: &str,
+        input: AgentCheckoutInput,
+    ) -> Result<Checkout, AppError> {
+        let key = self.badge_key().await?;
         let mut tx = self.store().begin().await?;
         let device = tx
             .get_device(device_id)
             .await?
             .ok_or_else(|| AppError::NotFound(format!("device {device_id}")))?;
         let user = if let Some(b) = &input.badge {
-            self.resolve_badge(&mut *tx, b).await?.ok_or(Refusal::UnknownBadge)?
+            self.resolve_badge(&mut *tx, &key, b)
+                .await?
+                .ok_or(Refusal::UnknownBadge)?
         } else {
             let (Some(u), Some(pw)) = (&input.username, &input.password) else {
-                return Err(ValidationErrors::single("username", "give username and password, or badge").into());
+                return Err(ValidationErrors::single(
+                    "username",
+                    "give username and password, or badge",
+                )
+                .into());
             };
             let row = tx.get_device_user(u).await?;
-            let hash = row.as_ref().and_then(|r| r.password_hash.clone()).unwrap_or_else(|| crate::accounts::dummy_hash().to_owned());
+            let hash = row
+                .as_ref()
+                .and_then(|r| r.password_hash.clone())
+                .unwrap_or_else(|| crate::accounts::dummy_hash().to_owned());
             let pw = pw.clone();
-            let ok = crate::accounts::blocking(move || crate::accounts::verify_password(&pw, &hash)).await?;
+            let ok =
+                crate::accounts::blocking(move || crate::accounts::verify_password(&pw, &hash))
+                    .await?;
             match row {
                 Some(r) if ok && r.password_hash.is_some() => r,
                 _ => return Err(Refusal::BadCredentials.into()),
             }
         };
-        let p = Principal {
-            user_id: String::new(),
-            username: format!("device:{}", device.serial),
-            display_name: device.name.clone(),
-            role: switchboard_domain::Role::Operator,
-            via: crate::AuthMethod::System,
-        };
+        let p = Principal::station(format!("device:{}", device.serial));
         let out = self
-            .checkout_device(&mut *tx, &p, &RequestContext::default(), &user, device, None, input.pin_set, "device")
+            .checkout_device(
+                &mut *tx,
+                &p,
+                &RequestContext::default(),
+                &user,
+                device,
+                None,
+                input.pin_set,
+                "device",
+            )
             .await??;
         tx.commit().await?;
         self.wake_device(&out.device.id);
@@ -1179,7 +1391,13 @@ impl App {
     // --- check-in
 
     /// Checks a device in. A device that is not checked out answers with its last receipt.
-    pub async fn checkin(&self, p: &Principal, ctx: &RequestContext, device: &str, requested_by: &str) -> Result<Receipt, AppError> {
+    pub async fn checkin(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        device: &str,
+        requested_by: &str,
+    ) -> Result<Receipt, AppError> {
         let mut tx = self.store().begin().await?;
         let d = tx
             .get_device(device)
@@ -1189,13 +1407,18 @@ impl App {
         if d.status != "checked_out" {
             let last = tx.device_checkins(&d.id, 1).await?;
             let Some(c) = last.into_iter().next() else {
-                return Err(AppError::Conflict(format!("device {} is not checked out and has never been", d.name)));
+                return Err(AppError::Conflict(format!(
+                    "device {} is not checked out and has never been",
+                    d.name
+                )));
             };
             let mut r = self.receipt_in(&mut *tx, &c).await?;
             r.already_checked_in = true;
             return Ok(r);
         }
-        let (c, _) = self.checkin_in_tx(&mut *tx, d.clone(), requested_by).await?;
+        let (c, _) = self
+            .checkin_in_tx(&mut *tx, d.clone(), requested_by)
+            .await?;
         let ev = AuditEvent::new("", "device.checked_in", format!("device:{}", d.id))
             .with_details(json!({"checkin": c.id, "requested_by": requested_by}));
         self.audit(&mut *tx, p, ctx, ev).await?;
@@ -1206,26 +1429,29 @@ impl App {
     }
 
     /// Check-in from the device's agent.
-    pub async fn agent_checkin(&self, device_id: &str) -> Result<Receipt, AppError> {
-        let p = Principal {
-            user_id: String::new(),
-            username: "device".to_owned(),
-            display_name: "device".to_owned(),
-            role: switchboard_domain::Role::Operator,
-            via: crate::AuthMethod::System,
-        };
-        self.checkin(&p, &RequestContext::default(), device_id, "device").await
+    pub async fn agent_checkin(&self, device: &DeviceRow) -> Result<Receipt, AppError> {
+        let p = Principal::station(format!("device:{}", device.serial));
+        self.checkin(&p, &RequestContext::default(), &device.id, "device")
+            .await
     }
 
     /// The check-in itself, inside `tx` with the device locked: ends the check-out, writes the
     /// receipt, queues the device's commands and the Epic logout jobs.
-    async fn checkin_in_tx(&self, tx: &mut dyn Tx, mut d: DeviceRow, requested_by: &str) -> Result<(CheckinRow, Vec<CheckinStepRow>), AppError> {
+    async fn checkin_in_tx(
+        &self,
+        tx: &mut dyn Tx,
+        mut d: DeviceRow,
+        requested_by: &str,
+    ) -> Result<(CheckinRow, Vec<CheckinStepRow>), AppError> {
         let now = now_ms();
         let checkout_id = d.checkout_id.clone().unwrap_or_default();
         let user_id = d.holder_id.clone().unwrap_or_default();
         let group = tx.get_device_group(&d.group_id).await?.map(group_view);
         let platform = Platform::parse(&d.platform).unwrap_or(Platform::Ios);
-        let workflow = group.as_ref().map(|g| g.workflows.for_platform(platform).to_vec()).unwrap_or_default();
+        let workflow = group
+            .as_ref()
+            .map(|g| g.workflows.for_platform(platform).to_vec())
+            .unwrap_or_default();
         let steps = dd::steps_for_checkin(&workflow, d.pin_set);
         let config: ReportedConfig = parse_json(&d.appconfig);
         let checkin_id = new_id("ci_");
@@ -1243,6 +1469,7 @@ impl App {
         }
         let mut warnings = Vec::new();
         let mut rows = Vec::new();
+        let mut seen: HashMap<String, i64> = HashMap::new();
         let ttl = self.command_ttl_ms();
         for (i, s) in steps.iter().enumerate() {
             let position = i64::try_from(i).unwrap_or(0);
@@ -1265,7 +1492,9 @@ impl App {
             };
             if s.on_device() {
                 let params = match s {
-                    StepSpec::ForceQuit { app_id, .. } | StepSpec::ClearData { app_id, .. } => json!({"app_id": app_id}),
+                    StepSpec::ForceQuit { app_id, .. } | StepSpec::ClearData { app_id, .. } => {
+                        json!({"app_id": app_id})
+                    }
                     StepSpec::UniversalLinkLogout { url, .. } => json!({"url": url}),
                     _ => json!({}),
                 };
@@ -1277,7 +1506,9 @@ impl App {
                 tx.insert_command(&c).await?;
             } else {
                 let (app, install) = match s {
-                    StepSpec::EpicLogout { app, .. } => (app.as_str(), dd::install_id(&config, app)),
+                    StepSpec::EpicLogout { app, .. } => {
+                        (app.as_str(), dd::install_id(&config, app))
+                    }
                     _ => {
                         let (id, w) = dd::enhanced_rover_install_id(&config);
                         warnings.extend(w);
@@ -1285,10 +1516,27 @@ impl App {
                     }
                 };
                 match install {
+                    InstallId::Known(id) if seen.contains_key(&id) => {
+                        row.detail = format!(
+                            "skipped: step {} already signs out Install ID {id} (with EpicMobileDeviceIDAppName false, Epic cannot tell the apps on one device apart)",
+                            seen[&id] + 1
+                        );
+                        row.install_id = Some(id);
+                        row.status = StepStatus::Skipped.as_str().to_owned();
+                    }
                     InstallId::Known(id) => {
+                        seen.insert(id.clone(), position);
                         row.install_id = Some(id);
                         row.detail = format!("queued: sign the user out of {app} in Epic");
-                        jobs::enqueue(tx, JOB_LOGOUT, json!({"checkin_id": checkin_id, "position": position}), None, Duration::ZERO, LOGOUT_MAX_ATTEMPTS).await?;
+                        jobs::enqueue(
+                            tx,
+                            JOB_LOGOUT,
+                            json!({"checkin_id": checkin_id, "position": position}),
+                            None,
+                            Duration::ZERO,
+                            LOGOUT_MAX_ATTEMPTS,
+                        )
+                        .await?;
                     }
                     InstallId::Unavailable(why) => {
                         row.status = StepStatus::Skipped.as_str().to_owned();
@@ -1313,12 +1561,24 @@ impl App {
         };
         tx.insert_checkin(&c).await?;
         tx.end_checkout(&checkout_id, now, &checkin_id).await?;
-        d.status = if mandatory_left { DeviceStatus::Returning } else { DeviceStatus::Available }.as_str().to_owned();
+        d.status = if mandatory_left {
+            DeviceStatus::Returning
+        } else {
+            DeviceStatus::Available
+        }
+        .as_str()
+        .to_owned();
         d.holder_id = None;
         d.checkout_id = None;
         d.updated_at = now;
         tx.update_device(&d).await?;
-        self.event(tx, &d.id, "checked_in", json!({"checkin": checkin_id, "requested_by": requested_by, "steps": rows.len()})).await?;
+        self.event(
+            tx,
+            &d.id,
+            "checked_in",
+            json!({"checkin": checkin_id, "requested_by": requested_by, "steps": rows.len()}),
+        )
+        .await?;
         self.settle_checkin(tx, &checkin_id).await?;
         metrics::counter!("switchboard_device_checkins_total").increment(1);
         Ok((c, rows))
@@ -1361,25 +1621,49 @@ impl App {
         if let Some(p) = &q.platform {
             errors.check("platform", Platform::parse(p));
         }
-        if q.readiness.as_deref().is_some_and(|r| r != "ready" && r != "not_ready") {
+        if q.readiness
+            .as_deref()
+            .is_some_and(|r| r != "ready" && r != "not_ready")
+        {
             errors.add("readiness", "must be ready or not_ready");
         }
         errors.into_result()?;
         let mut tx = self.store().read().await?;
         let filter = DeviceFilter {
-            status: if overdue_only { Some("checked_out".to_owned()) } else { q.status.clone() },
+            status: if overdue_only {
+                Some("checked_out".to_owned())
+            } else {
+                q.status.clone()
+            },
             location_id: q.location.clone(),
             platform: q.platform.clone(),
             group_id: q.group.clone(),
             limit: 100_000,
         };
         let rows = tx.list_devices(&filter).await?;
-        let users: HashMap<String, DeviceUserRow> = tx.list_device_users().await?.into_iter().map(|u| (u.id.clone(), u)).collect();
-        let due: HashMap<String, i64> = tx.open_checkouts(None, None).await?.into_iter().map(|c| (c.device_id, c.due_at)).collect();
+        let users: HashMap<String, DeviceUserRow> = tx
+            .list_device_users()
+            .await?
+            .into_iter()
+            .map(|u| (u.id.clone(), u))
+            .collect();
+        let due: HashMap<String, i64> = tx
+            .open_checkouts(None, None)
+            .await?
+            .into_iter()
+            .map(|c| (c.device_id, c.due_at))
+            .collect();
         let now = now_ms();
         Ok(rows
             .iter()
-            .map(|d| device_view(d, d.holder_id.as_ref().and_then(|h| users.get(h)), due.get(&d.id).copied(), now))
+            .map(|d| {
+                device_view(
+                    d,
+                    d.holder_id.as_ref().and_then(|h| users.get(h)),
+                    due.get(&d.id).copied(),
+                    now,
+                )
+            })
             .filter(|d| !overdue_only || d.overdue)
             .filter(|d| match q.readiness.as_deref() {
                 Some("ready") => d.ready,
@@ -1400,9 +1684,16 @@ impl App {
             None => None,
         };
         let checkouts = tx.device_checkouts(&d.id, 50).await?;
-        let due = checkouts.iter().find(|c| c.ended_at.is_none()).map(|c| c.due_at);
+        let due = checkouts
+            .iter()
+            .find(|c| c.ended_at.is_none())
+            .map(|c| c.due_at);
         let view = device_view(&d, holder.as_ref(), due, now_ms());
-        let group_name = tx.get_device_group(&d.group_id).await?.map(|g| g.name).unwrap_or_default();
+        let group_name = tx
+            .get_device_group(&d.group_id)
+            .await?
+            .map(|g| g.name)
+            .unwrap_or_default();
         let mut receipts = Vec::new();
         for c in tx.device_checkins(&d.id, 10).await? {
             receipts.push(self.receipt_in(&mut *tx, &c).await?);
@@ -1419,18 +1710,46 @@ impl App {
         }
         let mut timeline: Vec<TimelineEntry> = Vec::new();
         for e in &events {
-            timeline.push(TimelineEntry { at: e.at, kind: "event".to_owned(), text: event_text(&e.kind, &e.detail) });
+            timeline.push(TimelineEntry {
+                at: e.at,
+                kind: "event".to_owned(),
+                text: event_text(&e.kind, &e.detail),
+            });
         }
         for c in &commands {
-            timeline.push(TimelineEntry { at: c.created_at, kind: "command".to_owned(), text: format!("command {} → {}", c.kind, c.state) });
+            timeline.push(TimelineEntry {
+                at: c.created_at,
+                kind: "command".to_owned(),
+                text: format!("command {} → {}", c.kind, c.state),
+            });
         }
         for c in &checkouts {
-            let who = users.get(&c.user_id).cloned().unwrap_or_else(|| c.user_id.clone());
-            timeline.push(TimelineEntry { at: c.started_at, kind: "checkout".to_owned(), text: format!("checked out to {who} ({}), due {}", c.source, fmt_time(c.due_at)) });
+            let who = users
+                .get(&c.user_id)
+                .cloned()
+                .unwrap_or_else(|| c.user_id.clone());
+            timeline.push(TimelineEntry {
+                at: c.started_at,
+                kind: "checkout".to_owned(),
+                text: format!(
+                    "checked out to {who} ({}), due {}",
+                    c.source,
+                    fmt_time(c.due_at)
+                ),
+            });
         }
         for r in &receipts {
             let done = r.steps.iter().filter(|s| s.status == "done").count();
-            timeline.push(TimelineEntry { at: r.started_at, kind: "checkin".to_owned(), text: format!("checked in ({}): {done}/{} steps done, {}", r.requested_by, r.steps.len(), r.status.replace('_', " ")) });
+            timeline.push(TimelineEntry {
+                at: r.started_at,
+                kind: "checkin".to_owned(),
+                text: format!(
+                    "checked in ({}): {done}/{} steps done, {}",
+                    r.requested_by,
+                    r.steps.len(),
+                    r.status.replace('_', " ")
+                ),
+            });
         }
         timeline.sort_by(|a, b| b.at.cmp(&a.at));
         timeline.truncate(150);
@@ -1449,10 +1768,22 @@ impl App {
         let locations = self.list_locations().await?;
         let mut out: Vec<LocationSummary> = locations
             .into_iter()
-            .map(|l| LocationSummary { location_id: l.id, name: l.name, available: 0, checked_out: 0, overdue: 0, returning: 0, attention: 0, not_ready: 0 })
+            .map(|l| LocationSummary {
+                location_id: l.id,
+                name: l.name,
+                available: 0,
+                checked_out: 0,
+                overdue: 0,
+                returning: 0,
+                attention: 0,
+                not_ready: 0,
+            })
             .collect();
         for d in devices {
-            let Some(s) = out.iter_mut().find(|s| Some(&s.location_id) == d.location_id.as_ref()) else {
+            let Some(s) = out
+                .iter_mut()
+                .find(|s| Some(&s.location_id) == d.location_id.as_ref())
+            else {
                 continue;
             };
             match d.status.as_str() {
@@ -1473,9 +1804,18 @@ impl App {
 
     // --- operator actions on a device
 
-    pub async fn update_device(&self, p: &Principal, ctx: &RequestContext, id: &str, input: DeviceUpdate) -> Result<Device, AppError> {
+    pub async fn update_device(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        id: &str,
+        input: DeviceUpdate,
+    ) -> Result<Device, AppError> {
         let mut tx = self.store().begin().await?;
-        let d = tx.get_device(id).await?.ok_or_else(|| AppError::NotFound(format!("device {id}")))?;
+        let d = tx
+            .get_device(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("device {id}")))?;
         let mut d = tx.lock_device(&d.id).await?.unwrap_or(d);
         let mut errors = ValidationErrors::new();
         if let Some(n) = &input.name {
@@ -1516,35 +1856,61 @@ impl App {
     }
 
     /// Revokes a device's credential: its agent is refused until it enrols again.
-    pub async fn revoke_device(&self, p: &Principal, ctx: &RequestContext, id: &str) -> Result<(), AppError> {
+    pub async fn revoke_device(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        id: &str,
+    ) -> Result<(), AppError> {
         let mut tx = self.store().begin().await?;
-        let d = tx.get_device(id).await?.ok_or_else(|| AppError::NotFound(format!("device {id}")))?;
+        let d = tx
+            .get_device(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("device {id}")))?;
         let mut d = tx.lock_device(&d.id).await?.unwrap_or(d);
         if d.revoked_at.is_some() {
-            return Err(AppError::Conflict(format!("device {} is already revoked", d.name)));
+            return Err(AppError::Conflict(format!(
+                "device {} is already revoked",
+                d.name
+            )));
         }
         d.revoked_at = Some(now_ms());
         d.updated_at = now_ms();
         tx.update_device(&d).await?;
-        self.event(&mut *tx, &d.id, "credential_revoked", json!({})).await?;
-        let ev = AuditEvent::new("", "device.revoked", format!("device:{}", d.id)).with_details(json!({"serial": d.serial}));
+        self.event(&mut *tx, &d.id, "credential_revoked", json!({}))
+            .await?;
+        let ev = AuditEvent::new("", "device.revoked", format!("device:{}", d.id))
+            .with_details(json!({"serial": d.serial}));
         self.audit(&mut *tx, p, ctx, ev).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Marks a device that needed attention as available again (after someone checked it).
-    pub async fn release_device(&self, p: &Principal, ctx: &RequestContext, id: &str) -> Result<Device, AppError> {
+    pub async fn release_device(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        id: &str,
+    ) -> Result<Device, AppError> {
         let mut tx = self.store().begin().await?;
-        let d = tx.get_device(id).await?.ok_or_else(|| AppError::NotFound(format!("device {id}")))?;
+        let d = tx
+            .get_device(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("device {id}")))?;
         let mut d = tx.lock_device(&d.id).await?.unwrap_or(d);
         if d.status != "attention" && d.status != "returning" {
-            return Err(AppError::Conflict(format!("device {} is {}, not waiting for attention", d.name, d.status.replace('_', " "))));
+            return Err(AppError::Conflict(format!(
+                "device {} is {}, not waiting for attention",
+                d.name,
+                d.status.replace('_', " ")
+            )));
         }
         d.status = "available".to_owned();
         d.updated_at = now_ms();
         tx.update_device(&d).await?;
-        self.event(&mut *tx, &d.id, "released", json!({"by": p.actor()})).await?;
+        self.event(&mut *tx, &d.id, "released", json!({"by": p.actor()}))
+            .await?;
         let ev = AuditEvent::new("", "device.released", format!("device:{}", d.id));
         self.audit(&mut *tx, p, ctx, ev).await?;
         tx.commit().await?;
@@ -1552,7 +1918,13 @@ impl App {
     }
 
     /// Sends an operator's command (lock, message) to a device.
-    pub async fn send_command(&self, p: &Principal, ctx: &RequestContext, id: &str, input: CommandInput) -> Result<CommandView, AppError> {
+    pub async fn send_command(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        id: &str,
+        input: CommandInput,
+    ) -> Result<CommandView, AppError> {
         let mut errors = ValidationErrors::new();
         let message = input.message.clone().unwrap_or_default();
         match input.kind.as_str() {
@@ -1562,14 +1934,27 @@ impl App {
                     errors.add("message", "must be 1-200 characters of text");
                 }
             }
-            other => errors.add("kind", format!("`{other}` is not lock, show_message or lock_with_message")),
+            other => errors.add(
+                "kind",
+                format!("`{other}` is not lock, show_message or lock_with_message"),
+            ),
         }
         errors.into_result()?;
         let mut tx = self.store().begin().await?;
-        let d = tx.get_device(id).await?.ok_or_else(|| AppError::NotFound(format!("device {id}")))?;
-        let c = command_row(&d.id, &input.kind, json!({"message": message}), now_ms(), self.command_ttl_ms());
+        let d = tx
+            .get_device(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("device {id}")))?;
+        let c = command_row(
+            &d.id,
+            &input.kind,
+            json!({"message": message}),
+            now_ms(),
+            self.command_ttl_ms(),
+        );
         tx.insert_command(&c).await?;
-        let ev = AuditEvent::new("", "device.command_sent", format!("device:{}", d.id)).with_details(json!({"command": c.id, "kind": c.kind}));
+        let ev = AuditEvent::new("", "device.command_sent", format!("device:{}", d.id))
+            .with_details(json!({"command": c.id, "kind": c.kind}));
         self.audit(&mut *tx, p, ctx, ev).await?;
         tx.commit().await?;
         self.wake_device(&d.id);
@@ -1595,14 +1980,23 @@ impl App {
     pub async fn schedule_device_sweep(&self, delay: Duration) -> Result<(), AppError> {
         let mut tx = self.store().begin().await?;
         let slot = (now_ms() + i64::try_from(delay.as_millis()).unwrap_or(0)) / 15_000;
-        jobs::enqueue(&mut *tx, JOB_SWEEP, json!({}), Some(format!("{JOB_SWEEP}:{slot}")), delay, 5).await?;
+        jobs::enqueue(
+            &mut *tx,
+            JOB_SWEEP,
+            json!({}),
+            Some(format!("{JOB_SWEEP}:{slot}")),
+            delay,
+            5,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 }
 
 fn fmt_time(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M UTC").to_string())
 }
 
 fn event_text(kind: &str, detail: &str) -> String {
@@ -1617,7 +2011,11 @@ fn event_text(kind: &str, detail: &str) -> String {
         "appconfig_changed" => "reported AppConfig changed".to_owned(),
         "checked_out" => format!("checked out ({})", d["source"].as_str().unwrap_or("")),
         "checked_in" => format!("checked in ({})", d["requested_by"].as_str().unwrap_or("")),
-        "command_result" => format!("{} {}", d["kind"].as_str().unwrap_or("command"), d["status"].as_str().unwrap_or("")),
+        "command_result" => format!(
+            "{} {}",
+            d["kind"].as_str().unwrap_or("command"),
+            d["status"].as_str().unwrap_or("")
+        ),
         "available" => "available again: check-in steps on the device are done".to_owned(),
         "attention" => "needs attention: a mandatory check-in step failed on the device".to_owned(),
         "credential_revoked" => "device credential revoked".to_owned(),
@@ -1630,18 +2028,36 @@ fn idempotency_digest(v: &Value) -> String {
     crypto::sha256_hex(&v.to_string())
 }
 
-async fn replay<T: DeserializeOwned>(tx: &mut dyn Tx, scope: &str, key: &str, digest: &str) -> Result<Option<T>, AppError> {
+async fn replay<T: DeserializeOwned>(
+    tx: &mut dyn Tx,
+    scope: &str,
+    key: &str,
+    digest: &str,
+) -> Result<Option<T>, AppError> {
     if key.is_empty() || key.len() > 200 {
         return Err(ValidationErrors::single("Idempotency-Key", "must be 1-200 characters").into());
     }
     match tx.get_idempotency(scope, key).await? {
         None => Ok(None),
-        Some(r) if r.request_digest == digest => serde_json::from_str(&r.response).map(Some).map_err(|e| AppError::Internal(e.to_string())),
-        Some(_) => Err(ValidationErrors::single("Idempotency-Key", "was already used for a different request").into()),
+        Some(r) if r.request_digest == digest => serde_json::from_str(&r.response)
+            .map(Some)
+            .map_err(|e| AppError::Internal(e.to_string())),
+        Some(_) => Err(ValidationErrors::single(
+            "Idempotency-Key",
+            "was already used for a different request",
+        )
+        .into()),
     }
 }
 
-async fn remember(tx: &mut dyn Tx, scope: &str, key: &str, digest: &str, status: i64, v: &impl Serialize) -> Result<(), AppError> {
+async fn remember(
+    tx: &mut dyn Tx,
+    scope: &str,
+    key: &str,
+    digest: &str,
+    status: i64,
+    v: &impl Serialize,
+) -> Result<(), AppError> {
     tx.put_idempotency(&IdempotencyRow {
         scope: scope.to_owned(),
         key: key.to_owned(),
@@ -1686,11 +2102,16 @@ impl JobHandler for EpicLogout {
 
     async fn run(&self, app: &App, job: &JobRow) -> JobOutcome {
         let Ok(p) = serde_json::from_value::<LogoutPayload>(job.payload.clone()) else {
-            return JobOutcome::Permanent { error: "malformed payload".to_owned() };
+            return JobOutcome::Permanent {
+                error: "malformed payload".to_owned(),
+            };
         };
         match logout_step(app, &p).await {
             Ok(o) => o,
-            Err(e) => JobOutcome::Retry { error: e.to_string(), after: None },
+            Err(e) => JobOutcome::Retry {
+                error: e.to_string(),
+                after: None,
+            },
         }
     }
 }
@@ -1705,11 +2126,21 @@ async fn logout_step(app: &App, p: &LogoutPayload) -> Result<JobOutcome, AppErro
     if StepStatus::parse(&step.status).is_ok_and(StepStatus::is_final) {
         return Ok(JobOutcome::Done);
     }
-    let spec: StepSpec = serde_json::from_str(&step.spec).map_err(|e| AppError::Internal(e.to_string()))?;
+    let spec: StepSpec =
+        serde_json::from_str(&step.spec).map_err(|e| AppError::Internal(e.to_string()))?;
     let (env_id, app_name) = match &spec {
-        StepSpec::EpicLogout { environment_id, app } => (environment_id.clone(), app.clone()),
-        StepSpec::EnhancedRoverLogout { environment_id } => (environment_id.clone(), "Rover".to_owned()),
-        _ => return Ok(JobOutcome::Permanent { error: "not a server-side step".to_owned() }),
+        StepSpec::EpicLogout {
+            environment_id,
+            app,
+        } => (environment_id.clone(), app.clone()),
+        StepSpec::EnhancedRoverLogout { environment_id } => {
+            (environment_id.clone(), "Rover".to_owned())
+        }
+        _ => {
+            return Ok(JobOutcome::Permanent {
+                error: "not a server-side step".to_owned(),
+            });
+        }
     };
     let install_id = step.install_id.clone().unwrap_or_default();
     if step.in_flight {
@@ -1729,12 +2160,23 @@ async fn logout_step(app: &App, p: &LogoutPayload) -> Result<JobOutcome, AppErro
     let attempt = match app.disassociate_device(&env_id, &install_id).await {
         Ok(a) => a,
         Err(AppError::NotFound(what)) => {
-            return finish_step(app, p, StepStatus::Failed, format!("{what} not found: the Epic environment was removed"), false).await.map(|()| JobOutcome::Done);
+            return finish_step(
+                app,
+                p,
+                StepStatus::Failed,
+                format!("{what} not found: the Epic environment was removed"),
+                false,
+            )
+            .await
+            .map(|()| JobOutcome::Done);
         }
         Err(e) => {
             let detail = format!("{e}; retrying");
             finish_step(app, p, StepStatus::Retrying, detail.clone(), false).await?;
-            return Ok(JobOutcome::Retry { error: detail, after: None });
+            return Ok(JobOutcome::Retry {
+                error: detail,
+                after: None,
+            });
         }
     };
     let label = match &attempt {
@@ -1756,14 +2198,33 @@ async fn logout_step(app: &App, p: &LogoutPayload) -> Result<JobOutcome, AppErro
             finish_step(app, p, StepStatus::Failed, text, false).await?;
             Ok(JobOutcome::Done)
         }
-        LogoutVerdict::Retry { detail, outcome_unknown } => {
-            finish_step(app, p, StepStatus::Retrying, detail.clone(), outcome_unknown).await?;
-            Ok(JobOutcome::Retry { error: detail, after: None })
+        LogoutVerdict::Retry {
+            detail,
+            outcome_unknown,
+        } => {
+            finish_step(
+                app,
+                p,
+                StepStatus::Retrying,
+                detail.clone(),
+                outcome_unknown,
+            )
+            .await?;
+            Ok(JobOutcome::Retry {
+                error: detail,
+                after: None,
+            })
         }
     }
 }
 
-async fn finish_step(app: &App, p: &LogoutPayload, status: StepStatus, detail: String, unknown: bool) -> Result<(), AppError> {
+async fn finish_step(
+    app: &App,
+    p: &LogoutPayload,
+    status: StepStatus,
+    detail: String,
+    unknown: bool,
+) -> Result<(), AppError> {
     let mut tx = app.store().begin().await?;
     tx.lock_checkin(&p.checkin_id).await?;
     let Some(mut step) = tx.get_checkin_step(&p.checkin_id, p.position).await? else {
@@ -1809,7 +2270,10 @@ impl JobHandler for Sweep {
         .await;
         match r {
             Ok(()) => JobOutcome::Done,
-            Err(e) => JobOutcome::Retry { error: e.to_string(), after: None },
+            Err(e) => JobOutcome::Retry {
+                error: e.to_string(),
+                after: None,
+            },
         }
     }
 }
@@ -1835,7 +2299,10 @@ pub async fn sweep(app: &App) -> Result<usize, AppError> {
             && !StepStatus::parse(&s.status).is_ok_and(StepStatus::is_final)
         {
             s.status = StepStatus::Failed.as_str().to_owned();
-            s.detail = format!("the device did not confirm within {} minutes (is it switched on and online?)", app.config().device_command_ttl_secs / 60);
+            s.detail = format!(
+                "the device did not confirm within {} minutes (is it switched on and online?)",
+                app.config().device_command_ttl_secs / 60
+            );
             s.updated_at = now;
             tx.update_checkin_step(&s).await?;
             app.settle_checkin(&mut *tx, ch).await?;

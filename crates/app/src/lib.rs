@@ -59,6 +59,10 @@ pub enum AuthMethod {
     Cli,
     /// Switchboard acting on its own (start-up, jobs).
     System,
+    /// A device agent or a kiosk, recorded under its own name (`device:<serial>`, `kiosk:<location>`).
+    Station {
+        actor: String,
+    },
 }
 
 impl Principal {
@@ -90,6 +94,7 @@ impl Principal {
         match &self.via {
             AuthMethod::Cli => "cli".to_owned(),
             AuthMethod::System => "system".to_owned(),
+            AuthMethod::Station { actor } => actor.clone(),
             _ => format!("user:{}", self.username),
         }
     }
@@ -100,6 +105,19 @@ impl Principal {
             AuthMethod::Session { .. } => "console".to_owned(),
             AuthMethod::Cli => "cli".to_owned(),
             AuthMethod::System => "system".to_owned(),
+            AuthMethod::Station { actor } => actor.clone(),
+        }
+    }
+
+    /// A device agent or kiosk acting with operator rights over devices only.
+    #[must_use]
+    pub fn station(actor: String) -> Self {
+        Self {
+            user_id: String::new(),
+            username: actor.clone(),
+            display_name: actor.clone(),
+            role: Role::Operator,
+            via: AuthMethod::Station { actor },
         }
     }
 }

@@ -111,6 +111,8 @@ pub async fn start(mut config: Config, registry: Registry) -> anyhow::Result<Run
     let bootstrap_token = app.bootstrap().await?.map(|t| t.secret);
     app.schedule_telehealth_purge(std::time::Duration::from_secs(60))
         .await?;
+    app.schedule_device_sweep(std::time::Duration::from_secs(15))
+        .await?;
     let stop = CancellationToken::new();
     let router = switchboard_http::router(app.clone(), switchboard_http::metrics_layer::handle());
     let server_stop = stop.clone();

@@ -80,6 +80,8 @@ enum Command {
     RotateMasterKey,
     /// Run the Epic simulator (a stand-in for a customer's Interconnect) on its own port.
     EpicSim(EpicSimArgs),
+    /// Simulate shared devices running the locker app against a Switchboard server.
+    AgentSim(AgentSimArgs),
     /// Print a random key as `value: <base64>` (32 bytes for Epic AES-256-CBC; 16 for legacy).
     Keygen {
         /// Key size in bytes: 32 or 16.
@@ -105,6 +107,61 @@ struct EpicSimArgs {
     /// (e.g. `DisassociateMobileDevice:503:0.2`). Repeatable.
     #[arg(long = "fault")]
     faults: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct AgentSimArgs {
+    /// Switchboard's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// An enrolment token (`switchboard` admin API or console: Devices → Enrolment tokens).
+    #[arg(long)]
+    enrolment_token: String,
+    /// How many devices.
+    #[arg(long, default_value_t = 10)]
+    devices: usize,
+    #[arg(long, default_value = "SIM")]
+    serial_prefix: String,
+    /// `ios` or `android`.
+    #[arg(long, default_value = "ios")]
+    platform: String,
+    /// Epic apps on the devices, comma-separated (Rover, Haiku, Canto).
+    #[arg(long, default_value = "Rover,Haiku")]
+    epic_apps: String,
+    /// `EpicMobileDeviceIDAppName` of the Epic apps.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    app_name: bool,
+    /// Use the UUID rather than the serial number as `EpicMobileDeviceID`.
+    #[arg(long)]
+    id_from_uuid: bool,
+    /// Report the locker's `epicRoverEpicMobileDeviceID` (Enhanced Rover logout).
+    #[arg(long)]
+    enhanced_rover: bool,
+    /// Share of commands that fail (0-1).
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Milliseconds a command takes on the device.
+    #[arg(long, default_value_t = 50)]
+    delay_ms: u64,
+    #[arg(long, default_value_t = 30)]
+    heartbeat_secs: u64,
+    /// Sign checked-out users in to the Epic apps in this `switchboard epic-sim` (base URL).
+    #[arg(long)]
+    epic_sim: Option<String>,
+    /// Scripted check-out / check-in by badge: comma-separated badge numbers.
+    #[arg(long)]
+    badges: Option<String>,
+    /// Scripted cycles (with --badges).
+    #[arg(long, default_value_t = 1)]
+    cycles: usize,
+    /// Seconds each scripted check-out keeps its device.
+    #[arg(long, default_value_t = 5)]
+    hold_secs: u64,
+    /// Stop after this many seconds (0: run until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    duration_secs: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Subcommand)]
@@ -261,6 +318,9 @@ fn main() -> ExitCode {
     if let Command::EpicSim(args) = cli.command {
         return run_epic_sim(&args);
     }
+    if let Command::AgentSim(args) = cli.command {
+        return run_agent_sim(args);
+    }
     if let Command::Keygen { size } = cli.command {
         return match keygen(size) {
             Ok(v) => {
@@ -298,6 +358,88 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_agent_sim(args: AgentSimArgs) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(std::env::var("SWITCHBOARD_LOG").unwrap_or_else(|_| "info".to_owned()))
+        .try_init();
+    if !(0.0..=1.0).contains(&args.fail_rate) {
+        eprintln!("error: --fail-rate must be between 0 and 1");
+        return ExitCode::from(2);
+    }
+    let cfg = switchboard_agent_sim::AgentSimConfig {
+        server: args.server,
+        enrolment_token: args.enrolment_token,
+        devices: args.devices,
+        serial_prefix: args.serial_prefix,
+        platform: args.platform,
+        epic_apps: args
+            .epic_apps
+            .split(',')
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect(),
+        append_app_name: args.app_name,
+        id_from_uuid: args.id_from_uuid,
+        enhanced_rover: args.enhanced_rover,
+        fail_rate: args.fail_rate,
+        delay: std::time::Duration::from_millis(args.delay_ms),
+        heartbeat: std::time::Duration::from_secs(args.heartbeat_secs.max(1)),
+        epic_sim: args.epic_sim,
+        seed: args.seed,
+        ..switchboard_agent_sim::AgentSimConfig::default()
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let agents = match switchboard_agent_sim::start(cfg).await {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!(
+            "{} devices enrolled and polling for commands",
+            agents.devices.len()
+        );
+        if let Some(badges) = &args.badges {
+            let badges: Vec<String> = badges.split(',').map(|b| b.trim().to_owned()).collect();
+            let (ok, failed) = agents
+                .cycle(
+                    &badges,
+                    args.cycles,
+                    std::time::Duration::from_secs(args.hold_secs),
+                )
+                .await;
+            println!("scripted cycles: {ok} check-out/check-in cycles completed, {failed} refused");
+        }
+        if args.duration_secs > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(args.duration_secs)).await;
+        } else if args.badges.is_none() {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        let s = &agents.stats;
+        println!(
+            "heartbeats {}, commands {} ({} simulated failures), errors {}",
+            s.heartbeats.load(std::sync::atomic::Ordering::Relaxed),
+            s.commands.load(std::sync::atomic::Ordering::Relaxed),
+            s.failures.load(std::sync::atomic::Ordering::Relaxed),
+            s.errors.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        agents.stop().await;
+        ExitCode::SUCCESS
+    })
 }
 
 fn run_epic_sim(args: &EpicSimArgs) -> ExitCode {
@@ -434,7 +576,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     let cli = Principal::cli();
     let ctx = RequestContext::default();
     match command {
-        Command::Keygen { .. } | Command::EpicSim(_) => {
+        Command::Keygen { .. } | Command::EpicSim(_) | Command::AgentSim(_) => {
             unreachable!("handled before configuration is loaded")
         }
         Command::Serve => {

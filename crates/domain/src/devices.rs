@@ -35,7 +35,9 @@ impl Platform {
         match s {
             "ios" => Ok(Self::Ios),
             "android" => Ok(Self::Android),
-            other => Err(format!("unknown platform `{other}`: expected ios or android")),
+            other => Err(format!(
+                "unknown platform `{other}`: expected ios or android"
+            )),
         }
     }
 }
@@ -102,9 +104,11 @@ pub fn app_id_ok(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 155
         && id.contains('.')
-        && id
-            .split('.')
-            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        && id.split('.').all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
 }
 
 /// A serial number or UUID (letters, digits, `-`), 1–64 characters.
@@ -128,7 +132,10 @@ pub fn check_inventory(apps: &[InstalledApp], field: &str, errors: &mut Validati
     if apps.len() > MAX_APPS {
         errors.add(
             field,
-            format!("{} apps reported; at most {MAX_APPS} are accepted", apps.len()),
+            format!(
+                "{} apps reported; at most {MAX_APPS} are accepted",
+                apps.len()
+            ),
         );
         return;
     }
@@ -140,7 +147,9 @@ pub fn check_inventory(apps: &[InstalledApp], field: &str, errors: &mut Validati
             );
         }
         for (what, v) in [("name", &a.name), ("version", &a.version)] {
-            if v.as_ref().is_some_and(|v| v.len() > MAX_VALUE_LEN || !printable(v)) {
+            if v.as_ref()
+                .is_some_and(|v| v.len() > MAX_VALUE_LEN || !printable(v))
+            {
                 errors.add(
                     &format!("{field}[{i}].{what}"),
                     format!("must be printable text of at most {MAX_VALUE_LEN} characters"),
@@ -176,9 +185,15 @@ pub fn check_reported_config(config: &ReportedConfig, field: &str, errors: &mut 
             if k.is_empty() || k.len() > 128 || !printable(k) {
                 errors.add(&f, "keys must be printable text of at most 128 characters");
             } else if v.len() > MAX_VALUE_LEN || !printable(v) {
-                errors.add(&f, format!("must be printable text of at most {MAX_VALUE_LEN} characters"));
+                errors.add(
+                    &f,
+                    format!("must be printable text of at most {MAX_VALUE_LEN} characters"),
+                );
             } else if k == "EpicMobileDeviceIDAppName" && config_bool(v).is_none() {
-                errors.add(&f, format!("`{v}` is not a boolean: expected true or false"));
+                errors.add(
+                    &f,
+                    format!("`{v}` is not a boolean: expected true or false"),
+                );
             } else if (k == "EpicMobileDeviceID" || k == "epicRoverEpicMobileDeviceID")
                 && !crate::appconfig::DeviceVar::unsubstituted(v)
                 && !serial_ok(v)
@@ -308,10 +323,7 @@ pub enum StepSpec {
         mandatory: bool,
     },
     /// Server side: DisassociateMobileDevice for an Epic app's Install ID.
-    EpicLogout {
-        environment_id: String,
-        app: String,
-    },
+    EpicLogout { environment_id: String, app: String },
     /// Server side: DisassociateMobileDevice with the locker's `epicRoverEpicMobileDeviceID`.
     EnhancedRoverLogout { environment_id: String },
 }
@@ -337,7 +349,10 @@ impl StepSpec {
     /// Device-side steps are commands to the agent; the others are jobs on the server.
     #[must_use]
     pub const fn on_device(&self) -> bool {
-        !matches!(self, Self::EpicLogout { .. } | Self::EnhancedRoverLogout { .. })
+        !matches!(
+            self,
+            Self::EpicLogout { .. } | Self::EnhancedRoverLogout { .. }
+        )
     }
 
     /// Whether the device may go back to "available" before this step is done.
@@ -390,21 +405,29 @@ pub fn check_workflow(
                 if platform != Platform::Ios {
                     errors.add(&f, "force_quit is an iOS action; on Android use clear_data");
                 } else if !app_id_ok(app_id) {
-                    errors.add(&format!("{f}.app_id"), "must be a bundle id such as `com.epic.rover`");
+                    errors.add(
+                        &format!("{f}.app_id"),
+                        "must be a bundle id such as `com.epic.rover`",
+                    );
                 }
             }
             StepSpec::ClearData { app_id, .. } => {
                 if platform != Platform::Android {
                     errors.add(&f, "clear_data is an Android action; on iOS use force_quit");
                 } else if !app_id_ok(app_id) {
-                    errors.add(&format!("{f}.app_id"), "must be a package name such as `com.epic.rover`");
+                    errors.add(
+                        &format!("{f}.app_id"),
+                        "must be a package name such as `com.epic.rover`",
+                    );
                 }
             }
             StepSpec::UniversalLinkLogout { url, .. } => {
                 let ok = url.len() <= 2048
                     && url.split_once("://").is_some_and(|(scheme, rest)| {
                         !scheme.is_empty()
-                            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                            && scheme
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
                             && !rest.is_empty()
                     })
                     && printable(url)
@@ -414,14 +437,20 @@ pub fn check_workflow(
                 }
             }
             StepSpec::ClearPin { .. } | StepSpec::Lock { .. } => {}
-            StepSpec::EpicLogout { environment_id, app } => {
+            StepSpec::EpicLogout {
+                environment_id,
+                app,
+            } => {
                 if !EPIC_APPS.contains(&app.as_str()) {
                     let hint = EPIC_APPS
                         .iter()
                         .find(|a| a.eq_ignore_ascii_case(app))
                         .map(|a| format!(" (write `{a}`: app names are case-sensitive)"))
                         .unwrap_or_default();
-                    errors.add(&format!("{f}.app"), format!("must be Rover, Haiku or Canto{hint}"));
+                    errors.add(
+                        &format!("{f}.app"),
+                        format!("must be Rover, Haiku or Canto{hint}"),
+                    );
                 }
                 check_env(environment_id, Some(app), environments, &f, errors);
             }
@@ -440,7 +469,10 @@ fn check_env(
     errors: &mut ValidationErrors,
 ) {
     match environments.get(id) {
-        None => errors.add(&format!("{f}.environment_id"), format!("no Epic environment `{id}`")),
+        None => errors.add(
+            &format!("{f}.environment_id"),
+            format!("no Epic environment `{id}`"),
+        ),
         Some(apps) => {
             if let Some(app) = app
                 && EPIC_APPS.contains(&app)
@@ -529,7 +561,10 @@ pub enum LogoutAttempt {
     /// Never reached Epic (connection refused, DNS, TLS).
     NotSent(String),
     /// No token from Epic: the failure class (`not_mapped`, `epic_down`, ...) and a sentence.
-    NoToken { class: String, detail: String },
+    NoToken {
+        class: String,
+        detail: String,
+    },
 }
 
 /// Interprets an attempt. `earlier_unknown` is true when an earlier attempt's answer was lost
@@ -552,7 +587,9 @@ pub fn logout_verdict(
             "Epic does not know Install ID {install_id}: no user has signed in to {app} on this device since its AppConfig was applied (nothing to sign out; not retried)"
         )),
         LogoutAttempt::Status(s) if *s == 401 || *s == 403 => LogoutVerdict::Retry {
-            detail: format!("Epic refused the call (HTTP {s}): DisassociateMobileDevice may not be attached to the backend client; retrying"),
+            detail: format!(
+                "Epic refused the call (HTTP {s}): DisassociateMobileDevice may not be attached to the backend client; retrying"
+            ),
             outcome_unknown: false,
         },
         LogoutAttempt::Status(s) => LogoutVerdict::Retry {
@@ -560,7 +597,8 @@ pub fn logout_verdict(
             outcome_unknown: false,
         },
         LogoutAttempt::TimedOut => LogoutVerdict::Retry {
-            detail: "Epic did not answer in time; retrying (the call may already have worked)".to_owned(),
+            detail: "Epic did not answer in time; retrying (the call may already have worked)"
+                .to_owned(),
             outcome_unknown: true,
         },
         LogoutAttempt::NotSent(why) => LogoutVerdict::Retry {
@@ -707,11 +745,21 @@ mod tests {
             ("Haiku", "EpicMobileDeviceID", "J4X7X22WGA"),
             ("Haiku", "EpicMobileDeviceIDAppName", "false"),
         ]);
-        assert_eq!(install_id(&c, "Rover"), InstallId::Known("J4X7X22WGARover".into()));
-        assert_eq!(install_id(&c, "Haiku"), InstallId::Known("J4X7X22WGA".into()));
-        assert!(matches!(install_id(&c, "Canto"), InstallId::Unavailable(m) if m.contains("not reported")));
+        assert_eq!(
+            install_id(&c, "Rover"),
+            InstallId::Known("J4X7X22WGARover".into())
+        );
+        assert_eq!(
+            install_id(&c, "Haiku"),
+            InstallId::Known("J4X7X22WGA".into())
+        );
+        assert!(
+            matches!(install_id(&c, "Canto"), InstallId::Unavailable(m) if m.contains("not reported"))
+        );
         let bad = cfg(&[("Rover", "EpicMobileDeviceID", "{DeviceUuId}")]);
-        assert!(matches!(install_id(&bad, "Rover"), InstallId::Unavailable(m) if m.contains("did not substitute")));
+        assert!(
+            matches!(install_id(&bad, "Rover"), InstallId::Unavailable(m) if m.contains("did not substitute"))
+        );
     }
 
     #[test]
@@ -721,7 +769,10 @@ mod tests {
             ("Rover", "EpicMobileDeviceIDAppName", "true"),
             (LOCKER, "epicRoverEpicMobileDeviceID", "AB-12"),
         ]);
-        assert_eq!(enhanced_rover_install_id(&same), (InstallId::Known("AB-12Rover".into()), None));
+        assert_eq!(
+            enhanced_rover_install_id(&same),
+            (InstallId::Known("AB-12Rover".into()), None)
+        );
         let differ = cfg(&[
             ("Rover", "EpicMobileDeviceID", "SERIAL1"),
             (LOCKER, "epicRoverEpicMobileDeviceID", "UUID-1"),
@@ -730,7 +781,10 @@ mod tests {
         assert_eq!(id, InstallId::Known("UUID-1".into()));
         assert!(warning.unwrap().contains("differs"));
         let none = cfg(&[("Rover", "EpicMobileDeviceID", "SERIAL1")]);
-        assert!(matches!(enhanced_rover_install_id(&none).0, InstallId::Unavailable(_)));
+        assert!(matches!(
+            enhanced_rover_install_id(&none).0,
+            InstallId::Unavailable(_)
+        ));
     }
 
     #[test]
@@ -749,7 +803,11 @@ mod tests {
         let fields: Vec<_> = e.errors.iter().map(|x| x.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["appconfig.Canto.EpicMobileDeviceID", "appconfig.Haiku.EpicMobileDeviceIDAppName", "appconfig.rover"]
+            [
+                "appconfig.Canto.EpicMobileDeviceID",
+                "appconfig.Haiku.EpicMobileDeviceIDAppName",
+                "appconfig.rover"
+            ]
         );
         assert!(e.errors[2].message.contains("write `Rover`"));
     }
@@ -759,18 +817,38 @@ mod tests {
         let envs: BTreeMap<String, Vec<String>> =
             [("env1".to_owned(), vec!["Rover".to_owned()])].into();
         let steps = vec![
-            StepSpec::ForceQuit { app_id: "com.epic.rover".into(), mandatory: true },
-            StepSpec::ClearData { app_id: "com.epic.rover".into(), mandatory: true },
-            StepSpec::EpicLogout { environment_id: "env1".into(), app: "haiku".into() },
-            StepSpec::EpicLogout { environment_id: "env2".into(), app: "Rover".into() },
-            StepSpec::UniversalLinkLogout { url: "not a link".into(), mandatory: false },
+            StepSpec::ForceQuit {
+                app_id: "com.epic.rover".into(),
+                mandatory: true,
+            },
+            StepSpec::ClearData {
+                app_id: "com.epic.rover".into(),
+                mandatory: true,
+            },
+            StepSpec::EpicLogout {
+                environment_id: "env1".into(),
+                app: "haiku".into(),
+            },
+            StepSpec::EpicLogout {
+                environment_id: "env2".into(),
+                app: "Rover".into(),
+            },
+            StepSpec::UniversalLinkLogout {
+                url: "not a link".into(),
+                mandatory: false,
+            },
         ];
         let mut e = ValidationErrors::new();
         check_workflow(Platform::Ios, &steps, &envs, "ios", &mut e);
         let fields: Vec<_> = e.errors.iter().map(|x| x.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["ios[1]", "ios[2].app", "ios[3].environment_id", "ios[4].url"]
+            [
+                "ios[1]",
+                "ios[2].app",
+                "ios[3].environment_id",
+                "ios[4].url"
+            ]
         );
         let mut e = ValidationErrors::new();
         check_workflow(Platform::Android, &steps[1..2], &envs, "android", &mut e);
@@ -797,11 +875,17 @@ mod tests {
         ));
         assert!(matches!(
             logout_verdict("Rover", "X", &LogoutAttempt::TimedOut, false),
-            LogoutVerdict::Retry { outcome_unknown: true, .. }
+            LogoutVerdict::Retry {
+                outcome_unknown: true,
+                ..
+            }
         ));
         assert!(matches!(
             logout_verdict("Rover", "X", &LogoutAttempt::Status(503), false),
-            LogoutVerdict::Retry { outcome_unknown: false, .. }
+            LogoutVerdict::Retry {
+                outcome_unknown: false,
+                ..
+            }
         ));
     }
 
@@ -826,20 +910,40 @@ mod tests {
 
     #[test]
     fn readiness_names_missing_apps_old_versions_and_unsubstituted_variables() {
-        let apps = vec![InstalledApp { id: "com.epic.rover".into(), name: None, version: Some("9.9".into()) }];
+        let apps = vec![InstalledApp {
+            id: "com.epic.rover".into(),
+            name: None,
+            version: Some("9.9".into()),
+        }];
         let req = vec![
-            RequiredApp { app_id: "com.epic.rover".into(), min_version: Some("9.10".into()) },
-            RequiredApp { app_id: "com.epic.haiku".into(), min_version: None },
+            RequiredApp {
+                app_id: "com.epic.rover".into(),
+                min_version: Some("9.10".into()),
+            },
+            RequiredApp {
+                app_id: "com.epic.haiku".into(),
+                min_version: None,
+            },
         ];
-        let r = readiness(&cfg(&[("Rover", "EpicMobileDeviceID", "$SERIALNUMBER")]), &apps, &req);
+        let r = readiness(
+            &cfg(&[("Rover", "EpicMobileDeviceID", "$SERIALNUMBER")]),
+            &apps,
+            &req,
+        );
         assert_eq!(r.len(), 3, "{r:?}");
         assert!(readiness(&ReportedConfig::new(), &apps, &req[..0]).is_empty());
-        assert!(version_lt("9.9", "9.10") && !version_lt("10.0", "9.10") && !version_lt("1.2", "1.2.0"));
+        assert!(
+            version_lt("9.9", "9.10") && !version_lt("10.0", "9.10") && !version_lt("1.2", "1.2.0")
+        );
     }
 
     #[test]
     fn pins_are_four_to_eight_digits() {
         assert!(check_pin("1234").is_ok() && check_pin("12345678").is_ok());
-        assert!(check_pin("123").is_err() && check_pin("123456789").is_err() && check_pin("12a4").is_err());
+        assert!(
+            check_pin("123").is_err()
+                && check_pin("123456789").is_err()
+                && check_pin("12a4").is_err()
+        );
     }
 }

@@ -27,6 +27,8 @@ pub const ADMIN_PREFIX: &str = "/admin/api/v1";
         (name = "jobs", description = "The durable job queue and its dead letters"),
         (name = "gateway", description = "FHIR gateway: data adapters, gateways, apps, activations and access records"),
         (name = "telehealth", description = "Epic video-visit profiles and their conferences"),
+        (name = "devices", description = "Shared devices: locations, groups and check-in workflows, enrolment, the user directory, check-out, check-in receipts"),
+        (name = "agent", description = "The protocol a device's locker app speaks (enrolment token or device credential)"),
     )
 )]
 struct ApiDoc;
@@ -35,12 +37,14 @@ pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(crate::routes::ops::router())
         .merge(crate::routes::epic_env::public_router())
+        .merge(crate::routes::devices::agent_router())
         .nest(
             ADMIN_PREFIX,
             crate::routes::admin::router()
                 .merge(crate::routes::epic_env::admin_router())
                 .merge(crate::routes::telehealth_admin::router())
-                .merge(crate::routes::gateway_admin::router()),
+                .merge(crate::routes::gateway_admin::router())
+                .merge(crate::routes::devices::admin_router()),
         )
 }
 
@@ -103,6 +107,20 @@ pub fn finish(mut doc: Doc) -> Doc {
                 .build(),
         ),
     );
+    for (name, format) in [
+        ("enrolment_token", "sbe_..."),
+        ("device_credential", "sbd_..."),
+    ] {
+        components.add_security_scheme(
+            name,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format(format)
+                    .build(),
+            ),
+        );
+    }
     components.add_security_scheme(
         "console_session",
         SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(

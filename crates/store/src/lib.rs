@@ -3,8 +3,8 @@
 //! backends cannot drift. Use cases open a [`Tx`], change state, append the audit entry and
 //! enqueue the jobs they need, then commit once.
 
-mod error;
 mod device_models;
+mod error;
 pub mod models;
 pub mod postgres;
 mod sql_impl;
@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
-pub use error::StoreError;
 pub use device_models::*;
+pub use error::StoreError;
 pub use models::*;
 
 use switchboard_domain::audit::{AuditEvent, StoredEntry};
@@ -432,7 +432,11 @@ pub trait Tx: Send {
         redeliver_before: i64,
     ) -> Result<Vec<CommandRow>, StoreError>;
     /// Open commands whose time ran out.
-    async fn expired_commands(&mut self, now: i64, limit: i64) -> Result<Vec<CommandRow>, StoreError>;
+    async fn expired_commands(
+        &mut self,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<CommandRow>, StoreError>;
     async fn device_commands(
         &mut self,
         device_id: &str,

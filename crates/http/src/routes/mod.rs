@@ -1,4 +1,5 @@
 pub mod admin;
+pub mod devices;
 pub mod epic_env;
 pub mod gateway;
 pub mod gateway_admin;

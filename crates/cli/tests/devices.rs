@@ -1,0 +1,930 @@
+//! Shared devices against `switchboard epic-sim` and `switchboard agent-sim`: check-out by badge
+//! with a PIN, the clinician "signs in" to Rover and Haiku in the simulator, check-in force-quits
+//! the apps, clears the PIN and signs the user out of Epic (Install IDs disassociated, presence
+//! offline); AppName off; Canto; Enhanced Rover logout with its mismatch warning; Epic faults
+//! (5xx, timeouts, `Install ID not found`); races; bad input. Every server test runs on SQLite and
+//! PostgreSQL.
+#![allow(clippy::unwrap_used, reason = "test helpers fail loudly on purpose")]
+
+mod common;
+
+use common::TestServer;
+use serde_json::{Value, json};
+use std::time::Duration;
+use switchboard_agent_sim::{AgentSimConfig, RunningAgents};
+
+struct Fixture {
+    sim: switchboard_epic_sim::RunningSim,
+    client_id: String,
+    env_id: String,
+    group_id: String,
+    enrol_token: String,
+    location: String,
+}
+
+async fn start_sim() -> switchboard_epic_sim::RunningSim {
+    let cfg = switchboard_epic_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        instances: vec![switchboard_epic_sim::InstanceConfig {
+            name: "interconnect-tst".into(),
+            production: false,
+        }],
+        ..Default::default()
+    };
+    switchboard_epic_sim::start(cfg).await.unwrap()
+}
+
+/// A simulator environment (registered with the simulator), a location, a device group with
+/// `workflow` for iOS and an enrolment token.
+async fn fixture(s: &TestServer, workflow: impl Fn(&str) -> Value) -> Fixture {
+    let sim = start_sim().await;
+    let client_id = format!("sb-{}", &common::uuid_like()[..8]);
+    let r = s
+        .post(
+            &s.admin_token,
+            "/epic-environments",
+            json!({"name": format!("Sim {}", &common::uuid_like()[..8]), "kind": "non_production", "interconnect_url": sim.base_url(),
+                   "instance": "interconnect-tst", "client_id": client_id, "apps": ["Rover", "Haiku", "Canto"],
+                   "publish_delay_secs": 0, "timeout_ms": 1500}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let env: Value = r.json().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/_sim/clients", sim.base_url()))
+        .json(
+            &json!({"client_id": client_id, "jwks_url": env["key_set"]["jwk_url"], "apis": ["*"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let env_id = env["id"].as_str().unwrap().to_owned();
+    let location = format!("4west-{}", &common::uuid_like()[..6]);
+    let r = s
+        .post(
+            &s.admin_token,
+            "/devices/locations",
+            json!({"id": location, "name": "4 West"}),
+        )
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let r = s
+        .post(
+            &s.admin_token,
+            "/devices/groups",
+            json!({"name": format!("Nursing {}", &common::uuid_like()[..6]), "lending_minutes": 780, "workflows": {"ios": workflow(&env_id)}}),
+        )
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let group: Value = r.json().await.unwrap();
+    let r = s
+        .post(
+            &s.admin_token,
+            "/devices/enrolment-tokens",
+            json!({"name": "test", "group_id": group["id"], "location_id": location}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let t: Value = r.json().await.unwrap();
+    Fixture {
+        sim,
+        client_id,
+        env_id,
+        group_id: group["id"].as_str().unwrap().to_owned(),
+        enrol_token: t["secret"].as_str().unwrap().to_owned(),
+        location,
+    }
+}
+
+fn rover_haiku_workflow(env: &str) -> Value {
+    json!([
+        {"action": "force_quit", "app_id": "com.epic.rover"},
+        {"action": "force_quit", "app_id": "com.epic.haiku"},
+        {"action": "epic_logout", "environment_id": env, "app": "Rover"},
+        {"action": "epic_logout", "environment_id": env, "app": "Haiku"},
+    ])
+}
+
+async fn agents(
+    s: &TestServer,
+    f: &Fixture,
+    tweak: impl FnOnce(&mut AgentSimConfig),
+) -> RunningAgents {
+    let mut cfg = AgentSimConfig {
+        server: s.url.clone(),
+        enrolment_token: f.enrol_token.clone(),
+        devices: 1,
+        serial_prefix: format!("T{}", &common::uuid_like()[..5].to_ascii_uppercase()),
+        epic_apps: vec!["Rover".into(), "Haiku".into()],
+        delay: Duration::from_millis(5),
+        heartbeat: Duration::from_secs(2),
+        poll_wait_secs: 5,
+        epic_sim: Some(f.sim.base_url()),
+        ..AgentSimConfig::default()
+    };
+    tweak(&mut cfg);
+    switchboard_agent_sim::start(cfg).await.unwrap()
+}
+
+async fn add_user(s: &TestServer, username: &str, badge: &str) -> Value {
+    let r = s
+        .post(
+            &s.admin_token,
+            "/devices/users",
+            json!({"username": username, "display_name": format!("Nurse {username}"), "badge": badge, "password": "correct horse battery"}),
+        )
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    r.json().await.unwrap()
+}
+
+async fn sim_json(f: &Fixture, path: &str) -> Value {
+    reqwest::get(format!("{}{path}", f.sim.base_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls `what` until `done` holds, for up to `secs` seconds.
+async fn eventually<F, Fut>(secs: u64, what: &str, mut probe: F) -> Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (bool, Value)>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (ok, v) = probe().await;
+        if ok {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn receipt_done(s: &TestServer, id: &str, secs: u64) -> Value {
+    eventually(secs, "the check-in completing", || async {
+        let r: Value = s
+            .get(&s.admin_token, &format!("/devices/checkins/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        (r["status"] != "in_progress", r)
+    })
+    .await
+}
+
+fn step<'a>(receipt: &'a Value, action: &str, nth: usize) -> &'a Value {
+    receipt["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["action"] == action)
+        .nth(nth)
+        .unwrap_or_else(|| panic!("no step {action} #{nth} in {receipt:#}"))
+}
+
+server_test!(
+    a_shift_from_check_out_with_a_pin_to_check_in_signs_the_user_out_everywhere,
+    |s| {
+        let f = fixture(s, rover_haiku_workflow).await;
+        let a = agents(s, &f, |_| {}).await;
+        let serial = a.devices[0].lock().unwrap().serial.clone();
+        add_user(s, "nurse1", "10001").await;
+
+        // Kiosk-style check-out by badge at the location, with a PIN.
+        let r = s
+            .post(
+                &s.admin_token,
+                "/devices/checkout",
+                json!({"badge": " 10001\n", "location": f.location, "pin": "4321"}),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        let co: Value = r.json().await.unwrap();
+        assert_eq!(co["device"]["serial"], serial.as_str());
+        assert_eq!(co["message"], "Ready for Nurse nurse1");
+        assert_eq!(co["pin_set"], true);
+
+        // The agent shows "Ready for", sets the PIN and the user signs in to Rover and Haiku.
+        eventually(10, "the PIN being set on the device", || async {
+            let d = a.device(&serial).unwrap();
+            (d.pin_set && d.screen == "Ready for Nurse nurse1", json!(d))
+        })
+        .await;
+        let logins = eventually(10, "the user signing in to Epic apps", || async {
+            let m = sim_json(&f, "/_sim/mobile").await;
+            let ids: Vec<&str> = m
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["install_id"].as_str().unwrap())
+                .collect();
+            (
+                ids.contains(&format!("{serial}Rover").as_str())
+                    && ids.contains(&format!("{serial}Haiku").as_str()),
+                m.clone(),
+            )
+        })
+        .await;
+        assert!(
+            logins
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["user"] == "nurse1")
+        );
+        let d: Value = s
+            .get(&s.admin_token, &format!("/devices/{serial}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(d["status"], "checked_out");
+        assert_eq!(d["holder"]["username"], "nurse1");
+        assert_eq!(d["pin_set"], true);
+        assert_eq!(d["install_ids"]["Rover"], format!("{serial}Rover"));
+
+        // Check-in: force quit both apps, clear the PIN, Epic logout of both.
+        let r = s
+            .post(
+                &s.admin_token,
+                &format!("/devices/{serial}/checkin"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        let receipt: Value = r.json().await.unwrap();
+        let actions: Vec<&str> = receipt["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                "force_quit",
+                "force_quit",
+                "epic_logout",
+                "epic_logout",
+                "clear_pin"
+            ]
+        );
+        let done = receipt_done(s, receipt["id"].as_str().unwrap(), 15).await;
+        assert_eq!(done["status"], "complete", "{done:#}");
+        assert!(
+            done["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["status"] == "done"),
+            "{done:#}"
+        );
+        assert_eq!(
+            step(&done, "epic_logout", 0)["install_id"],
+            format!("{serial}Rover")
+        );
+        assert!(
+            step(&done, "epic_logout", 1)["detail"]
+                .as_str()
+                .unwrap()
+                .contains("signed the user out of Haiku")
+        );
+        let dev = a.device(&serial).unwrap();
+        assert!(!dev.pin_set && dev.running.is_empty(), "{dev:?}");
+        let m = sim_json(&f, "/_sim/mobile").await;
+        assert!(
+            m.as_array()
+                .unwrap()
+                .iter()
+                .all(|l| !l["install_id"].as_str().unwrap().starts_with(&serial)),
+            "{m:#}"
+        );
+        let presence = sim_json(&f, "/_sim/presence").await;
+        let offline = presence
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["presence"] == "offline" && p["user"] == "nurse1")
+            .count();
+        assert_eq!(offline, 2, "{presence:#}");
+        let d: Value = s
+            .get(&s.admin_token, &format!("/devices/{serial}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(d["status"], "available");
+        assert_eq!(d["pin_set"], false);
+        assert!(d["holder"].is_null());
+        assert!(
+            d["timeline"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "checkin")
+        );
+
+        // Checking in an available device is a no-op with the existing receipt.
+        let r = s
+            .post(
+                &s.admin_token,
+                &format!("/devices/{serial}/checkin"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        let again: Value = r.json().await.unwrap();
+        assert_eq!(again["id"], done["id"]);
+        assert_eq!(again["already_checked_in"], true);
+        a.stop().await;
+        f.sim.shutdown().await;
+    }
+);
+
+server_test!(
+    app_name_off_canto_and_enhanced_rover_logout_use_the_right_install_ids,
+    |s| {
+        let f = fixture(s, |env| {
+            json!([
+                {"action": "force_quit", "app_id": "com.epic.rover"},
+                {"action": "enhanced_rover_logout", "environment_id": env},
+                {"action": "epic_logout", "environment_id": env, "app": "Canto"},
+            ])
+        })
+        .await;
+        let a = agents(s, &f, |c| {
+            c.epic_apps = vec!["Rover".into(), "Canto".into()];
+            c.append_app_name = false;
+            c.id_from_uuid = true;
+            c.enhanced_rover = true;
+        })
+        .await;
+        let dev = a.devices[0].lock().unwrap().clone();
+        add_user(s, "nurse2", "20002").await;
+        // AppName off: both apps share one Install ID (the UUID), as Epic would see it.
+        let r = s
+            .post(
+                &s.admin_token,
+                "/devices/checkout",
+                json!({"user": "nurse2", "device": dev.serial}),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        eventually(10, "sign-in", || async {
+            let m = sim_json(&f, "/_sim/mobile").await;
+            (
+                m.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l["install_id"] == dev.uuid.as_str()),
+                m,
+            )
+        })
+        .await;
+        let r: Value = s
+            .post(
+                &s.admin_token,
+                &format!("/devices/{}/checkin", dev.serial),
+                json!({}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let done = receipt_done(s, r["id"].as_str().unwrap(), 15).await;
+        let er = step(&done, "enhanced_rover_logout", 0);
+        assert_eq!(er["install_id"], dev.uuid.as_str());
+        assert_eq!(er["status"], "done", "{done:#}");
+        // Canto has the same Install ID (AppName off): Epic cannot tell the apps apart, so the
+        // receipt says the earlier step covers it instead of failing with "not found".
+        let canto = step(&done, "epic_logout", 0);
+        assert_eq!(canto["install_id"], dev.uuid.as_str());
+        assert_eq!(canto["status"], "skipped");
+        assert!(
+            canto["detail"]
+                .as_str()
+                .unwrap()
+                .contains("step 2 already signs out"),
+            "{canto:#}"
+        );
+        assert_eq!(done["status"], "complete");
+        assert!(done["warnings"].as_array().unwrap().is_empty());
+
+        // A device whose locker reports another value than Rover: the receipt and the device say so.
+        let serial = format!("MM{}", &common::uuid_like()[..8].to_ascii_uppercase());
+        let r = s
+            .http
+            .post(format!("{}/agent/v1/enrol", s.url))
+            .bearer_auth(&f.enrol_token)
+            .json(&json!({"serial": serial, "platform": "ios", "appconfig": {
+            "Rover": {"EpicMobileDeviceID": serial, "EpicMobileDeviceIDAppName": "true"},
+            "locker": {"epicRoverEpicMobileDeviceID": "SOME-UUID-1"}}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let d: Value = s
+            .get(&s.admin_token, &format!("/devices/{serial}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            d["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains("differs from Rover"),
+            "{d:#}"
+        );
+        let r = s
+            .post(
+                &s.admin_token,
+                "/devices/checkout",
+                json!({"user": "nurse2", "device": serial}),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        let r: Value = s
+            .post(
+                &s.admin_token,
+                &format!("/devices/{serial}/checkin"),
+                json!({}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            r["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains("both must use the same MDM variable"),
+            "{r:#}"
+        );
+        let er = step(&r, "enhanced_rover_logout", 0);
+        assert_eq!(er["install_id"], "SOME-UUID-1Rover");
+        a.stop().await;
+        f.sim.shutdown().await;
+    }
+);
+
+async fn add_fault(f: &Fixture, rule: Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/_sim/faults", f.sim.base_url()))
+        .json(&rule)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
+
+server_test!(
+    epic_outages_never_fail_a_check_in_and_every_logout_is_delivered_once,
+    |s| {
+        let f = fixture(s, rover_haiku_workflow).await;
+        let a = agents(s, &f, |c| c.devices = 3).await;
+        for i in 0..3 {
+            add_user(s, &format!("n{i}"), &format!("3000{i}")).await;
+        }
+        let serials: Vec<String> = a
+            .devices
+            .iter()
+            .map(|d| d.lock().unwrap().serial.clone())
+            .collect();
+        for (i, serial) in serials.iter().enumerate() {
+            let r = s
+                .post(
+                    &s.admin_token,
+                    "/devices/checkout",
+                    json!({"badge": format!("3000{i}"), "device": serial}),
+                )
+                .await;
+            assert_eq!(r.status(), 201);
+        }
+        eventually(10, "sign-ins", || async {
+            let m = sim_json(&f, "/_sim/mobile").await;
+            (m.as_array().unwrap().len() >= 6, m)
+        })
+        .await;
+        // Device 0: Epic answers 503 three times. Device 1: the first call times out (the answer is
+        // lost). Device 2: the user never signed in to Haiku (Install ID not found).
+        add_fault(&f, json!({"path_contains": "DisassociateMobileDevice", "effect": {"kind": "status", "status": 503}, "max_faults": 3})).await;
+        let r: Value = s
+            .post(
+                &s.admin_token,
+                &format!("/devices/{}/checkin", serials[0]),
+                json!({}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        // The device is back as soon as its own steps are done, whatever Epic does.
+        eventually(10, "device 0 available", || async {
+            let d: Value = s
+                .get(&s.admin_token, &format!("/devices/{}", serials[0]))
+                .await
+                .json()
+                .await
+                .unwrap();
+            (d["status"] == "available", d)
+        })
+        .await;
+        let done0 = receipt_done(s, r["id"].as_str().unwrap(), 20).await;
+        assert_eq!(done0["status"], "complete", "{done0:#}");
+        let attempts: i64 = done0["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["side"] == "server")
+            .map(|s| s["attempts"].as_i64().unwrap())
+            .sum();
+        assert_eq!(attempts, 5, "two logouts, three 503s: {done0:#}");
+
+        reqwest::Client::new()
+            .delete(format!("{}/_sim/faults", f.sim.base_url()))
+            .send()
+            .await
+            .unwrap();
+        add_fault(&f, json!({"path_contains": "DisassociateMobileDevice", "effect": {"kind": "timeout", "hold_ms": 3000}, "max_faults": 1})).await;
+        let r: Value = s
+            .post(
+                &s.admin_token,
+                &format!("/devices/{}/checkin", serials[1]),
+                json!({}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let done1 = receipt_done(s, r["id"].as_str().unwrap(), 30).await;
+        assert_eq!(done1["status"], "complete", "{done1:#}");
+        let repeats: i64 = done1["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["repeats"].as_i64().unwrap())
+            .sum();
+        assert_eq!(
+            repeats, 1,
+            "exactly one call repeated after the lost answer: {done1:#}"
+        );
+
+        reqwest::Client::new()
+            .delete(format!("{}/_sim/faults", f.sim.base_url()))
+            .send()
+            .await
+            .unwrap();
+        // Sign device 2's user out of Haiku behind Switchboard's back.
+        let m = sim_json(&f, "/_sim/mobile").await;
+        assert!(
+            m.as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["install_id"] == format!("{}Haiku", serials[2]))
+        );
+        let r = reqwest::Client::new()
+        .post(format!("{}/interconnect-tst-oauth/api/epic/2023/Security/MobileDevice/DisassociateMobileDevice", f.sim.base_url()))
+        .bearer_auth(mint_token(&f).await)
+        .json(&json!({"InstallID": format!("{}Haiku", serials[2])}))
+        .send()
+        .await
+        .unwrap();
+        assert!(r.status().is_success());
+        let r: Value = s
+            .post(
+                &s.admin_token,
+                &format!("/devices/{}/checkin", serials[2]),
+                json!({}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let done2 = receipt_done(s, r["id"].as_str().unwrap(), 15).await;
+        assert_eq!(done2["status"], "complete_with_problems");
+        let haiku = step(&done2, "epic_logout", 1);
+        assert_eq!(haiku["status"], "failed");
+        assert_eq!(haiku["attempts"], 1, "Install ID not found is not retried");
+        assert!(haiku["detail"].as_str().unwrap().contains(
+            "no user has signed in to Haiku on this device since its AppConfig was applied"
+        ));
+        assert_eq!(step(&done2, "epic_logout", 0)["status"], "done");
+        let d: Value = s
+            .get(&s.admin_token, &format!("/devices/{}", serials[2]))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            d["status"], "available",
+            "an Epic failure never keeps the device"
+        );
+
+        // Every logout reached Epic exactly once as far as the simulator is concerned.
+        let m = sim_json(&f, "/_sim/mobile").await;
+        assert!(m.as_array().unwrap().is_empty(), "{m:#}");
+        a.stop().await;
+        f.sim.shutdown().await;
+    }
+);
+
+async fn mint_token(f: &Fixture) -> String {
+    let r: Value = reqwest::Client::new()
+        .post(format!("{}/_sim/tokens", f.sim.base_url()))
+        .json(&json!({"client_id": f.client_id, "instance": "interconnect-tst"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["access_token"].as_str().unwrap().to_owned()
+}
+
+server_test!(racing_check_outs_limits_and_revoked_credentials, |s| {
+    let f = fixture(s, rover_haiku_workflow).await;
+    let a = agents(s, &f, |c| c.devices = 2).await;
+    let serials: Vec<String> = a
+        .devices
+        .iter()
+        .map(|d| d.lock().unwrap().serial.clone())
+        .collect();
+    add_user(s, "ra", "40001").await;
+    add_user(s, "rb", "40002").await;
+    // Two clinicians race for one device: exactly one wins.
+    let (x, y) = tokio::join!(
+        s.post(
+            &s.admin_token,
+            "/devices/checkout",
+            json!({"badge": "40001", "device": serials[0]})
+        ),
+        s.post(
+            &s.admin_token,
+            "/devices/checkout",
+            json!({"badge": "40002", "device": serials[0]})
+        ),
+    );
+    let mut codes = [x.status().as_u16(), y.status().as_u16()];
+    codes.sort_unstable();
+    assert_eq!(codes, [201, 409]);
+    // The loser is at no limit: they get the other device; the winner is at their limit.
+    let winner = if x.status() == 201 { "40001" } else { "40002" };
+    let loser = if winner == "40001" { "40002" } else { "40001" };
+    let r = s
+        .post(
+            &s.admin_token,
+            "/devices/checkout",
+            json!({"badge": winner, "location": f.location}),
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+    let p: Value = r.json().await.unwrap();
+    assert!(p["detail"].as_str().unwrap().contains("your limit"), "{p}");
+    // Idempotency-Key: the retried request gets the first answer, not a second device.
+    let send = || {
+        s.http
+            .post(s.api("/devices/checkout"))
+            .bearer_auth(&s.admin_token)
+            .header("Idempotency-Key", "retry-1")
+            .json(&json!({"badge": loser, "location": f.location}))
+            .send()
+    };
+    let first: Value = send().await.unwrap().json().await.unwrap();
+    let second = send().await.unwrap();
+    assert_eq!(second.status(), 201);
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(first["id"], second["id"]);
+    let r = s
+        .post(
+            &s.admin_token,
+            "/devices/checkout",
+            json!({"badge": "99999", "location": f.location}),
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+    // A revoked credential is refused.
+    let r = s
+        .post(
+            &s.admin_token,
+            &format!("/devices/{}/revoke", serials[1]),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    let cred = a.devices[1].lock().unwrap().credential.clone();
+    let r = s
+        .http
+        .post(format!("{}/agent/v1/heartbeat", s.url))
+        .bearer_auth(&cred)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    a.stop().await;
+    f.sim.shutdown().await;
+});
+
+server_test!(bad_agent_input_is_refused_and_changes_nothing, |s| {
+    let f = fixture(s, rover_haiku_workflow).await;
+    let enrol = |token: String, body: Value| {
+        let http = s.http.clone();
+        let url = format!("{}/agent/v1/enrol", s.url);
+        async move {
+            http.post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = enrol(
+        "sbe_wrong".into(),
+        json!({"serial": "X1", "platform": "ios"}),
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    let r = enrol(f.enrol_token.clone(), json!({"serial": "bad serial!", "platform": "windows",
+        "appconfig": {"rover": {"EpicMobileDeviceID": "X"}, "Haiku": {"EpicMobileDeviceIDAppName": "maybe"}}})).await;
+    assert_eq!(r.status(), 422);
+    let p: Value = r.json().await.unwrap();
+    let fields: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "serial",
+            "platform",
+            "appconfig.Haiku.EpicMobileDeviceIDAppName",
+            "appconfig.rover"
+        ]
+    );
+    let many: Vec<Value> = (0..301)
+        .map(|i| json!({"id": format!("com.example.app{i}")}))
+        .collect();
+    let r = enrol(
+        f.enrol_token.clone(),
+        json!({"serial": "BIG1", "platform": "ios", "apps": many}),
+    )
+    .await;
+    assert_eq!(r.status(), 422);
+    let devices: Value = s
+        .get(&s.admin_token, "/devices")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        devices.as_array().unwrap().is_empty(),
+        "nothing enrolled: {devices:#}"
+    );
+
+    // Two devices; one reports a result for the other's command.
+    let a = agents(s, &f, |c| {
+        c.devices = 2;
+        c.epic_sim = None;
+    })
+    .await;
+    let serials: Vec<String> = a
+        .devices
+        .iter()
+        .map(|d| d.lock().unwrap().serial.clone())
+        .collect();
+    let r = s
+        .post(
+            &s.admin_token,
+            &format!("/devices/{}/commands", serials[0]),
+            json!({"kind": "lock"}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let cmd: Value = r.json().await.unwrap();
+    let other = a.devices[1].lock().unwrap().credential.clone();
+    let r = s
+        .http
+        .post(format!(
+            "{}/agent/v1/commands/{}/result",
+            s.url,
+            cmd["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&other)
+        .json(&json!({"status": "failed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let done = eventually(10, "the lock being confirmed by its own device", || async {
+        let d: Value = s
+            .get(&s.admin_token, &format!("/devices/{}", serials[0]))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let c = d["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == cmd["id"])
+            .cloned()
+            .unwrap();
+        (c["state"] == "succeeded", c)
+    })
+    .await;
+    assert_eq!(done["result"], "locked");
+    let r = s
+        .post(&s.admin_token, "/devices/UNKNOWN-SERIAL/checkin", json!({}))
+        .await;
+    assert_eq!(r.status(), 404);
+    let r = s
+        .post(
+            &s.admin_token,
+            "/devices/checkout",
+            json!({"user": "nobody", "location": f.location, "pin": "12"}),
+        )
+        .await;
+    assert_eq!(r.status(), 422, "a bad PIN is refused before anything else");
+    let r = s
+        .post(&s.admin_token, "/devices/groups", json!({"name": "Bad", "lending_minutes": 5, "workflows": {"ios": [{"action": "clear_data", "app_id": "com.epic.rover"}, {"action": "epic_logout", "environment_id": f.env_id, "app": "rover"}]}}))
+        .await;
+    assert_eq!(r.status(), 422);
+    let p: Value = r.json().await.unwrap();
+    let fields: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "lending_minutes",
+            "workflows.ios[0]",
+            "workflows.ios[1].app"
+        ]
+    );
+    let _ = &f.group_id;
+    a.stop().await;
+    f.sim.shutdown().await;
+});
+
+server_test!(
+    the_directory_imports_csv_all_or_nothing_and_badges_stay_hashed,
+    |s| {
+        let csv = "username,display_name,badge,device_limit\nalice,Alice A,5001,2\nbob,Bob B,,\n";
+        let send = |body: &'static str| {
+            s.http
+                .post(s.api("/devices/users/import"))
+                .bearer_auth(&s.admin_token)
+                .header("content-type", "text/csv")
+                .body(body)
+                .send()
+        };
+        let r = send(csv).await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let bad = "username,display_name,badge,device_limit\ncarol,Carol,5001,\nDave!,Dave,,x\n";
+        let r = send(bad).await.unwrap();
+        assert_eq!(r.status(), 422);
+        let p: Value = r.json().await.unwrap();
+        let fields: Vec<&str> = p["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(fields, ["line 2: badge", "line 3: device_limit"]);
+        let users: Value = s
+            .get(&s.admin_token, "/devices/users")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let names: Vec<&str> = users
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["username"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["alice", "bob"], "carol was not imported");
+        assert!(
+            !users.to_string().contains("5001"),
+            "badges are never returned"
+        );
+        assert_eq!(users[0]["has_badge"], true);
+        assert_eq!(users[0]["device_limit"], 2);
+    }
+);

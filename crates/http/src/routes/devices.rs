@@ -1,0 +1,523 @@
+//! Shared devices: the admin API (`/admin/api/v1/devices/...`) and the agent protocol
+//! (`/agent/v1/...`, authenticated by the enrolment token or the device credential).
+
+use crate::AppState;
+use crate::auth::{AdminAccess, OperatorAccess, ReadAccess};
+use crate::error::{ApiError, Json, Path, Query};
+use axum::extract::{FromRef, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::Deserialize;
+use std::time::Duration;
+use switchboard_app::App;
+use switchboard_app::devices::{
+    CreatedEnrolmentToken, CreatedLocation, DeviceGroup, DeviceGroupInput, DeviceUser,
+    DeviceUserInput, EnrolmentToken, EnrolmentTokenInput, ImportReport, Location, LocationInput,
+};
+use switchboard_app::lending::{
+    AgentCheckoutInput, AgentCommand, Checkout, CheckoutInput, CommandInput, CommandResultInput,
+    CommandView, Device, DeviceDetail, DeviceQuery, DeviceUpdate, EnrolInput, Enrolled,
+    HeartbeatAnswer, HeartbeatInput, LocationSummary, Receipt,
+};
+use switchboard_store::DeviceRow;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn admin_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_devices))
+        .routes(routes!(get_device, update_device))
+        .routes(routes!(checkin_device))
+        .routes(routes!(revoke_device))
+        .routes(routes!(release_device))
+        .routes(routes!(send_command))
+        .routes(routes!(checkout))
+        .routes(routes!(get_receipt))
+        .routes(routes!(dashboard))
+        .routes(routes!(list_locations, save_location))
+        .routes(routes!(delete_location))
+        .routes(routes!(list_groups, create_group))
+        .routes(routes!(get_group, update_group, delete_group))
+        .routes(routes!(list_enrolment_tokens, create_enrolment_token))
+        .routes(routes!(revoke_enrolment_token))
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, update_user))
+        .routes(routes!(import_users))
+}
+
+pub fn agent_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(enrol))
+        .routes(routes!(heartbeat))
+        .routes(routes!(poll_commands))
+        .routes(routes!(command_result))
+        .routes(routes!(agent_checkout))
+        .routes(routes!(agent_checkin))
+}
+
+fn idempotency_key(h: &HeaderMap) -> Option<String> {
+    h.get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+// --- devices
+
+/// Devices, with their holder, readiness and Install IDs. `status=overdue` lists the overdue ones.
+#[utoipa::path(get, path = "/devices", tag = "devices", params(DeviceQuery),
+    security(("api_token" = ["read"]), ("console_session" = ["read"])), responses((status = 200, body = Vec<Device>)))]
+async fn list_devices(
+    _a: ReadAccess,
+    State(app): State<App>,
+    Query(q): Query<DeviceQuery>,
+) -> Result<Json<Vec<Device>>, ApiError> {
+    Ok(Json(app.list_devices(&q).await?))
+}
+
+/// One device (by id or serial) with its receipts, commands and timeline.
+#[utoipa::path(get, path = "/devices/{id}", tag = "devices", params(("id" = String, Path)),
+    security(("api_token" = ["read"]), ("console_session" = ["read"])), responses((status = 200, body = DeviceDetail)))]
+async fn get_device(
+    _a: ReadAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceDetail>, ApiError> {
+    Ok(Json(app.get_device(&id).await?))
+}
+
+/// Rename a device, set its slot, move it to another location or group.
+#[utoipa::path(patch, path = "/devices/{id}", tag = "devices", params(("id" = String, Path)), request_body = DeviceUpdate,
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 200, body = Device)))]
+async fn update_device(
+    a: AdminAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(b): Json<DeviceUpdate>,
+) -> Result<Json<Device>, ApiError> {
+    Ok(Json(app.update_device(&a.principal, &a.ctx, &id, b).await?))
+}
+
+/// Check a device in: runs its group's workflow and answers with the receipt. A device that is
+/// not checked out answers with its last receipt (`already_checked_in`).
+#[utoipa::path(post, path = "/devices/{id}/checkin", tag = "devices", params(("id" = String, Path)),
+    security(("api_token" = ["operate"]), ("console_session" = ["operate"])), responses((status = 200, body = Receipt)))]
+async fn checkin_device(
+    a: OperatorAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<Receipt>, ApiError> {
+    let who = a.principal.actor();
+    Ok(Json(app.checkin(&a.principal, &a.ctx, &id, &who).await?))
+}
+
+/// Revoke a device's credential (its agent must enrol again).
+#[utoipa::path(post, path = "/devices/{id}/revoke", tag = "devices", params(("id" = String, Path)),
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 204)))]
+async fn revoke_device(
+    a: AdminAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.revoke_device(&a.principal, &a.ctx, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Mark a device that needed attention as available again.
+#[utoipa::path(post, path = "/devices/{id}/release", tag = "devices", params(("id" = String, Path)),
+    security(("api_token" = ["operate"]), ("console_session" = ["operate"])), responses((status = 200, body = Device)))]
+async fn release_device(
+    a: OperatorAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<Device>, ApiError> {
+    Ok(Json(app.release_device(&a.principal, &a.ctx, &id).await?))
+}
+
+/// Send a device a command (lock, show_message, lock_with_message).
+#[utoipa::path(post, path = "/devices/{id}/commands", tag = "devices", params(("id" = String, Path)), request_body = CommandInput,
+    security(("api_token" = ["operate"]), ("console_session" = ["operate"])), responses((status = 201, body = CommandView)))]
+async fn send_command(
+    a: OperatorAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(b): Json<CommandInput>,
+) -> Result<(StatusCode, Json<CommandView>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(app.send_command(&a.principal, &a.ctx, &id, b).await?),
+    ))
+}
+
+/// Check a device out to a clinician (by badge or user), a named device or the best ready one at
+/// a location. Send an `Idempotency-Key` header to make retries safe.
+#[utoipa::path(post, path = "/devices/checkout", tag = "devices", request_body = CheckoutInput,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely: the first answer is returned again")),
+    security(("api_token" = ["operate"]), ("console_session" = ["operate"])), responses((status = 201, body = Checkout)))]
+async fn checkout(
+    a: OperatorAccess,
+    State(app): State<App>,
+    headers: HeaderMap,
+    Json(b): Json<CheckoutInput>,
+) -> Result<(StatusCode, Json<Checkout>), ApiError> {
+    let key = idempotency_key(&headers);
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            app.checkout(&a.principal, &a.ctx, b, "operator", key.as_deref())
+                .await?,
+        ),
+    ))
+}
+
+/// A check-in receipt: one row per workflow step with its status and a plain-language detail.
+#[utoipa::path(get, path = "/devices/checkins/{id}", tag = "devices", params(("id" = String, Path)),
+    security(("api_token" = ["read"]), ("console_session" = ["read"])), responses((status = 200, body = Receipt)))]
+async fn get_receipt(
+    _a: ReadAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<Receipt>, ApiError> {
+    Ok(Json(app.get_receipt(&id).await?))
+}
+
+/// Per location: available, checked out, overdue, returning, needing attention, not ready.
+#[utoipa::path(get, path = "/devices/dashboard", tag = "devices",
+    security(("api_token" = ["read"]), ("console_session" = ["read"])), responses((status = 200, body = Vec<LocationSummary>)))]
+async fn dashboard(
+    _a: ReadAccess,
+    State(app): State<App>,
+) -> Result<Json<Vec<LocationSummary>>, ApiError> {
+    Ok(Json(app.location_summaries().await?))
+}
+
+// --- locations
+
+/// Locations (a dock and its kiosk).
+#[utoipa::path(get, path = "/devices/locations", tag = "devices",
+    security(("api_token" = ["read"]), ("console_session" = ["read"])), responses((status = 200, body = Vec<Location>)))]
+async fn list_locations(
+    _a: ReadAccess,
+    State(app): State<App>,
+) -> Result<Json<Vec<Location>>, ApiError> {
+    Ok(Json(app.list_locations().await?))
+}
+
+/// Create a location or rename one; either way a new kiosk key is issued and shown once.
+#[utoipa::path(post, path = "/devices/locations", tag = "devices", request_body = LocationInput,
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 201, body = CreatedLocation)))]
+async fn save_location(
+    a: AdminAccess,
+    State(app): State<App>,
+    Json(b): Json<LocationInput>,
+) -> Result<(StatusCode, Json<CreatedLocation>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(app.save_location(&a.principal, &a.ctx, b).await?),
+    ))
+}
+
+/// Remove a location without devices.
+#[utoipa::path(delete, path = "/devices/locations/{id}", tag = "devices", params(("id" = String, Path)),
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 204)))]
+async fn delete_location(
+    a: AdminAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.delete_location(&a.principal, &a.ctx, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// --- groups
+
+/// Device groups: lending period, check-in workflows per platform, required apps.
+#[utoipa::path(get, path = "/devices/groups", tag = "devices",
+    security(("api_token" = ["read"]), ("console_session" = ["read"])), responses((status = 200, body = Vec<DeviceGroup>)))]
+async fn list_groups(
+    _a: ReadAccess,
+    State(app): State<App>,
+) -> Result<Json<Vec<DeviceGroup>>, ApiError> {
+    Ok(Json(app.list_device_groups().await?))
+}
+
+/// Create a device group.
+#[utoipa::path(post, path = "/devices/groups", tag = "devices", request_body = DeviceGroupInput,
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 201, body = DeviceGroup)))]
+async fn create_group(
+    a: AdminAccess,
+    State(app): State<App>,
+    Json(b): Json<DeviceGroupInput>,
+) -> Result<(StatusCode, Json<DeviceGroup>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(app.save_device_group(&a.principal, &a.ctx, None, b).await?),
+    ))
+}
+
+/// One device group (by id or name).
+#[utoipa::path(get, path = "/devices/groups/{id}", tag = "devices", params(("id" = String, Path)),
+    security(("api_token" = ["read"]), ("console_session" = ["read"])), responses((status = 200, body = DeviceGroup)))]
+async fn get_group(
+    _a: ReadAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceGroup>, ApiError> {
+    Ok(Json(app.get_device_group(&id).await?))
+}
+
+/// Replace a device group (its devices' readiness is worked out again).
+#[utoipa::path(put, path = "/devices/groups/{id}", tag = "devices", params(("id" = String, Path)), request_body = DeviceGroupInput,
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 200, body = DeviceGroup)))]
+async fn update_group(
+    a: AdminAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(b): Json<DeviceGroupInput>,
+) -> Result<Json<DeviceGroup>, ApiError> {
+    Ok(Json(
+        app.save_device_group(&a.principal, &a.ctx, Some(&id), b)
+            .await?,
+    ))
+}
+
+/// Remove a device group without devices.
+#[utoipa::path(delete, path = "/devices/groups/{id}", tag = "devices", params(("id" = String, Path)),
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 204)))]
+async fn delete_group(
+    a: AdminAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.delete_device_group(&a.principal, &a.ctx, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// --- enrolment tokens
+
+/// Enrolment tokens (secrets are never shown again).
+#[utoipa::path(get, path = "/devices/enrolment-tokens", tag = "devices",
+    security(("api_token" = ["read"]), ("console_session" = ["read"])), responses((status = 200, body = Vec<EnrolmentToken>)))]
+async fn list_enrolment_tokens(
+    _a: ReadAccess,
+    State(app): State<App>,
+) -> Result<Json<Vec<EnrolmentToken>>, ApiError> {
+    Ok(Json(app.list_enrolment_tokens().await?))
+}
+
+/// Create an enrolment token for a device group (and optionally a location); shown once.
+#[utoipa::path(post, path = "/devices/enrolment-tokens", tag = "devices", request_body = EnrolmentTokenInput,
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 201, body = CreatedEnrolmentToken)))]
+async fn create_enrolment_token(
+    a: AdminAccess,
+    State(app): State<App>,
+    Json(b): Json<EnrolmentTokenInput>,
+) -> Result<(StatusCode, Json<CreatedEnrolmentToken>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(app.create_enrolment_token(&a.principal, &a.ctx, b).await?),
+    ))
+}
+
+/// Revoke an enrolment token (enrolled devices keep working).
+#[utoipa::path(delete, path = "/devices/enrolment-tokens/{id}", tag = "devices", params(("id" = String, Path)),
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 204)))]
+async fn revoke_enrolment_token(
+    a: AdminAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.revoke_enrolment_token(&a.principal, &a.ctx, &id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// --- the directory of device users
+
+/// Clinicians who borrow devices (badges and passwords are never returned).
+#[utoipa::path(get, path = "/devices/users", tag = "devices",
+    security(("api_token" = ["read"]), ("console_session" = ["read"])), responses((status = 200, body = Vec<DeviceUser>)))]
+async fn list_users(
+    _a: ReadAccess,
+    State(app): State<App>,
+) -> Result<Json<Vec<DeviceUser>>, ApiError> {
+    Ok(Json(app.list_device_users().await?))
+}
+
+/// Add a device user.
+#[utoipa::path(post, path = "/devices/users", tag = "devices", request_body = DeviceUserInput,
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 201, body = DeviceUser)))]
+async fn create_user(
+    a: AdminAccess,
+    State(app): State<App>,
+    Json(b): Json<DeviceUserInput>,
+) -> Result<(StatusCode, Json<DeviceUser>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(app.save_device_user(&a.principal, &a.ctx, None, b).await?),
+    ))
+}
+
+/// One device user (by id or username).
+#[utoipa::path(get, path = "/devices/users/{id}", tag = "devices", params(("id" = String, Path)),
+    security(("api_token" = ["read"]), ("console_session" = ["read"])), responses((status = 200, body = DeviceUser)))]
+async fn get_user(
+    _a: ReadAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceUser>, ApiError> {
+    Ok(Json(app.get_device_user(&id).await?))
+}
+
+/// Change a device user (omitted fields are kept; an empty badge or password removes it).
+#[utoipa::path(patch, path = "/devices/users/{id}", tag = "devices", params(("id" = String, Path)), request_body = DeviceUserInput,
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 200, body = DeviceUser)))]
+async fn update_user(
+    a: AdminAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(b): Json<DeviceUserInput>,
+) -> Result<Json<DeviceUser>, ApiError> {
+    Ok(Json(
+        app.save_device_user(&a.principal, &a.ctx, Some(&id), b)
+            .await?,
+    ))
+}
+
+/// Import device users from CSV (`username,display_name,badge,device_limit`); all or nothing.
+#[utoipa::path(post, path = "/devices/users/import", tag = "devices", request_body(content = String, content_type = "text/csv"),
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 200, body = ImportReport)))]
+async fn import_users(
+    a: AdminAccess,
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Json<ImportReport>, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("text/csv") && !ct.starts_with("text/plain") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Unsupported media type",
+            "Send the file as text/csv.",
+        ));
+    }
+    Ok(Json(
+        app.import_device_users(&a.principal, &a.ctx, &body).await?,
+    ))
+}
+
+// --- the agent protocol
+
+fn bearer(parts: &Parts) -> Option<String> {
+    let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// A device agent, authenticated by its credential.
+pub struct AgentDevice(pub DeviceRow);
+
+impl<S: Send + Sync> FromRequestParts<S> for AgentDevice
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let token = bearer(parts).ok_or_else(ApiError::unauthenticated)?;
+        Ok(Self(state.app.authenticate_device(&token).await?))
+    }
+}
+
+/// Enrol a device (`Authorization: Bearer <enrolment token>`). Re-enrolling a serial replaces its
+/// credential. Answers with the device credential, shown once.
+#[utoipa::path(post, path = "/agent/v1/enrol", tag = "agent", request_body = EnrolInput,
+    security(("enrolment_token" = [])), responses((status = 201, body = Enrolled)))]
+async fn enrol(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Json(b): Json<EnrolInput>,
+) -> Result<(StatusCode, Json<Enrolled>), ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned())
+        .ok_or_else(ApiError::unauthenticated)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(app.enrol_device(&token, b).await?),
+    ))
+}
+
+/// Report battery, dock, location, app inventory and AppConfig.
+#[utoipa::path(post, path = "/agent/v1/heartbeat", tag = "agent", request_body = HeartbeatInput,
+    security(("device_credential" = [])), responses((status = 200, body = HeartbeatAnswer)))]
+async fn heartbeat(
+    AgentDevice(d): AgentDevice,
+    State(app): State<App>,
+    Json(b): Json<HeartbeatInput>,
+) -> Result<Json<HeartbeatAnswer>, ApiError> {
+    Ok(Json(app.device_heartbeat(&d.id, b).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct PollQuery {
+    /// Seconds to wait for a command (0 answers at once; capped by `agent_poll_max_secs`).
+    wait: Option<u64>,
+}
+
+/// Long-poll for commands. Each is handed out again if no result arrives within 30 seconds.
+#[utoipa::path(get, path = "/agent/v1/commands", tag = "agent", params(PollQuery),
+    security(("device_credential" = [])), responses((status = 200, body = Vec<AgentCommand>)))]
+async fn poll_commands(
+    AgentDevice(d): AgentDevice,
+    State(app): State<App>,
+    Query(q): Query<PollQuery>,
+) -> Result<Json<Vec<AgentCommand>>, ApiError> {
+    let wait = Duration::from_secs(q.wait.unwrap_or(0));
+    Ok(Json(app.poll_commands(&d.id, wait).await?))
+}
+
+/// Report a command's result (repeating the same result is harmless).
+#[utoipa::path(post, path = "/agent/v1/commands/{id}/result", tag = "agent", params(("id" = String, Path)), request_body = CommandResultInput,
+    security(("device_credential" = [])), responses((status = 200, body = CommandView)))]
+async fn command_result(
+    AgentDevice(d): AgentDevice,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(b): Json<CommandResultInput>,
+) -> Result<Json<CommandView>, ApiError> {
+    Ok(Json(app.command_result(&d.id, &id, b).await?))
+}
+
+/// Check this device out on the device itself (username + password, or badge).
+#[utoipa::path(post, path = "/agent/v1/checkout", tag = "agent", request_body = AgentCheckoutInput,
+    security(("device_credential" = [])), responses((status = 201, body = Checkout)))]
+async fn agent_checkout(
+    AgentDevice(d): AgentDevice,
+    State(app): State<App>,
+    Json(b): Json<AgentCheckoutInput>,
+) -> Result<(StatusCode, Json<Checkout>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(app.agent_checkout(&d.id, b).await?),
+    ))
+}
+
+/// Check this device in; answers with the receipt.
+#[utoipa::path(post, path = "/agent/v1/checkin", tag = "agent",
+    security(("device_credential" = [])), responses((status = 200, body = Receipt)))]
+async fn agent_checkin(
+    AgentDevice(d): AgentDevice,
+    State(app): State<App>,
+) -> Result<Json<Receipt>, ApiError> {
+    Ok(Json(app.agent_checkin(&d).await?))
+}
