@@ -395,8 +395,9 @@ impl AgentCtx {
         if fails {
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
         }
-        // Report, retrying a few times: results are idempotent on the server.
-        for attempt in 0..5_u64 {
+        // Report, retrying through a server restart (about 30 s): results are idempotent on the
+        // server, and a result that never arrives makes the server hand the command out again.
+        for attempt in 0..40_u64 {
             let r = self
                 .http
                 .post(format!("{}/agent/v1/commands/{id}/result", self.server))
@@ -407,7 +408,10 @@ impl AgentCtx {
             if r.is_ok_and(|r| r.status().is_success() || r.status().as_u16() == 409) {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+            if self.stop.is_cancelled() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis((100 * (attempt + 1)).min(1000))).await;
         }
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
     }

@@ -29,6 +29,8 @@ pub const JOB_LOGOUT: &str = "devices.epic_logout";
 pub const JOB_SWEEP: &str = "devices.sweep";
 /// A delivered command with no result is handed out again after this long.
 const REDELIVER_MS: i64 = 30_000;
+/// How often a waiting long poll looks for commands queued by another replica.
+const CROSS_REPLICA_RECHECK: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------------------
 // Views and inputs
@@ -565,7 +567,7 @@ fn receipt_view(
     }
 }
 
-fn command_row(device_id: &str, kind: &str, params: Value, now: i64, ttl_ms: i64) -> CommandRow {
+fn command_row(device_id: &str, kind: &str, params: &Value, now: i64, ttl_ms: i64) -> CommandRow {
     CommandRow {
         id: new_id("cmd_"),
         device_id: device_id.to_owned(),
@@ -884,10 +886,10 @@ impl App {
                 return Ok(out);
             }
             // Woken by this process at once; commands queued by another replica are seen
-            // within a second.
+            // within a few seconds (thousands of waiting agents must not query every second).
             tokio::select! {
                 () = notified => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = tokio::time::sleep(CROSS_REPLICA_RECHECK) => {}
                 () = tokio::time::sleep_until(deadline) => {}
             }
         }
@@ -1289,13 +1291,13 @@ impl App {
         tx.insert_command(&command_row(
             &device.id,
             "show_ready",
-            json!({"message": message, "user": user.display_name, "username": user.username}),
+            &json!({"message": message, "user": user.display_name, "username": user.username}),
             now,
             ttl,
         ))
         .await?;
         if let Some(pin) = pin {
-            let mut c = command_row(&device.id, "set_pin", json!({}), now, ttl);
+            let mut c = command_row(&device.id, "set_pin", &json!({}), now, ttl);
             c.position = Some(1);
             c.secret_ref = Some(
                 self.put_secret(
@@ -1400,10 +1402,9 @@ impl App {
     ) -> Result<Receipt, AppError> {
         let mut tx = self.store().begin().await?;
         let d = tx
-            .get_device(device)
+            .lock_device(device)
             .await?
             .ok_or_else(|| AppError::NotFound(format!("device {device}")))?;
-        let d = tx.lock_device(&d.id).await?.unwrap_or(d);
         if d.status != "checked_out" {
             let last = tx.device_checkins(&d.id, 1).await?;
             let Some(c) = last.into_iter().next() else {
@@ -1416,13 +1417,15 @@ impl App {
             r.already_checked_in = true;
             return Ok(r);
         }
-        let (c, _) = self
+        let (c, rows) = self
             .checkin_in_tx(&mut *tx, d.clone(), requested_by)
             .await?;
         let ev = AuditEvent::new("", "device.checked_in", format!("device:{}", d.id))
             .with_details(json!({"checkin": c.id, "requested_by": requested_by}));
         self.audit(&mut *tx, p, ctx, ev).await?;
-        let r = self.receipt_in(&mut *tx, &c).await?;
+        let c = tx.get_checkin(&c.id).await?.unwrap_or(c);
+        let user = tx.get_device_user(&c.user_id).await?;
+        let r = receipt_view(&c, &d, user.as_ref(), &rows);
         tx.commit().await?;
         self.wake_device(&d.id);
         Ok(r)
@@ -1498,7 +1501,7 @@ impl App {
                     StepSpec::UniversalLinkLogout { url, .. } => json!({"url": url}),
                     _ => json!({}),
                 };
-                let mut c = command_row(&d.id, s.action(), params, now, ttl);
+                let mut c = command_row(&d.id, s.action(), &params, now, ttl);
                 c.checkin_id = Some(checkin_id.clone());
                 c.position = Some(position);
                 row.command_id = Some(c.id.clone());
@@ -1751,7 +1754,7 @@ impl App {
                 ),
             });
         }
-        timeline.sort_by(|a, b| b.at.cmp(&a.at));
+        timeline.sort_by_key(|e| std::cmp::Reverse(e.at));
         timeline.truncate(150);
         Ok(DeviceDetail {
             device: view,
@@ -1948,7 +1951,7 @@ impl App {
         let c = command_row(
             &d.id,
             &input.kind,
-            json!({"message": message}),
+            &json!({"message": message}),
             now_ms(),
             self.command_ttl_ms(),
         );

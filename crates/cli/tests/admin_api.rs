@@ -624,8 +624,8 @@ server_test!(
             404
         );
         let stats: Value = s.get(&op, "/jobs/stats").await.json().await.unwrap();
-        // Only the standing hourly telehealth clean-up remains queued.
-        assert_eq!(stats, json!({"queued": 1, "running": 0, "dead": 0}));
+        // Only the standing clean-ups remain queued: telehealth (hourly) and devices (every 15 s).
+        assert_eq!(stats, json!({"queued": 2, "running": 0, "dead": 0}));
     }
 );
 

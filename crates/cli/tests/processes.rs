@@ -834,3 +834,253 @@ fn the_cli_configures_the_gateway_and_shows_an_app_secret_once() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("scopes"));
 }
+
+/// A free loopback port (so a restarted server comes back where the agents expect it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn check_in_storm_case(db: String) {
+    let key = master_key();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = [
+        ("SWITCHBOARD_DATABASE_URL", db.clone()),
+        ("SWITCHBOARD_MASTER_KEY", key),
+        ("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}")),
+        ("SWITCHBOARD_JOB_LEASE_SECONDS", "4".to_owned()),
+    ];
+    let sim = switchboard_epic_sim::start(switchboard_epic_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        instances: vec![switchboard_epic_sim::InstanceConfig {
+            name: "interconnect-tst".into(),
+            production: false,
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut a = Proc::spawn(dir.path(), &env);
+    let token = std::fs::read_to_string(dir.path().join("bootstrap-admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let http = reqwest::Client::new();
+    let api = |p: &str| format!("{}/admin/api/v1{p}", a.url);
+    let post = |url: String, body: Value| {
+        let (http, token) = (http.clone(), token.clone());
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let env_row = post(
+        api("/epic-environments"),
+        json!({"name": "Sim", "kind": "non_production", "interconnect_url": sim.base_url(), "instance": "interconnect-tst",
+               "client_id": "storm", "apps": ["Rover", "Haiku"], "publish_delay_secs": 0, "timeout_ms": 2000}),
+    )
+    .await;
+    http.post(format!("{}/_sim/clients", sim.base_url()))
+        .json(&json!({"client_id": "storm", "jwks_url": env_row["key_set"]["jwk_url"], "apis": ["*"]}))
+        .send()
+        .await
+        .unwrap();
+    let env_id = env_row["id"].as_str().unwrap();
+    post(api("/devices/locations"), json!({"id": "ed", "name": "ED"})).await;
+    let group = post(
+        api("/devices/groups"),
+        json!({"name": "ED", "lending_minutes": 600, "workflows": {"ios": [
+            {"action": "force_quit", "app_id": "com.epic.rover"},
+            {"action": "epic_logout", "environment_id": env_id, "app": "Rover"},
+            {"action": "epic_logout", "environment_id": env_id, "app": "Haiku"}]}}),
+    )
+    .await;
+    let et = post(
+        api("/devices/enrolment-tokens"),
+        json!({"name": "storm", "group_id": group["id"], "location_id": "ed"}),
+    )
+    .await;
+    let n = 24;
+    let agents = switchboard_agent_sim::start(switchboard_agent_sim::AgentSimConfig {
+        server: a.url.clone(),
+        enrolment_token: et["secret"].as_str().unwrap().to_owned(),
+        devices: n,
+        serial_prefix: "STORM".into(),
+        epic_apps: vec!["Rover".into(), "Haiku".into()],
+        delay: Duration::from_millis(5),
+        heartbeat: Duration::from_secs(5),
+        poll_wait_secs: 5,
+        epic_sim: Some(sim.base_url()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let serials: Vec<String> = agents
+        .devices
+        .iter()
+        .map(|d| d.lock().unwrap().serial.clone())
+        .collect();
+    for (i, serial) in serials.iter().enumerate() {
+        post(
+            api("/devices/users"),
+            json!({"username": format!("u{i}"), "display_name": format!("User {i}")}),
+        )
+        .await;
+        post(
+            api("/devices/checkout"),
+            json!({"user": format!("u{i}"), "device": serial}),
+        )
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{}/_sim/mobile", sim.base_url()))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len()
+        < 2 * n
+    {
+        assert!(Instant::now() < deadline, "sign-ins did not arrive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Epic is slow, so logouts are in flight when the server dies.
+    http.post(format!("{}/_sim/faults", sim.base_url()))
+        .json(&json!({"path_contains": "DisassociateMobileDevice", "rate": 0.0, "effect": {"kind": "status", "status": 503}, "latency_ms": 150}))
+        .send()
+        .await
+        .unwrap();
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let storm: Vec<_> = serials
+        .iter()
+        .map(|s| {
+            let (http, token, url) = (
+                http.clone(),
+                token.clone(),
+                api(&format!("/devices/{s}/checkin")),
+            );
+            let answered = Arc::clone(&answered);
+            tokio::spawn(async move {
+                if let Ok(r) = http.post(url).bearer_auth(token).send().await
+                    && r.status() == 200
+                {
+                    answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while answered.load(std::sync::atomic::Ordering::SeqCst) < n / 3 {
+        assert!(Instant::now() < deadline, "no check-in answered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.kill(); // SIGKILL in the middle of the storm
+    let signed_in = reqwest::get(format!("{}/_sim/mobile", sim.base_url()))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert!(
+        !signed_in.as_array().unwrap().is_empty(),
+        "logouts were still owed when the server died"
+    );
+    for t in storm {
+        t.await.unwrap();
+    }
+    let b = Proc::spawn(dir.path(), &env);
+    // The operator repeats every check-in: done ones answer with their receipt.
+    let mut receipts = Vec::new();
+    for s in &serials {
+        let r = http
+            .post(format!("{}/admin/api/v1/devices/{s}/checkin", b.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        receipts.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = Value::Null;
+    'wait: loop {
+        assert!(
+            Instant::now() < deadline,
+            "check-ins did not all complete after the crash: {last:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for id in &receipts {
+            let r: Value = http
+                .get(format!("{}/admin/api/v1/devices/checkins/{id}", b.url))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if r["status"] != "complete" {
+                last = r;
+                continue 'wait;
+            }
+            assert_eq!(
+                r["steps"].as_array().unwrap().len(),
+                3,
+                "no step lost: {r:#}"
+            );
+        }
+        break;
+    }
+    let mobile: Value = reqwest::get(format!("{}/_sim/mobile", sim.base_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        mobile.as_array().unwrap().is_empty(),
+        "every logout delivered: {mobile:#}"
+    );
+    agents.stop().await;
+    drop(b);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_in_a_check_in_storm_loses_no_step_and_no_logout_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    check_in_storm_case(format!(
+        "sqlite://{}",
+        dir.path().join("storm.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_in_a_check_in_storm_loses_no_step_and_no_logout_on_postgres() {
+    let Some(server) = switchboard_store::testing::postgres_server(
+        "a_server_killed_in_a_check_in_storm_loses_no_step_and_no_logout_on_postgres",
+    ) else {
+        return;
+    };
+    check_in_storm_case(switchboard_store::testing::create_postgres_database(&server).await).await;
+}

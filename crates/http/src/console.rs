@@ -19,6 +19,7 @@ use switchboard_app::{AppError, AuthMethod, Principal, RequestContext};
 use switchboard_domain::Permission;
 use switchboard_store::JobFilter;
 
+mod devices;
 mod gateway;
 mod telehealth;
 
@@ -43,6 +44,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/assets/console.css", get(css))
         .merge(telehealth::router())
         .merge(gateway::router())
+        .merge(devices::router())
 }
 
 /// The signed-in console user. Without a valid session, pages redirect to the sign-in page.

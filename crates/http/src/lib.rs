@@ -55,6 +55,7 @@ pub fn router(app: App, metrics: PrometheusHandle) -> Router {
         .merge(api)
         .merge(console::router())
         .merge(routes::telehealth::router())
+        .merge(routes::kiosk::router())
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)
         .with_state(state)

@@ -359,8 +359,9 @@ pub trait Tx: Send {
         digest: &str,
     ) -> Result<Option<DeviceRow>, StoreError>;
     async fn list_devices(&mut self, f: &DeviceFilter) -> Result<Vec<DeviceRow>, StoreError>;
-    /// Reads a device and locks its row until commit (PostgreSQL; SQLite writers are serial).
-    async fn lock_device(&mut self, id: &str) -> Result<Option<DeviceRow>, StoreError>;
+    /// Reads a device (by id or serial) and locks its row until commit (PostgreSQL; SQLite
+    /// writers are serial).
+    async fn lock_device(&mut self, id_or_serial: &str) -> Result<Option<DeviceRow>, StoreError>;
     /// Locks a check-in's row until commit, so its steps are settled one writer at a time.
     async fn lock_checkin(&mut self, id: &str) -> Result<(), StoreError>;
     /// Moves an available device to `checked_out` for `holder`; `false` when it was not available.

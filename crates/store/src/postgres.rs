@@ -51,6 +51,7 @@ impl PgStore {
             inner,
             enqueued: false,
             signal: Arc::clone(&self.signal),
+            writer: None,
         })
     }
 }

@@ -11,6 +11,10 @@ macro_rules! impl_tx {
             pub(crate) inner: sqlx::Transaction<'static, $db>,
             pub(crate) enqueued: bool,
             pub(crate) signal: std::sync::Arc<tokio::sync::Notify>,
+            /// SQLite: this process's writer turn, held until commit or rollback (declared after
+            /// `inner` so the transaction ends first).
+            #[allow(dead_code, reason = "held only to be released when the transaction ends")]
+            pub(crate) writer: Option<tokio::sync::OwnedMutexGuard<()>>,
         }
 
         impl $tx {
@@ -1148,7 +1152,7 @@ macro_rules! impl_tx {
             }
 
             async fn lock_device(&mut self, id: &str) -> Result<Option<$crate::DeviceRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(&format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1 {}", $for_update)).bind(id).fetch_optional(&mut *self.inner).await?)
+                Ok(sqlx::query_as(&format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1 OR serial = $1 {}", $for_update)).bind(id).fetch_optional(&mut *self.inner).await?)
             }
 
             async fn lock_checkin(&mut self, id: &str) -> Result<(), $crate::StoreError> {
@@ -1273,10 +1277,10 @@ macro_rules! impl_tx {
             async fn step_totals(&mut self, since: i64) -> Result<$crate::StepTotals, $crate::StoreError> {
                 use sqlx::Row;
                 let row = sqlx::query("SELECT COUNT(*) AS n, \
-                                       COALESCE(SUM(CASE WHEN s.status = 'done' THEN 1 ELSE 0 END), 0) AS done, \
-                                       COALESCE(SUM(CASE WHEN s.status = 'failed' THEN 1 ELSE 0 END), 0) AS failed, \
-                                       COALESCE(SUM(CASE WHEN s.status IN ('pending', 'retrying') THEN 1 ELSE 0 END), 0) AS open, \
-                                       COALESCE(SUM(s.repeats), 0) AS repeats, COALESCE(SUM(s.attempts), 0) AS attempts \
+                                       CAST(COALESCE(SUM(CASE WHEN s.status = 'done' THEN 1 ELSE 0 END), 0) AS BIGINT) AS done, \
+                                       CAST(COALESCE(SUM(CASE WHEN s.status = 'failed' THEN 1 ELSE 0 END), 0) AS BIGINT) AS failed, \
+                                       CAST(COALESCE(SUM(CASE WHEN s.status IN ('pending', 'retrying') THEN 1 ELSE 0 END), 0) AS BIGINT) AS open, \
+                                       CAST(COALESCE(SUM(s.repeats), 0) AS BIGINT) AS repeats, CAST(COALESCE(SUM(s.attempts), 0) AS BIGINT) AS attempts \
                                        FROM checkin_steps s JOIN checkins c ON c.id = s.checkin_id WHERE c.started_at >= $1 AND s.on_device = FALSE")
                     .bind(since).fetch_one(&mut *self.inner).await?;
                 Ok($crate::StepTotals {

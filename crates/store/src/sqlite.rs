@@ -26,6 +26,10 @@ pub struct SqliteStore {
     pool: SqlitePool,
     max: u32,
     signal: Arc<Notify>,
+    /// SQLite has one writer at a time. Writers of this process queue here, first come first
+    /// served, instead of in SQLite's busy handler, whose growing sleeps starve some of them.
+    writer: Arc<tokio::sync::Mutex<()>>,
+    busy_timeout: std::time::Duration,
 }
 
 impl SqliteStore {
@@ -57,14 +61,21 @@ impl SqliteStore {
             pool,
             max,
             signal: Arc::new(Notify::new()),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+            busy_timeout: o.sqlite_busy_timeout,
         })
     }
 
-    fn tx(&self, inner: sqlx::Transaction<'static, Sqlite>) -> Box<dyn Tx> {
+    fn tx(
+        &self,
+        inner: sqlx::Transaction<'static, Sqlite>,
+        writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Box<dyn Tx> {
         Box::new(SqliteTx {
             inner,
             enqueued: false,
             signal: Arc::clone(&self.signal),
+            writer,
         })
     }
 }
@@ -76,11 +87,18 @@ impl Store for SqliteStore {
     }
 
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
-        Ok(self.tx(self.pool.begin_with("BEGIN IMMEDIATE").await?))
+        let turn = tokio::time::timeout(self.busy_timeout, Arc::clone(&self.writer).lock_owned())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(
+                    "timed out waiting for the database's write lock".to_owned(),
+                )
+            })?;
+        Ok(self.tx(self.pool.begin_with("BEGIN IMMEDIATE").await?, Some(turn)))
     }
 
     async fn read(&self) -> Result<Box<dyn Tx>, StoreError> {
-        Ok(self.tx(self.pool.begin().await?))
+        Ok(self.tx(self.pool.begin().await?, None))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -3,6 +3,7 @@ pub mod devices;
 pub mod epic_env;
 pub mod gateway;
 pub mod gateway_admin;
+pub mod kiosk;
 pub mod ops;
 pub mod telehealth;
 pub mod telehealth_admin;

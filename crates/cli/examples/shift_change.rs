@@ -1,0 +1,331 @@
+//! Shift-change benchmark: N simulated devices (agent-sim) checked out, their clinicians signed in
+//! to Rover and Haiku in the Epic simulator, then all checked in by 64 concurrent clients through
+//! the admin API. Each check-in force-quits both apps on the device and queues two Epic API
+//! logouts (DisassociateMobileDevice). Server, simulator and agents share this process and this
+//! machine. Prints `key value` lines for bench/shift-change.sh.
+//!
+//!   shift_change [sqlite|postgres] [DEVICES] [CLIENTS] [faults]
+//!
+//! `faults` makes the simulator answer 20 % of logouts with 503 and time out 5 % of them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a benchmark fails loudly and prints rounded figures"
+)]
+
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn percentile(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let backend = args.get(1).cloned().unwrap_or_else(|| "sqlite".into());
+    let devices: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let clients: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(64);
+    let faults = args.get(4).is_some_and(|a| a == "faults");
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = if backend == "postgres" {
+        let server = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        switchboard_store::testing::create_postgres_database(&server).await
+    } else {
+        format!("sqlite://{}", dir.path().join("bench.db").display())
+    };
+    let sim = switchboard_epic_sim::start(switchboard_epic_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        instances: vec![switchboard_epic_sim::InstanceConfig {
+            name: "interconnect-tst".into(),
+            production: false,
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let config = switchboard_app::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_owned(),
+        database_url: Some(secrecy::SecretString::from(db_url)),
+        database_max_connections: 32,
+        log_level: "warn".to_owned(),
+        job_concurrency: 32,
+        job_backoff_base_ms: 500,
+        max_body_bytes: 1024 * 1024,
+        ..Default::default()
+    };
+    let server = switchboard_cli::start(config, switchboard_cli::standard_registry())
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.addr);
+    let token = server.bootstrap_token.clone().unwrap();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
+    let api = |p: &str| format!("{url}/admin/api/v1{p}");
+    let post = |p: String, body: Value| {
+        let http = http.clone();
+        let token = token.clone();
+        async move {
+            let r = http
+                .post(p)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    // Environment registered with the simulator, a location, a group with the workflow.
+    let (st, env) = post(
+        api("/epic-environments"),
+        json!({"name": "Sim", "kind": "non_production", "interconnect_url": sim.base_url(), "instance": "interconnect-tst",
+               "client_id": "bench-shift", "apps": ["Rover", "Haiku"], "publish_delay_secs": 0, "timeout_ms": 1000}),
+    )
+    .await;
+    assert_eq!(st, 201, "{env}");
+    let env_id = env["id"].as_str().unwrap().to_owned();
+    http.post(format!("{}/_sim/clients", sim.base_url()))
+        .json(&json!({"client_id": "bench-shift", "jwks_url": env["key_set"]["jwk_url"], "apis": ["*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        post(
+            api("/devices/locations"),
+            json!({"id": "icu", "name": "ICU"})
+        )
+        .await
+        .0,
+        201
+    );
+    let (st, group) = post(
+        api("/devices/groups"),
+        json!({"name": "ICU phones", "lending_minutes": 780, "workflows": {"ios": [
+            {"action": "force_quit", "app_id": "com.epic.rover"},
+            {"action": "force_quit", "app_id": "com.epic.haiku"},
+            {"action": "epic_logout", "environment_id": env_id, "app": "Rover"},
+            {"action": "epic_logout", "environment_id": env_id, "app": "Haiku"}]}}),
+    )
+    .await;
+    assert_eq!(st, 201, "{group}");
+    let (_, et) = post(
+        api("/devices/enrolment-tokens"),
+        json!({"name": "bench", "group_id": group["id"], "location_id": "icu"}),
+    )
+    .await;
+    // The directory: one clinician per device, imported as CSV.
+    let mut csv = String::from("username,display_name,badge\n");
+    for i in 0..devices {
+        csv.push_str(&format!("rn{i:05},Nurse {i},{}\n", 700_000 + i));
+    }
+    let r = http
+        .post(api("/devices/users/import"))
+        .bearer_auth(&token)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let t = Instant::now();
+    let agents = switchboard_agent_sim::start(switchboard_agent_sim::AgentSimConfig {
+        server: url.clone(),
+        enrolment_token: et["secret"].as_str().unwrap().to_owned(),
+        devices,
+        serial_prefix: "SHIFT".into(),
+        epic_apps: vec!["Rover".into(), "Haiku".into()],
+        delay: Duration::from_millis(10),
+        heartbeat: Duration::from_secs(120),
+        poll_wait_secs: 20,
+        epic_sim: Some(sim.base_url()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    println!("enrolled {devices}");
+    println!("enrol_s {:.1}", t.elapsed().as_secs_f64());
+    let serials: Vec<String> = agents
+        .devices
+        .iter()
+        .map(|d| d.lock().unwrap().serial.clone())
+        .collect();
+
+    // Check every device out (64 at a time), then wait for the sign-ins to reach Epic.
+    let t = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(clients));
+    let mut tasks = Vec::new();
+    for (i, serial) in serials.iter().enumerate() {
+        let permit = Arc::clone(&sem).acquire_owned().await.unwrap();
+        let fut = post(
+            api("/devices/checkout"),
+            json!({"user": format!("rn{i:05}"), "device": serial}),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = fut.await;
+            drop(permit);
+            r.0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 201);
+    }
+    println!("checkout_s {:.1}", t.elapsed().as_secs_f64());
+    let want = devices * 2;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let m: Value = http
+            .get(format!("{}/_sim/mobile", sim.base_url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if m.as_array().unwrap().len() >= want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sign-ins did not all arrive");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if faults {
+        for rule in [
+            json!({"path_contains": "DisassociateMobileDevice", "rate": 0.2, "effect": {"kind": "status", "status": 503}}),
+            json!({"path_contains": "DisassociateMobileDevice", "rate": 0.0625, "effect": {"kind": "timeout", "hold_ms": 3000}}),
+        ] {
+            let r = http
+                .post(format!("{}/_sim/faults", sim.base_url()))
+                .json(&rule)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+    }
+    http.delete(format!("{}/_sim/calls", sim.base_url()))
+        .send()
+        .await
+        .unwrap();
+    let since = switchboard_app::now_ms();
+
+    // The shift change: every device checked in by 64 concurrent clients.
+    let t0 = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(clients));
+    let mut tasks = Vec::new();
+    for serial in &serials {
+        let permit = Arc::clone(&sem).acquire_owned().await.unwrap();
+        let fut = post(api(&format!("/devices/{serial}/checkin")), json!({}));
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = fut.await;
+            drop(permit);
+            assert_eq!(r.0, 200, "{}", r.1);
+            t.elapsed()
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.push(t.await.unwrap());
+    }
+    let checkin_s = t0.elapsed().as_secs_f64();
+    let last_checkin = Instant::now();
+    println!("checkins {}", lat.len());
+    println!("checkin_total_s {checkin_s:.2}");
+    println!("checkins_per_s {:.0}", lat.len() as f64 / checkin_s);
+    println!("checkin_p50_ms {:.1}", percentile(&mut lat, 0.5));
+    println!("checkin_p99_ms {:.1}", percentile(&mut lat, 0.99));
+
+    // Every logout delivered: all server steps final and the simulator knows no sign-in.
+    let limit = if faults { 300 } else { 120 };
+    let deadline = Instant::now() + Duration::from_secs(limit);
+    let totals = loop {
+        let t = server.app.logout_totals(since).await.unwrap();
+        if t.open == 0 && t.server_steps as usize >= want {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "logouts not delivered: {t:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "logouts_delivered_after_last_checkin_s {:.1}",
+        last_checkin.elapsed().as_secs_f64()
+    );
+    let m: Value = http
+        .get(format!("{}/_sim/mobile", sim.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let calls: Value = http
+        .get(format!("{}/_sim/calls", sim.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let disassociate_calls = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("DisassociateMobileDevice"))
+        })
+        .count();
+    println!("logout_steps {}", totals.server_steps);
+    println!("logout_done {}", totals.done);
+    println!("logout_failed {}", totals.failed);
+    println!("logout_attempts {}", totals.attempts);
+    println!("repeats_after_unknown_outcome {}", totals.repeats);
+    println!("disassociate_calls_seen_by_epic {disassociate_calls}");
+    println!("sign_ins_left_in_epic {}", m.as_array().unwrap().len());
+    // Devices back to available once the agents confirmed the force-quits.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let d: Value = http
+            .get(api("/devices?status=available"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if d.as_array().unwrap().len() == devices {
+            break;
+        }
+        assert!(Instant::now() < deadline, "devices did not all come back");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "devices_available_after_last_checkin_s {:.1}",
+        last_checkin.elapsed().as_secs_f64()
+    );
+    println!(
+        "agent_errors {}",
+        agents
+            .stats
+            .errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    agents.stop().await;
+    server.shutdown().await.unwrap();
+    sim.shutdown().await;
+}
