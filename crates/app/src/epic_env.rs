@@ -977,6 +977,17 @@ impl App {
         Ok(client)
     }
 
+    /// An environment's row, remembered for [`CREDENTIALS_TTL`] (hot paths such as logout jobs
+    /// call Epic thousands of times a minute).
+    async fn environment_row_cached(&self, env_id: &str) -> Result<EnvironmentRow, AppError> {
+        if let Some(row) = self.cached_environment_row(env_id) {
+            return Ok(row);
+        }
+        let row = self.environment_row(env_id).await?;
+        self.cache_environment_row(row.clone());
+        Ok(row)
+    }
+
     /// One DisassociateMobileDevice call (epic-facts §3, assumed contract) for an Install ID,
     /// with the environment's backend token, timeout and rate limit. Says how it ended without
     /// interpreting it; nothing here is logged but the outcome class.
@@ -996,7 +1007,7 @@ impl App {
             }
             Err(EpicTokenError::App(e)) => return Err(e),
         };
-        let env = self.environment_row(env_id).await?;
+        let env = self.environment_row_cached(env_id).await?;
         let url = format!(
             "{}/api/epic/2023/Security/MobileDevice/DisassociateMobileDevice",
             oauth_base(&env.interconnect_url, &env.instance)

@@ -987,11 +987,11 @@ impl App {
             tx.delete_secret(&r).await?;
         }
         tx.update_command(&c).await?;
-        let mut d = tx
-            .lock_device(device_id)
-            .await?
-            .ok_or_else(|| AppError::NotFound(format!("device {device_id}")))?;
         if state == "succeeded" && (c.kind == "set_pin" || c.kind == "clear_pin") {
+            let mut d = tx
+                .lock_device(device_id)
+                .await?
+                .ok_or_else(|| AppError::NotFound(format!("device {device_id}")))?;
             d.pin_set = c.kind == "set_pin";
             d.updated_at = now;
             tx.update_device(&d).await?;
@@ -1420,12 +1420,13 @@ impl App {
         let (c, rows) = self
             .checkin_in_tx(&mut *tx, d.clone(), requested_by)
             .await?;
-        let ev = AuditEvent::new("", "device.checked_in", format!("device:{}", d.id))
-            .with_details(json!({"checkin": c.id, "requested_by": requested_by}));
-        self.audit(&mut *tx, p, ctx, ev).await?;
         let c = tx.get_checkin(&c.id).await?.unwrap_or(c);
         let user = tx.get_device_user(&c.user_id).await?;
         let r = receipt_view(&c, &d, user.as_ref(), &rows);
+        // The audit entry last: it holds an audit chain's head until commit.
+        let ev = AuditEvent::new("", "device.checked_in", format!("device:{}", d.id))
+            .with_details(json!({"checkin": c.id, "requested_by": requested_by}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
         tx.commit().await?;
         self.wake_device(&d.id);
         Ok(r)
@@ -2240,16 +2241,13 @@ async fn finish_step(
     step.updated_at = now_ms();
     tx.update_checkin_step(&step).await?;
     if status.is_final() {
-        if let Some(c) = tx.get_checkin(&p.checkin_id).await? {
-            let d = tx.get_device(&c.device_id).await?;
-            if let Some(d) = d {
-                let ev = AuditEvent::new("system", "device.epic_logout", format!("device:{}", d.id)).with_details(json!({
-                    "checkin": c.id, "action": step.action, "install_id": step.install_id, "status": step.status, "attempts": step.attempts, "repeats": step.repeats,
-                }));
-                app.append_audit(&mut *tx, &ev).await?;
-            }
-        }
         app.settle_checkin(&mut *tx, &p.checkin_id).await?;
+        if let Some(c) = tx.get_checkin(&p.checkin_id).await? {
+            let ev = AuditEvent::new("system", "device.epic_logout", format!("device:{}", c.device_id)).with_details(json!({
+                "checkin": c.id, "action": step.action, "install_id": step.install_id, "status": step.status, "attempts": step.attempts, "repeats": step.repeats,
+            }));
+            app.append_audit(&mut *tx, &ev).await?;
+        }
     }
     tx.commit().await?;
     Ok(())

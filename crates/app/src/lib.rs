@@ -155,6 +155,10 @@ struct AppInner {
             ),
         >,
     >,
+    /// Environment rows read on hot paths: (when, row).
+    epic_env_rows: std::sync::Mutex<
+        std::collections::HashMap<String, (std::time::Instant, switchboard_store::EnvironmentRow)>,
+    >,
     /// Token buckets toward each Epic environment: (tokens, last refill).
     epic_buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
     telehealth: telehealth::TelehealthCache,
@@ -187,6 +191,7 @@ impl App {
                 epic_http: std::sync::Mutex::default(),
                 epic_credentials: std::sync::Mutex::default(),
                 epic_buckets: std::sync::Mutex::default(),
+                epic_env_rows: std::sync::Mutex::default(),
                 telehealth: telehealth::TelehealthCache::default(),
                 gateway: gateway::GatewayState::default(),
                 devices: devices::DeviceState::default(),
@@ -261,6 +266,29 @@ impl App {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
+        self.inner
+            .epic_env_rows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
+    fn cached_environment_row(&self, env_id: &str) -> Option<switchboard_store::EnvironmentRow> {
+        self.inner
+            .epic_env_rows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(env_id)
+            .filter(|(at, _)| at.elapsed() < epic_env::CREDENTIALS_TTL)
+            .map(|(_, r)| r.clone())
+    }
+
+    fn cache_environment_row(&self, row: switchboard_store::EnvironmentRow) {
+        self.inner
+            .epic_env_rows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(row.id.clone(), (std::time::Instant::now(), row));
     }
 
     fn cached_epic_http(&self, key: &str) -> Option<reqwest::Client> {

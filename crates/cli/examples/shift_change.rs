@@ -4,9 +4,10 @@
 //! logouts (DisassociateMobileDevice). Server, simulator and agents share this process and this
 //! machine. Prints `key value` lines for bench/shift-change.sh.
 //!
-//!   shift_change [sqlite|postgres] [DEVICES] [CLIENTS] [faults]
+//!   shift_change [sqlite|postgres] [DEVICES] [CLIENTS] [clean|faults] [full|normal]
 //!
-//! `faults` makes the simulator answer 20 % of logouts with 503 and time out 5 % of them.
+//! `faults` makes the simulator answer 20 % of logouts with 503 and time out 5 % of them;
+//! `normal` runs SQLite with synchronous=NORMAL (a power cut may lose the last commits).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -33,6 +34,11 @@ async fn main() {
     let devices: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(2000);
     let clients: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(64);
     let faults = args.get(4).is_some_and(|a| a == "faults");
+    let sync = if args.get(5).is_some_and(|a| a == "normal") {
+        switchboard_app::config::SqliteSync::Normal
+    } else {
+        switchboard_app::config::SqliteSync::Full
+    };
     let dir = tempfile::tempdir().unwrap();
     let db_url = if backend == "postgres" {
         let server = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
@@ -56,6 +62,7 @@ async fn main() {
         data_dir: dir.path().to_owned(),
         database_url: Some(secrecy::SecretString::from(db_url)),
         database_max_connections: 32,
+        sqlite_synchronous: sync,
         log_level: "warn".to_owned(),
         job_concurrency: 32,
         job_backoff_base_ms: 500,

@@ -192,6 +192,9 @@ pub struct Demo {
     pub sim: switchboard_epic_sim::RunningSim,
     /// The admin token (from this start, or read back from the token file of an earlier one).
     pub admin_token: Option<String>,
+    pub devices: DemoDevices,
+    /// Six simulated phones on the demo ward.
+    pub agents: switchboard_agent_sim::RunningAgents,
 }
 
 /// The simulator configuration the demo runs with: both Epic instances, a backend client with
@@ -232,9 +235,119 @@ pub fn demo_sim_config(
     }
 }
 
+/// What the demo's shared devices need: where the kiosk is and how the simulated phones enrol.
+pub struct DemoDevices {
+    pub kiosk_url: String,
+    pub enrolment_token: String,
+    pub badges: Vec<(String, String)>,
+}
+
+/// The demo's shared devices: a ward with a kiosk, a group whose check-in force-quits Rover and
+/// Haiku and signs the user out of both in Epic, three clinicians with badges, and an enrolment
+/// token for the simulated phones (the kiosk key and the token are issued anew at every start).
+async fn seed_demo_devices(app: &App, env_id: &str) -> anyhow::Result<DemoDevices> {
+    use switchboard_app::devices::{
+        DeviceGroupInput, DeviceUserInput, EnrolmentTokenInput, LocationInput,
+    };
+    use switchboard_domain::devices::StepSpec;
+    let cli = switchboard_app::Principal::cli();
+    let ctx = switchboard_app::RequestContext::default();
+    let loc = app
+        .save_location(
+            &cli,
+            &ctx,
+            LocationInput {
+                id: "demo-ward".to_owned(),
+                name: "Demo ward (4 West)".to_owned(),
+            },
+        )
+        .await
+        .map_err(anyhow::Error::new)?;
+    let group = match app.get_device_group("Demo ward phones").await {
+        Ok(g) => g,
+        Err(_) => {
+            let ios = vec![
+                StepSpec::ForceQuit {
+                    app_id: "com.epic.rover".to_owned(),
+                    mandatory: true,
+                },
+                StepSpec::ForceQuit {
+                    app_id: "com.epic.haiku".to_owned(),
+                    mandatory: true,
+                },
+                StepSpec::EpicLogout {
+                    environment_id: env_id.to_owned(),
+                    app: "Rover".to_owned(),
+                },
+                StepSpec::EpicLogout {
+                    environment_id: env_id.to_owned(),
+                    app: "Haiku".to_owned(),
+                },
+            ];
+            let input = DeviceGroupInput {
+                name: "Demo ward phones".to_owned(),
+                lending_minutes: 780,
+                workflows: switchboard_app::devices::Workflows {
+                    ios,
+                    android: Vec::new(),
+                },
+                required_apps: Vec::new(),
+                checkin_on_dock: false,
+            };
+            app.save_device_group(&cli, &ctx, None, input)
+                .await
+                .map_err(anyhow::Error::new)?
+        }
+    };
+    let badges = vec![
+        ("rn.garcia".to_owned(), "1001".to_owned()),
+        ("rn.okafor".to_owned(), "1002".to_owned()),
+        ("rn.lindqvist".to_owned(), "1003".to_owned()),
+    ];
+    for (username, badge) in &badges {
+        if app.get_device_user(username).await.is_err() {
+            let display = username.trim_start_matches("rn.");
+            let mut name = display.to_owned();
+            name[..1].make_ascii_uppercase();
+            let input = DeviceUserInput {
+                username: Some(username.clone()),
+                display_name: Some(format!("Nurse {name}")),
+                badge: Some(badge.clone()),
+                ..DeviceUserInput::default()
+            };
+            app.save_device_user(&cli, &ctx, None, input)
+                .await
+                .map_err(anyhow::Error::new)?;
+        }
+    }
+    let token = app
+        .create_enrolment_token(
+            &cli,
+            &ctx,
+            EnrolmentTokenInput {
+                name: "demo phones".to_owned(),
+                group_id: group.id,
+                location_id: Some("demo-ward".to_owned()),
+                expires_in_days: Some(1),
+            },
+        )
+        .await
+        .map_err(anyhow::Error::new)?;
+    Ok(DemoDevices {
+        kiosk_url: format!("{}?key={}", loc.location.kiosk_url, loc.kiosk_key),
+        enrolment_token: token.secret,
+        badges,
+    })
+}
+
 /// On a fresh demo database: a non-production Epic environment on the simulator and a
 /// telehealth profile on it whose apps the simulator knows.
-async fn seed_demo(app: &App, sim_url: &str) -> anyhow::Result<()> {
+async fn seed_demo(
+    app: &App,
+    sim: &switchboard_epic_sim::RunningSim,
+) -> anyhow::Result<DemoDevices> {
+    let sim_url = sim.base_url();
+    let sim_url = sim_url.as_str();
     use switchboard_app::telehealth::{AppClientsInput, ClientInput, ProfileInput};
     let cli = switchboard_app::Principal::cli();
     let ctx = switchboard_app::RequestContext::default();
@@ -262,6 +375,14 @@ async fn seed_demo(app: &App, sim_url: &str) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::new)?,
     };
+    // The simulator trusts the environment's hosted key set (Epic would, after registration).
+    sim.sim.register_client(switchboard_epic_sim::ClientConfig {
+        client_id: "switchboard-demo".to_owned(),
+        jwks_url: Some(env.key_set.jwk_url.clone()),
+        apis: vec!["*".to_owned()],
+        ..switchboard_epic_sim::ClientConfig::default()
+    });
+    let env_id = env.id.clone();
     if app
         .get_telehealth_profile(DEMO_TELEHEALTH_PROFILE)
         .await
@@ -290,7 +411,7 @@ async fn seed_demo(app: &App, sim_url: &str) -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::new)?;
     }
-    Ok(())
+    seed_demo_devices(app, &env_id).await
 }
 
 /// Starts the simulator on `sim_listen`, then Switchboard with `config`.
@@ -301,7 +422,20 @@ pub async fn start_demo(config: Config, sim_listen: std::net::SocketAddr) -> any
         .await
         .context("starting the Epic simulator")?;
     let server = start(config, standard_registry()).await?;
-    seed_demo(&server.app, &sim.base_url()).await?;
+    let devices = seed_demo(&server.app, &sim).await?;
+    let agents = switchboard_agent_sim::start(switchboard_agent_sim::AgentSimConfig {
+        server: format!("http://{}", server.addr),
+        enrolment_token: devices.enrolment_token.clone(),
+        devices: 6,
+        serial_prefix: "DEMO".to_owned(),
+        epic_apps: vec!["Rover".to_owned(), "Haiku".to_owned()],
+        delay: std::time::Duration::from_millis(300),
+        heartbeat: std::time::Duration::from_secs(30),
+        epic_sim: Some(sim.base_url()),
+        ..switchboard_agent_sim::AgentSimConfig::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("starting the simulated phones: {e}"))?;
     let admin_token = server.bootstrap_token.clone().or_else(|| {
         std::fs::read_to_string(&token_file)
             .ok()
@@ -312,5 +446,7 @@ pub async fn start_demo(config: Config, sim_listen: std::net::SocketAddr) -> any
         server,
         sim,
         admin_token,
+        devices,
+        agents,
     })
 }

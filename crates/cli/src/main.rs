@@ -653,6 +653,24 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             println!("    status pages  {url}/console/telehealth/conferences");
             println!();
             println!(
+                "  Shared devices  6 simulated phones on the demo ward ({url}/console/devices)"
+            );
+            println!(
+                "    kiosk         {} (type a badge and press Enter)",
+                demo.devices.kiosk_url
+            );
+            let badges: Vec<String> = demo
+                .devices
+                .badges
+                .iter()
+                .map(|(u, b)| format!("{b} ({u})"))
+                .collect();
+            println!("    badges        {}", badges.join(", "));
+            println!(
+                "    check-in      device page → Check in now: force quit Rover and Haiku, Epic logout of both ({sim}/_sim/mobile shows who is signed in)"
+            );
+            println!();
+            println!(
                 "  Try:  curl -H \"Authorization: Bearer <admin token>\" {url}/admin/api/v1/users"
             );
             println!(
@@ -667,6 +685,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 stop.cancel();
             });
             demo.server.wait().await?;
+            demo.agents.stop().await;
             demo.sim.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
