@@ -1509,15 +1509,25 @@ impl App {
                 row.detail = "sent to the device".to_owned();
                 tx.insert_command(&c).await?;
             } else {
-                let (app, install) = match s {
-                    StepSpec::EpicLogout { app, .. } => {
-                        (app.as_str(), dd::install_id(&config, app))
-                    }
-                    _ => {
+                let (env_id, app, install) = match s {
+                    StepSpec::EpicLogout {
+                        environment_id,
+                        app,
+                    } => (
+                        environment_id.as_str(),
+                        app.as_str(),
+                        dd::install_id(&config, app),
+                    ),
+                    StepSpec::EnhancedRoverLogout { environment_id } => {
                         let (id, w) = dd::enhanced_rover_install_id(&config);
                         warnings.extend(w);
-                        ("Rover", id)
+                        (environment_id.as_str(), "Rover", id)
                     }
+                    _ => (
+                        "",
+                        "",
+                        InstallId::Unavailable("not a server-side step".to_owned()),
+                    ),
                 };
                 match install {
                     InstallId::Known(id) if seen.contains_key(&id) => {
@@ -1530,17 +1540,17 @@ impl App {
                     }
                     InstallId::Known(id) => {
                         seen.insert(id.clone(), position);
-                        row.install_id = Some(id);
                         row.detail = format!("queued: sign the user out of {app} in Epic");
                         jobs::enqueue(
                             tx,
                             JOB_LOGOUT,
-                            json!({"checkin_id": checkin_id, "position": position}),
+                            json!({"checkin_id": checkin_id, "position": position, "environment_id": env_id, "app": app, "install_id": id}),
                             None,
                             Duration::ZERO,
                             LOGOUT_MAX_ATTEMPTS,
                         )
                         .await?;
+                        row.install_id = Some(id);
                     }
                     InstallId::Unavailable(why) => {
                         row.status = StepStatus::Skipped.as_str().to_owned();
@@ -2088,6 +2098,13 @@ pub struct EpicLogout;
 struct LogoutPayload {
     checkin_id: String,
     position: i64,
+    /// Known at check-in, so a first attempt needs no read before calling Epic.
+    #[serde(default)]
+    environment_id: Option<String>,
+    #[serde(default)]
+    app: Option<String>,
+    #[serde(default)]
+    install_id: Option<String>,
 }
 
 #[async_trait]
@@ -2110,7 +2127,7 @@ impl JobHandler for EpicLogout {
                 error: "malformed payload".to_owned(),
             };
         };
-        match logout_step(app, &p).await {
+        match logout_step(app, &p, job.attempts).await {
             Ok(o) => o,
             Err(e) => JobOutcome::Retry {
                 error: e.to_string(),
@@ -2120,8 +2137,87 @@ impl JobHandler for EpicLogout {
     }
 }
 
-async fn logout_step(app: &App, p: &LogoutPayload) -> Result<JobOutcome, AppError> {
-    // 1. Record that an attempt starts, so a crash during the call is known afterwards.
+/// One attempt of a logout step. `attempt` is the job's attempt number (1 for the first): when
+/// earlier attempts of the job recorded fewer answers than they made calls, an answer was lost (a
+/// crash, or a lease that ran out), and Epic may already have acted.
+async fn logout_step(app: &App, p: &LogoutPayload, attempt: i32) -> Result<JobOutcome, AppError> {
+    let known = match (&p.environment_id, &p.app, &p.install_id) {
+        (Some(e), Some(a), Some(i)) if attempt <= 1 => Some((e.clone(), a.clone(), i.clone())),
+        _ => None,
+    };
+    let (env_id, app_name, install_id) = match known {
+        Some(k) => k,
+        None => {
+            // A retry (or an older job): the step may be finished already; never call Epic again
+            // after a known answer.
+            let mut tx = app.store().read().await?;
+            let Some(step) = tx.get_checkin_step(&p.checkin_id, p.position).await? else {
+                return Ok(JobOutcome::Done);
+            };
+            drop(tx);
+            if StepStatus::parse(&step.status).is_ok_and(StepStatus::is_final) {
+                return Ok(JobOutcome::Done);
+            }
+            let spec: StepSpec =
+                serde_json::from_str(&step.spec).map_err(|e| AppError::Internal(e.to_string()))?;
+            let (env, name) = match spec {
+                StepSpec::EpicLogout {
+                    environment_id,
+                    app,
+                } => (environment_id, app),
+                StepSpec::EnhancedRoverLogout { environment_id } => {
+                    (environment_id, "Rover".to_owned())
+                }
+                _ => {
+                    return Ok(JobOutcome::Permanent {
+                        error: "not a server-side step".to_owned(),
+                    });
+                }
+            };
+            (env, name, step.install_id.unwrap_or_default())
+        }
+    };
+    let call = match app.disassociate_device(&env_id, &install_id).await {
+        Ok(a) => Ok(a),
+        Err(AppError::NotFound(what)) => Err((
+            StepStatus::Failed,
+            format!("{what} not found: the Epic environment was removed"),
+        )),
+        Err(e) => Err((StepStatus::Retrying, format!("{e}; retrying"))),
+    };
+    if let Ok(a) = &call {
+        let label = match a {
+            dd::LogoutAttempt::Accepted => "accepted",
+            dd::LogoutAttempt::InstallIdNotFound => "not_found",
+            dd::LogoutAttempt::Status(_) => "error_status",
+            dd::LogoutAttempt::TimedOut => "timeout",
+            dd::LogoutAttempt::NotSent(_) => "unreachable",
+            dd::LogoutAttempt::NoToken { .. } => "no_token",
+        };
+        metrics::counter!("switchboard_epic_logout_attempts_total", "outcome" => label)
+            .increment(1);
+    }
+    record_attempt(
+        app,
+        p,
+        i64::from(attempt.max(1)),
+        &app_name,
+        &install_id,
+        call,
+    )
+    .await
+}
+
+/// Records one attempt's answer on its step (the check-in locked), settles the check-in when the
+/// step is finished, and says whether the job is done.
+async fn record_attempt(
+    app: &App,
+    p: &LogoutPayload,
+    attempt: i64,
+    app_name: &str,
+    install_id: &str,
+    call: Result<dd::LogoutAttempt, (StepStatus, String)>,
+) -> Result<JobOutcome, AppError> {
     let mut tx = app.store().begin().await?;
     tx.lock_checkin(&p.checkin_id).await?;
     let Some(mut step) = tx.get_checkin_step(&p.checkin_id, p.position).await? else {
@@ -2130,112 +2226,46 @@ async fn logout_step(app: &App, p: &LogoutPayload) -> Result<JobOutcome, AppErro
     if StepStatus::parse(&step.status).is_ok_and(StepStatus::is_final) {
         return Ok(JobOutcome::Done);
     }
-    let spec: StepSpec =
-        serde_json::from_str(&step.spec).map_err(|e| AppError::Internal(e.to_string()))?;
-    let (env_id, app_name) = match &spec {
-        StepSpec::EpicLogout {
-            environment_id,
-            app,
-        } => (environment_id.clone(), app.clone()),
-        StepSpec::EnhancedRoverLogout { environment_id } => {
-            (environment_id.clone(), "Rover".to_owned())
-        }
-        _ => {
-            return Ok(JobOutcome::Permanent {
-                error: "not a server-side step".to_owned(),
-            });
-        }
-    };
-    let install_id = step.install_id.clone().unwrap_or_default();
-    if step.in_flight {
-        // The previous attempt started and never recorded its answer (a crash or a lost lease).
-        step.outcome_unknown = true;
-    }
-    if step.outcome_unknown {
+    // Calls made before this one whose answers were never recorded.
+    let lost = attempt - 1 > step.attempts;
+    let unknown_before = step.outcome_unknown || lost;
+    if unknown_before {
         step.repeats += 1;
     }
-    step.in_flight = true;
-    step.attempts += 1;
-    step.updated_at = now_ms();
-    tx.update_checkin_step(&step).await?;
-    tx.commit().await?;
-
-    // 2. The call.
-    let attempt = match app.disassociate_device(&env_id, &install_id).await {
-        Ok(a) => a,
-        Err(AppError::NotFound(what)) => {
-            return finish_step(
-                app,
-                p,
-                StepStatus::Failed,
-                format!("{what} not found: the Epic environment was removed"),
-                false,
-            )
-            .await
-            .map(|()| JobOutcome::Done);
-        }
-        Err(e) => {
-            let detail = format!("{e}; retrying");
-            finish_step(app, p, StepStatus::Retrying, detail.clone(), false).await?;
-            return Ok(JobOutcome::Retry {
-                error: detail,
-                after: None,
-            });
-        }
-    };
-    let label = match &attempt {
-        dd::LogoutAttempt::Accepted => "accepted",
-        dd::LogoutAttempt::InstallIdNotFound => "not_found",
-        dd::LogoutAttempt::Status(_) => "error_status",
-        dd::LogoutAttempt::TimedOut => "timeout",
-        dd::LogoutAttempt::NotSent(_) => "unreachable",
-        dd::LogoutAttempt::NoToken { .. } => "no_token",
-    };
-    metrics::counter!("switchboard_epic_logout_attempts_total", "outcome" => label).increment(1);
-    // 3. Its meaning.
-    match dd::logout_verdict(&app_name, &install_id, &attempt, step.outcome_unknown) {
-        LogoutVerdict::Done(text) => {
-            finish_step(app, p, StepStatus::Done, text, false).await?;
-            Ok(JobOutcome::Done)
-        }
-        LogoutVerdict::Failed(text) => {
-            finish_step(app, p, StepStatus::Failed, text, false).await?;
-            Ok(JobOutcome::Done)
-        }
-        LogoutVerdict::Retry {
-            detail,
-            outcome_unknown,
-        } => {
-            finish_step(
-                app,
-                p,
-                StepStatus::Retrying,
-                detail.clone(),
-                outcome_unknown,
-            )
-            .await?;
-            Ok(JobOutcome::Retry {
-                error: detail,
-                after: None,
-            })
-        }
-    }
-}
-
-async fn finish_step(
-    app: &App,
-    p: &LogoutPayload,
-    status: StepStatus,
-    detail: String,
-    unknown: bool,
-) -> Result<(), AppError> {
-    let mut tx = app.store().begin().await?;
-    tx.lock_checkin(&p.checkin_id).await?;
-    let Some(mut step) = tx.get_checkin_step(&p.checkin_id, p.position).await? else {
-        return Ok(());
-    };
+    step.attempts = step.attempts.max(attempt - 1) + 1;
     step.in_flight = false;
-    step.outcome_unknown |= unknown;
+    let (status, detail, outcome) = match call {
+        Err((status, detail)) => {
+            let outcome = if status == StepStatus::Retrying {
+                JobOutcome::Retry {
+                    error: detail.clone(),
+                    after: None,
+                }
+            } else {
+                JobOutcome::Done
+            };
+            (status, detail, outcome)
+        }
+        Ok(a) => match dd::logout_verdict(app_name, install_id, &a, unknown_before) {
+            LogoutVerdict::Done(text) => (StepStatus::Done, text, JobOutcome::Done),
+            LogoutVerdict::Failed(text) => (StepStatus::Failed, text, JobOutcome::Done),
+            LogoutVerdict::Retry {
+                detail,
+                outcome_unknown,
+            } => {
+                step.outcome_unknown |= outcome_unknown;
+                (
+                    StepStatus::Retrying,
+                    detail.clone(),
+                    JobOutcome::Retry {
+                        error: detail,
+                        after: None,
+                    },
+                )
+            }
+        },
+    };
+    step.outcome_unknown |= unknown_before;
     step.status = status.as_str().to_owned();
     step.detail = detail;
     step.updated_at = now_ms();
@@ -2250,7 +2280,7 @@ async fn finish_step(
         }
     }
     tx.commit().await?;
-    Ok(())
+    Ok(outcome)
 }
 
 /// `devices.sweep`: expires commands nobody confirmed in time (failing their check-in steps),
