@@ -928,3 +928,193 @@ server_test!(
         assert_eq!(users[0]["device_limit"], 2);
     }
 );
+
+async fn run_sql(s: &TestServer, sql: &str) {
+    use sqlx::Connection;
+    if s.db_url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(&s.db_url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    } else {
+        let mut c = sqlx::PgConnection::connect(&s.db_url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    }
+}
+
+/// A badge directory elsewhere: `POST {"badge"}` → the person, or 404; counts its calls.
+async fn start_lookup() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::{Json, Router, routing::post};
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c2 = std::sync::Arc::clone(&calls);
+    let app = Router::new().route(
+        "/badge",
+        post(move |Json(b): Json<Value>| {
+            let calls = std::sync::Arc::clone(&c2);
+            async move {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if b["badge"] == "77007" {
+                    Ok(Json(
+                        json!({"username": "dr.remote", "display_name": "Dr Remote"}),
+                    ))
+                } else {
+                    Err(axum::http::StatusCode::NOT_FOUND)
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/badge"), calls)
+}
+
+server_test!(
+    badges_from_the_lookup_hook_device_side_check_out_overdue_and_an_epic_outage,
+    |s| {
+        let f = fixture(s, rover_haiku_workflow).await;
+        let (lookup_url, calls) = start_lookup().await;
+        s.running.app.set_identity_lookup(Some(std::sync::Arc::new(
+            switchboard_app::devices::HttpIdentityLookup::new(lookup_url, reqwest::Client::new()),
+        )));
+        let a = agents(s, &f, |c| c.devices = 3).await;
+        let serials: Vec<String> = a
+            .devices
+            .iter()
+            .map(|d| d.lock().unwrap().serial.clone())
+            .collect();
+        // A badge the directory does not know, resolved by the hook on the device itself.
+        let co = a.checkout_by_badge(0, "77007", true).await.unwrap();
+        assert_eq!(co["user"]["username"], "dr.remote");
+        assert_eq!(co["pin_set"], true, "the agent set the PIN itself");
+        let u: Value = s
+            .get(&s.admin_token, "/devices/users/dr.remote")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(u["source"], "lookup");
+        assert_eq!(u["has_badge"], true);
+        assert!(
+            a.checkout_by_badge(1, "55555", false)
+                .await
+                .unwrap_err()
+                .contains("404")
+        );
+        assert!(a.checkout_by_badge(1, "55555", false).await.is_err());
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "the known badge is in the directory now; the unknown one is remembered"
+        );
+        // Username and password on the device; a wrong password changes nothing.
+        add_user(s, "nurse.pw", "66006").await;
+        let cred = a.devices[1].lock().unwrap().credential.clone();
+        let try_login = |pw: &'static str| {
+            s.http
+                .post(format!("{}/agent/v1/checkout", s.url))
+                .bearer_auth(&cred)
+                .json(&json!({"username": "nurse.pw", "password": pw}))
+                .send()
+        };
+        assert_eq!(try_login("wrong password!").await.unwrap().status(), 401);
+        let d: Value = s
+            .get(&s.admin_token, &format!("/devices/{}", serials[1]))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(d["status"], "available");
+        assert_eq!(
+            try_login("correct horse battery").await.unwrap().status(),
+            201
+        );
+
+        // Overdue: the lending period ran out.
+        run_sql(s, &format!("UPDATE checkouts SET due_at = 1000 WHERE device_id = (SELECT id FROM devices WHERE serial = '{}')", serials[1])).await;
+        let overdue: Value = s
+            .get(&s.admin_token, "/devices?status=overdue")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let list: Vec<&str> = overdue
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["serial"].as_str().unwrap())
+            .collect();
+        assert_eq!(list, [serials[1].as_str()]);
+        assert_eq!(overdue[0]["overdue"], true);
+        let dash: Value = s
+            .get(&s.admin_token, "/devices/dashboard")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let ward = dash
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["location_id"] == f.location.as_str())
+            .unwrap();
+        assert_eq!(
+            (
+                ward["checked_out"].as_i64(),
+                ward["overdue"].as_i64(),
+                ward["available"].as_i64()
+            ),
+            (Some(2), Some(1), Some(1))
+        );
+
+        // Epic down for a while (every call refused for 4 s): the check-in completes on the device at
+        // once and the logouts arrive after the outage, each exactly once.
+        eventually(10, "sign-ins", || async {
+            let m = sim_json(&f, "/_sim/mobile").await;
+            (m.as_array().unwrap().len() >= 4, m)
+        })
+        .await;
+        let now = switchboard_app::now_ms();
+        add_fault(&f, json!({"path_contains": "DisassociateMobileDevice", "effect": {"kind": "status", "status": 503}, "from_ms": now, "until_ms": now + 4000})).await;
+        let r: Value = s
+            .post(
+                &s.admin_token,
+                &format!("/devices/{}/checkin", serials[0]),
+                json!({}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        eventually(10, "the device back during the outage", || async {
+            let d: Value = s
+                .get(&s.admin_token, &format!("/devices/{}", serials[0]))
+                .await
+                .json()
+                .await
+                .unwrap();
+            (d["status"] == "available", d)
+        })
+        .await;
+        assert!(
+            switchboard_app::now_ms() < now + 4000,
+            "the device came back while Epic was still down"
+        );
+        let done = receipt_done(s, r["id"].as_str().unwrap(), 30).await;
+        assert_eq!(done["status"], "complete", "{done:#}");
+        assert!(switchboard_app::now_ms() >= now + 4000);
+        let rover = step(&done, "epic_logout", 0);
+        assert!(rover["attempts"].as_i64().unwrap() > 1, "{rover:#}");
+        assert_eq!(
+            rover["repeats"], 0,
+            "a refused call is a known answer: nothing to repeat"
+        );
+        let m = sim_json(&f, "/_sim/mobile").await;
+        assert!(
+            m.as_array()
+                .unwrap()
+                .iter()
+                .all(|l| !l["install_id"].as_str().unwrap().starts_with(&serials[0]))
+        );
+        a.stop().await;
+        f.sim.shutdown().await;
+    }
+);
