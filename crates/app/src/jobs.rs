@@ -205,7 +205,7 @@ async fn execute(app: &App, registry: &Registry, s: &WorkerSettings, job: JobRow
         }
     };
     let label = match &outcome {
-        JobOutcome::Done => "done",
+        JobOutcome::Done | JobOutcome::Settled => "done",
         JobOutcome::Retry { .. } => "retry",
         JobOutcome::Permanent { .. } => "failed",
     };
@@ -225,6 +225,9 @@ async fn settle(
     outcome: JobOutcome,
     policy: RetryPolicy,
 ) -> Result<(), AppError> {
+    if outcome == JobOutcome::Settled {
+        return Ok(());
+    }
     let now = now_ms();
     let attempts = u32::try_from(job.attempts).unwrap_or(u32::MAX);
     let max = u32::try_from(job.max_attempts)
@@ -232,7 +235,7 @@ async fn settle(
         .min(policy.max_attempts.max(1));
     let mut tx = app.store().begin().await?;
     match outcome {
-        JobOutcome::Done => {
+        JobOutcome::Done | JobOutcome::Settled => {
             tx.complete_job(job.id, &s.owner).await?;
         }
         JobOutcome::Retry { error, after } if attempts < max => {

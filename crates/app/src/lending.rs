@@ -2127,7 +2127,7 @@ impl JobHandler for EpicLogout {
                 error: "malformed payload".to_owned(),
             };
         };
-        match logout_step(app, &p, job.attempts).await {
+        match logout_step(app, &p, job).await {
             Ok(o) => o,
             Err(e) => JobOutcome::Retry {
                 error: e.to_string(),
@@ -2140,7 +2140,8 @@ impl JobHandler for EpicLogout {
 /// One attempt of a logout step. `attempt` is the job's attempt number (1 for the first): when
 /// earlier attempts of the job recorded fewer answers than they made calls, an answer was lost (a
 /// crash, or a lease that ran out), and Epic may already have acted.
-async fn logout_step(app: &App, p: &LogoutPayload, attempt: i32) -> Result<JobOutcome, AppError> {
+async fn logout_step(app: &App, p: &LogoutPayload, job: &JobRow) -> Result<JobOutcome, AppError> {
+    let attempt = job.attempts;
     let known = match (&p.environment_id, &p.app, &p.install_id) {
         (Some(e), Some(a), Some(i)) if attempt <= 1 => Some((e.clone(), a.clone(), i.clone())),
         _ => None,
@@ -2197,15 +2198,7 @@ async fn logout_step(app: &App, p: &LogoutPayload, attempt: i32) -> Result<JobOu
         metrics::counter!("switchboard_epic_logout_attempts_total", "outcome" => label)
             .increment(1);
     }
-    record_attempt(
-        app,
-        p,
-        i64::from(attempt.max(1)),
-        &app_name,
-        &install_id,
-        call,
-    )
-    .await
+    record_attempt(app, p, job, &app_name, &install_id, call).await
 }
 
 /// Records one attempt's answer on its step (the check-in locked), settles the check-in when the
@@ -2213,11 +2206,12 @@ async fn logout_step(app: &App, p: &LogoutPayload, attempt: i32) -> Result<JobOu
 async fn record_attempt(
     app: &App,
     p: &LogoutPayload,
-    attempt: i64,
+    job: &JobRow,
     app_name: &str,
     install_id: &str,
     call: Result<dd::LogoutAttempt, (StepStatus, String)>,
 ) -> Result<JobOutcome, AppError> {
+    let attempt = i64::from(job.attempts.max(1));
     let mut tx = app.store().begin().await?;
     tx.lock_checkin(&p.checkin_id).await?;
     let Some(mut step) = tx.get_checkin_step(&p.checkin_id, p.position).await? else {
@@ -2279,6 +2273,14 @@ async fn record_attempt(
             app.append_audit(&mut *tx, &ev).await?;
         }
     }
+    // A finished step finishes its job in the same commit.
+    let outcome = match (outcome, &job.lease_owner) {
+        (JobOutcome::Done, Some(owner)) => {
+            tx.complete_job(job.id, owner).await?;
+            JobOutcome::Settled
+        }
+        (o, _) => o,
+    };
     tx.commit().await?;
     Ok(outcome)
 }

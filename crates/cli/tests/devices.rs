@@ -345,6 +345,14 @@ server_test!(
         let again: Value = r.json().await.unwrap();
         assert_eq!(again["id"], done["id"]);
         assert_eq!(again["already_checked_in"], true);
+        // The logout jobs finished with their steps: only the standing clean-ups are queued.
+        let stats: Value = s
+            .get(&s.admin_token, "/jobs/stats")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(stats, json!({"queued": 2, "running": 0, "dead": 0}));
         a.stop().await;
         f.sim.shutdown().await;
     }

@@ -47,6 +47,9 @@ impl RetryPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobOutcome {
     Done,
+    /// Done, and the handler already deleted the job in its own final transaction (one commit
+    /// fewer per job).
+    Settled,
     /// Try again later (after the policy's delay, or at least `after` when given).
     Retry {
         error: String,
