@@ -277,12 +277,7 @@ server_test!(
             .unwrap();
         assert!(calls.contains("gw-epic"), "Epic-Client-ID forwarded");
         // One access record per request, no bodies.
-        let recs: Vec<Value> = s
-            .get(&s.admin_token, "/gateway/requests?limit=50")
-            .await
-            .json()
-            .await
-            .unwrap();
+        let recs = access_records(s, 6, 50).await;
         let fhir_recs: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "fhir").collect();
         assert_eq!(fhir_recs.len(), 6, "{recs:?}");
         assert!(fhir_recs.iter().any(|r| r["interaction"] == "create"
@@ -625,12 +620,7 @@ server_test!(
             200
         );
         // No audit gap: every gateway request above left a record.
-        let recs: Vec<Value> = s
-            .get(&s.admin_token, "/gateway/requests?limit=200")
-            .await
-            .json()
-            .await
-            .unwrap();
+        let recs = access_records(s, 14, 200).await;
         let statuses: Vec<i64> = recs
             .iter()
             .filter(|r| r["kind"] == "fhir")
@@ -1248,4 +1238,23 @@ async fn an_epic_that_does_not_answer_in_time_gets_a_504() {
     );
     f.sim.shutdown().await;
     s.stop().await;
+}
+
+/// The access records, once at least `fhir` FHIR ones are written (they are batched every 200 ms).
+async fn access_records(s: &TestServer, fhir: usize, limit: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let recs: Vec<Value> = s
+            .get(&s.admin_token, &format!("/gateway/requests?limit={limit}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if recs.iter().filter(|r| r["kind"] == "fhir").count() >= fhir
+            || std::time::Instant::now() > deadline
+        {
+            return recs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
