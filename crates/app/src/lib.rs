@@ -2,6 +2,7 @@
 //! audit entry and the jobs it needs commit together or not at all.
 
 pub mod accounts;
+pub mod appconfig;
 pub mod audit;
 pub mod config;
 pub mod crypto;

@@ -82,6 +82,16 @@ enum Command {
     EpicSim(EpicSimArgs),
     /// Simulate shared devices running the locker app against a Switchboard server.
     AgentSim(AgentSimArgs),
+    /// Render the managed AppConfig of Rover / Haiku / Canto and the locker app for your MDM
+    /// (checked first; see `POST /admin/api/v1/devices/appconfig` for the plan's fields).
+    Appconfig {
+        /// The plan (JSON): `{"mdm"?, "apps": [...], "locker": {...}, "bundle_ids"?}`.
+        #[arg(long)]
+        file: PathBuf,
+        /// Write the documents into this folder instead of printing them.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print a random key as `value: <base64>` (32 bytes for Epic AES-256-CBC; 16 for legacy).
     Keygen {
         /// Key size in bytes: 32 or 16.
@@ -321,6 +331,15 @@ fn main() -> ExitCode {
     if let Command::AgentSim(args) = cli.command {
         return run_agent_sim(args);
     }
+    if let Command::Appconfig { file, out } = &cli.command {
+        return match appconfig(file, out.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Command::Keygen { size } = cli.command {
         return match keygen(size) {
             Ok(v) => {
@@ -358,6 +377,43 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn appconfig(file: &std::path::Path, out: Option<&std::path::Path>) -> Result<(), String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let plan: switchboard_app::appconfig::AppConfigPlan =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    let files = switchboard_app::appconfig::render_appconfig(&plan).map_err(|e| match e {
+        switchboard_app::AppError::Validation(v) => v
+            .errors
+            .iter()
+            .map(|f| format!("{}: {}", f.field, f.message))
+            .collect::<Vec<_>>()
+            .join("\n       "),
+        other => other.to_string(),
+    })?;
+    for f in files {
+        match out {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let path = dir.join(&f.filename);
+                std::fs::write(&path, &f.content)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                println!(
+                    "{} ({} for {}, {})",
+                    path.display(),
+                    f.mdm,
+                    f.app,
+                    f.bundle_id
+                );
+            }
+            None => println!(
+                "==> {} ({} for {}, {})\n{}",
+                f.filename, f.mdm, f.app, f.bundle_id, f.content
+            ),
+        }
+    }
+    Ok(())
 }
 
 fn run_agent_sim(args: AgentSimArgs) -> ExitCode {
@@ -576,7 +632,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     let cli = Principal::cli();
     let ctx = RequestContext::default();
     match command {
-        Command::Keygen { .. } | Command::EpicSim(_) | Command::AgentSim(_) => {
+        Command::Keygen { .. }
+        | Command::EpicSim(_)
+        | Command::AgentSim(_)
+        | Command::Appconfig { .. } => {
             unreachable!("handled before configuration is loaded")
         }
         Command::Serve => {

@@ -1126,3 +1126,152 @@ server_test!(
         f.sim.shutdown().await;
     }
 );
+
+fn appconfig_plan(locker_var: &str, pin: &str) -> Value {
+    json!({
+        "apps": [
+            {"app": "Rover", "device_id": "udid", "append_app_name": true, "configuration_url": "epicrover://handheld/config/ABC123"},
+            {"app": "Haiku", "device_id": "serial_number", "append_app_name": false, "configuration_url": "epichaiku://handheld/config/XYZ"},
+        ],
+        "locker": {"server_url": "https://switchboard.example.org", "enrollment_token": "sbe_example", "rover_device_id": locker_var, "unlock_pin": pin},
+    })
+}
+
+server_test!(
+    appconfig_documents_for_every_mdm_are_checked_rendered_and_read_back_by_python,
+    |s| {
+        let r = s
+            .post(
+                &s.admin_token,
+                "/devices/appconfig",
+                appconfig_plan("udid", "2468"),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let files: Vec<Value> = r.json().await.unwrap();
+        assert_eq!(files.len(), 12, "Rover, Haiku and the locker for four MDMs");
+        let find = |name: &str| {
+            files
+                .iter()
+                .find(|f| f["filename"] == name)
+                .unwrap_or_else(|| panic!("{name}"))
+        };
+        assert!(
+            find("rover-jamf.plist")["content"]
+                .as_str()
+                .unwrap()
+                .contains("$UDID")
+        );
+        assert!(
+            find("haiku-workspace-one.csv")["content"]
+                .as_str()
+                .unwrap()
+                .contains("{DeviceSerialNumber}")
+        );
+        assert!(
+            find("locker-intune.xml")["content"]
+                .as_str()
+                .unwrap()
+                .contains("{{deviceid}}")
+        );
+        // Each document read back by Python's own parsers.
+        let dir = tempfile::tempdir().unwrap();
+        for (name, mdm, key, want) in [
+            (
+                "rover-jamf.plist",
+                "jamf",
+                "EpicMobileDeviceID",
+                json!("$UDID"),
+            ),
+            (
+                "rover-intune.xml",
+                "intune",
+                "EpicMobileDeviceIDAppName",
+                json!(true),
+            ),
+            (
+                "locker-workspace-one.csv",
+                "workspace_one",
+                "epicRoverEpicMobileDeviceID",
+                json!("{DeviceUuId}"),
+            ),
+            (
+                "haiku-app-config-xml.xml",
+                "app_config_xml",
+                "EpicMobileConfigurationURL",
+                json!("epichaiku://handheld/config/XYZ"),
+            ),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, find(name)["content"].as_str().unwrap()).unwrap();
+            let out = std::process::Command::new("python3")
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../../tests/peers/appconfig_parse.py"
+                ))
+                .arg(mdm)
+                .arg(&path)
+                .output()
+                .expect("python3");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let parsed: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(parsed[key], want, "{name}: {parsed}");
+        }
+        // One document as a download.
+        let r = s
+            .http
+            .post(s.api("/devices/appconfig?file=rover-jamf.plist"))
+            .bearer_auth(&s.admin_token)
+            .json(&appconfig_plan("udid", "2468"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/x-plist");
+        assert!(
+            r.headers()["content-disposition"]
+                .to_str()
+                .unwrap()
+                .contains("rover-jamf.plist")
+        );
+        // Mistakes are refused before anything is exported.
+        let mut bad = appconfig_plan("serial_number", "12");
+        bad["apps"][0]["configuration_url"] = json!("https://not-epic.example.org");
+        let r = s.post(&s.admin_token, "/devices/appconfig", bad).await;
+        assert_eq!(r.status(), 422);
+        let p: Value = r.json().await.unwrap();
+        let fields: Vec<&str> = p["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        assert!(fields.contains(&"apps[0].configuration_url"), "{p}");
+        assert!(fields.contains(&"locker.unlock_pin"), "{p}");
+        assert!(fields.contains(&"locker.rover_device_id"), "{p}");
+        // The CLI renders the same documents from a file.
+        let plan_path = dir.path().join("plan.json");
+        std::fs::write(&plan_path, appconfig_plan("udid", "2468").to_string()).unwrap();
+        let out_dir = dir.path().join("out");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["appconfig", "--file"])
+            .arg(&plan_path)
+            .arg("--out")
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(out_dir.join("rover-jamf.plist")).unwrap(),
+            find("rover-jamf.plist")["content"].as_str().unwrap()
+        );
+    }
+);

@@ -43,6 +43,7 @@ pub fn admin_router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_users, create_user))
         .routes(routes!(get_user, update_user))
         .routes(routes!(import_users))
+        .routes(routes!(appconfig))
 }
 
 pub fn agent_router() -> OpenApiRouter<AppState> {
@@ -520,4 +521,49 @@ async fn agent_checkin(
     State(app): State<App>,
 ) -> Result<Json<Receipt>, ApiError> {
     Ok(Json(app.agent_checkin(&d).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct AppConfigQuery {
+    /// Answer with this one document (a `filename` of the list) as a download instead of JSON.
+    file: Option<String>,
+}
+
+/// Managed AppConfig for Rover / Haiku / Canto and the locker app, per MDM (vendor-neutral
+/// AppConfig XML, Workspace ONE table, Intune XML, Jamf plist), checked first: Rover and the
+/// locker must use the same variable for Enhanced Rover logout, the unlock PIN is 4–8 digits, the
+/// configuration URLs look like Epic's.
+#[utoipa::path(post, path = "/devices/appconfig", tag = "devices", request_body = switchboard_app::appconfig::AppConfigPlan,
+    params(AppConfigQuery),
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])),
+    responses((status = 200, body = Vec<switchboard_app::appconfig::AppConfigFile>)))]
+async fn appconfig(
+    _a: AdminAccess,
+    Query(q): Query<AppConfigQuery>,
+    Json(plan): Json<switchboard_app::appconfig::AppConfigPlan>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let files = switchboard_app::appconfig::render_appconfig(&plan)?;
+    let Some(name) = q.file else {
+        return Ok(Json(files).into_response());
+    };
+    let f = files
+        .into_iter()
+        .find(|f| f.filename == name)
+        .ok_or_else(|| {
+            ApiError::from(switchboard_app::AppError::NotFound(format!(
+                "AppConfig document {name}"
+            )))
+        })?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, f.media_type),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}\"", f.filename),
+            ),
+        ],
+        f.content,
+    )
+        .into_response())
 }
