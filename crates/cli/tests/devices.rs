@@ -1275,3 +1275,100 @@ server_test!(
         );
     }
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_command_expires_fails_its_step_and_the_device_needs_attention() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let s = TestServer::start_with(url, |c| c.device_command_ttl_secs = 1).await;
+    let f = fixture(
+        &s,
+        |_| json!([{"action": "force_quit", "app_id": "com.epic.rover"}]),
+    )
+    .await;
+    // A device whose agent enrols and then goes silent.
+    let r = s
+        .http
+        .post(format!("{}/agent/v1/enrol", s.url))
+        .bearer_auth(&f.enrol_token)
+        .json(&json!({"serial": "SILENT1", "platform": "ios"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    s.post(
+        &s.admin_token,
+        "/devices/users",
+        json!({"username": "quiet", "display_name": "Quiet"}),
+    )
+    .await;
+    let r = s
+        .post(
+            &s.admin_token,
+            "/devices/checkout",
+            json!({"user": "quiet", "device": "SILENT1"}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let receipt: Value = s
+        .post(&s.admin_token, "/devices/SILENT1/checkin", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(receipt["status"], "in_progress");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let expired = switchboard_app::lending::sweep(&s.running.app)
+        .await
+        .unwrap();
+    assert!(
+        expired >= 1,
+        "the show-ready and force-quit commands expired"
+    );
+    let r: Value = s
+        .get(
+            &s.admin_token,
+            &format!("/devices/checkins/{}", receipt["id"].as_str().unwrap()),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["status"], "complete_with_problems");
+    assert!(
+        r["steps"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("did not confirm"),
+        "{r:#}"
+    );
+    let d: Value = s
+        .get(&s.admin_token, "/devices/SILENT1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["status"], "attention");
+    assert!(
+        d["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["state"] == "expired" || c["state"] == "skipped"),
+        "{d:#}"
+    );
+    // Someone checks the phone and releases it.
+    let r = s
+        .post(&s.admin_token, "/devices/SILENT1/release", json!({}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let d: Value = s
+        .get(&s.admin_token, "/devices/SILENT1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["status"], "available");
+    f.sim.shutdown().await;
+    s.stop().await;
+}
