@@ -81,6 +81,10 @@ pub struct Config {
     pub identity_lookup_url: Option<String>,
     /// How long a badge resolved by the hook is remembered.
     pub identity_lookup_cache_secs: u64,
+    /// Where device alerts are POSTed (lost, found, emergency unlock); none: no webhook.
+    pub device_events_webhook_url: Option<String>,
+    /// A device overdue by this many minutes goes into lost mode (0: never automatically).
+    pub device_lost_after_overdue_minutes: u64,
 }
 
 impl Default for Config {
@@ -119,6 +123,8 @@ impl Default for Config {
             agent_poll_max_secs: 25,
             identity_lookup_url: None,
             identity_lookup_cache_secs: 300,
+            device_events_webhook_url: None,
+            device_lost_after_overdue_minutes: 0,
         }
     }
 }
@@ -158,6 +164,8 @@ pub const KEYS: &[&str] = &[
     "agent_poll_max_secs",
     "identity_lookup_url",
     "identity_lookup_cache_secs",
+    "device_events_webhook_url",
+    "device_lost_after_overdue_minutes",
 ];
 
 /// Variables with the prefix that are not configuration keys but are known to Switchboard.
@@ -257,13 +265,18 @@ impl Config {
                 });
             }
         }
-        if let Some(u) = &self.identity_lookup_url
-            && !(u.starts_with("https://") || u.starts_with("http://"))
-        {
-            return Err(ConfigError::Invalid {
-                key: "identity_lookup_url",
-                reason: "must be an http:// or https:// URL".to_owned(),
-            });
+        for (key, url) in [
+            ("identity_lookup_url", &self.identity_lookup_url),
+            ("device_events_webhook_url", &self.device_events_webhook_url),
+        ] {
+            if let Some(u) = url
+                && !(u.starts_with("https://") || u.starts_with("http://"))
+            {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be an http:// or https:// URL".to_owned(),
+                });
+            }
         }
         let positive: [(&'static str, u64); 11] = [
             (

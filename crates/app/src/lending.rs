@@ -104,6 +104,9 @@ pub struct Device {
     pub last_heartbeat_at: Option<i64>,
     pub enrolled_at: i64,
     pub revoked: bool,
+    /// Lost mode: since when and why (ends when the device is docked again).
+    pub lost_at: Option<i64>,
+    pub lost_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -436,6 +439,24 @@ pub struct DeviceUpdate {
     pub group_id: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LostInput {
+    /// Shown on the locked screen (default: where to return the device).
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// Something the agent reports that is not a command result.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentEventInput {
+    /// `emergency_unlock`: someone unlocked the device with the emergency PIN.
+    pub kind: String,
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandInput {
@@ -527,6 +548,8 @@ fn device_view(
         last_heartbeat_at: d.last_heartbeat_at,
         enrolled_at: d.enrolled_at,
         revoked: d.revoked_at.is_some(),
+        lost_at: d.lost_at,
+        lost_reason: d.lost_reason.clone(),
     }
 }
 
@@ -696,6 +719,8 @@ impl App {
             revoked_at: None,
             created_at: now,
             updated_at: now,
+            lost_at: None,
+            lost_reason: None,
         });
         d.credential_digest = digest;
         d.uuid = input.uuid.clone().or(d.uuid);
@@ -846,6 +871,16 @@ impl App {
         d.updated_at = now;
         tx.update_device(&d).await?;
         let docked_now = input.docked == Some(true) && was_docked != Some(true);
+        if docked_now && d.lost_at.is_some() {
+            d.lost_at = None;
+            d.lost_reason = None;
+            tx.update_device(&d).await?;
+            self.event(&mut *tx, &d.id, "found", json!({})).await?;
+            self.device_audit(&mut *tx, &d, "device.found", json!({"how": "docked"}))
+                .await?;
+            self.device_alert(&mut *tx, "device.found", &d, json!({"how": "docked"}))
+                .await?;
+        }
         if docked_now
             && d.status == "checked_out"
             && group.as_ref().is_some_and(|g| g.checkin_on_dock)
@@ -1975,6 +2010,159 @@ impl App {
         Ok(command_view(&c))
     }
 
+    /// Queues the device-events webhook (when one is configured) in `tx`.
+    async fn device_alert(
+        &self,
+        tx: &mut dyn Tx,
+        kind: &str,
+        d: &DeviceRow,
+        extra: Value,
+    ) -> Result<(), AppError> {
+        let Some(url) = self.config().device_events_webhook_url.clone() else {
+            return Ok(());
+        };
+        let mut event = json!({
+            "type": kind,
+            "at": now_ms(),
+            "device": {"id": d.id, "serial": d.serial, "name": d.name, "location_id": d.location_id},
+        });
+        if let (Value::Object(m), Value::Object(x)) = (&mut event, extra) {
+            m.extend(x);
+        }
+        let payload = serde_json::to_value(jobs::WebhookPayload { url, event })
+            .map_err(|e| AppError::Internal(e.to_string()))?;
+        jobs::enqueue(tx, jobs::WEBHOOK_KIND, payload, None, Duration::ZERO, 20).await?;
+        Ok(())
+    }
+
+    /// Puts a device into lost mode inside `tx`: locked with a message, alert sent, audited.
+    async fn lost_in_tx(
+        &self,
+        tx: &mut dyn Tx,
+        mut d: DeviceRow,
+        reason: String,
+        message: Option<String>,
+    ) -> Result<DeviceRow, AppError> {
+        let now = now_ms();
+        let place = match &d.location_id {
+            Some(l) => tx
+                .get_location(l)
+                .await?
+                .map_or_else(|| l.clone(), |l| l.name),
+            None => "the device desk".to_owned(),
+        };
+        let message =
+            message.unwrap_or_else(|| format!("This device is lost. Please return it to {place}."));
+        d.lost_at = Some(now);
+        d.lost_reason = Some(reason.clone());
+        d.updated_at = now;
+        tx.update_device(&d).await?;
+        tx.insert_command(&command_row(
+            &d.id,
+            "lock_with_message",
+            &json!({"message": message}),
+            now,
+            self.command_ttl_ms(),
+        ))
+        .await?;
+        self.event(tx, &d.id, "lost", json!({"reason": reason}))
+            .await?;
+        self.device_alert(
+            tx,
+            "device.lost",
+            &d,
+            json!({"reason": reason, "holder_id": d.holder_id}),
+        )
+        .await?;
+        Ok(d)
+    }
+
+    /// An operator marks a device lost.
+    pub async fn mark_lost(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        id: &str,
+        input: LostInput,
+    ) -> Result<Device, AppError> {
+        if input
+            .message
+            .as_ref()
+            .is_some_and(|m| m.trim().is_empty() || !printable(m, 200))
+        {
+            return Err(
+                ValidationErrors::single("message", "must be 1-200 characters of text").into(),
+            );
+        }
+        let mut tx = self.store().begin().await?;
+        let d = tx
+            .lock_device(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("device {id}")))?;
+        if d.lost_at.is_some() {
+            return Err(AppError::Conflict(format!(
+                "device {} is already in lost mode",
+                d.name
+            )));
+        }
+        let reason = format!("marked lost by {}", p.actor());
+        let d = self.lost_in_tx(&mut *tx, d, reason, input.message).await?;
+        let ev = AuditEvent::new("", "device.lost", format!("device:{}", d.id))
+            .with_details(json!({"serial": d.serial}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        self.wake_device(&d.id);
+        Ok(device_view(&d, None, None, now_ms()))
+    }
+
+    /// Events the agent reports: an emergency unlock with the unlock PIN (no user involved).
+    pub async fn agent_event(
+        &self,
+        device: &DeviceRow,
+        input: AgentEventInput,
+    ) -> Result<(), AppError> {
+        if input.kind != "emergency_unlock" {
+            return Err(ValidationErrors::single(
+                "kind",
+                format!("`{}` is not a known event (emergency_unlock)", input.kind),
+            )
+            .into());
+        }
+        if input.detail.as_ref().is_some_and(|m| !printable(m, 200)) {
+            return Err(
+                ValidationErrors::single("detail", "at most 200 characters of text").into(),
+            );
+        }
+        let mut tx = self.store().begin().await?;
+        let d = tx
+            .lock_device(&device.id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("device {}", device.id)))?;
+        self.event(
+            &mut *tx,
+            &d.id,
+            "emergency_unlock",
+            json!({"detail": input.detail}),
+        )
+        .await?;
+        self.device_audit(
+            &mut *tx,
+            &d,
+            "device.emergency_unlock",
+            json!({"by": "unlock PIN", "holder_id": d.holder_id}),
+        )
+        .await?;
+        self.device_alert(
+            &mut *tx,
+            "device.emergency_unlock",
+            &d,
+            json!({"by": "unlock PIN"}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Users with the devices they hold now.
     pub async fn device_user_holdings(&self) -> Result<Vec<(DeviceUser, usize)>, AppError> {
         let mut tx = self.store().read().await?;
@@ -2034,6 +2222,9 @@ fn event_text(kind: &str, detail: &str) -> String {
         "attention" => "needs attention: a mandatory check-in step failed on the device".to_owned(),
         "credential_revoked" => "device credential revoked".to_owned(),
         "released" => "released by an operator".to_owned(),
+        "lost" => format!("lost mode: {}", d["reason"].as_str().unwrap_or("")),
+        "found" => "docked again: lost mode ended".to_owned(),
+        "emergency_unlock" => "unlocked by the emergency PIN (no user)".to_owned(),
         other => other.replace('_', " "),
     }
 }
@@ -2339,6 +2530,27 @@ pub async fn sweep(app: &App) -> Result<usize, AppError> {
             s.updated_at = now;
             tx.update_checkin_step(&s).await?;
             app.settle_checkin(&mut *tx, ch).await?;
+        }
+    }
+    let minutes = i64::try_from(app.config().device_lost_after_overdue_minutes).unwrap_or(0);
+    if minutes > 0 {
+        for c in tx
+            .open_checkouts(None, Some(now - minutes * 60_000))
+            .await?
+        {
+            if let Some(d) = tx.lock_device(&c.device_id).await?
+                && d.lost_at.is_none()
+            {
+                let reason = format!("overdue by more than {minutes} minutes");
+                let d = app.lost_in_tx(&mut *tx, d, reason, None).await?;
+                app.device_audit(
+                    &mut *tx,
+                    &d,
+                    "device.lost",
+                    json!({"reason": "overdue", "minutes": minutes}),
+                )
+                .await?;
+            }
         }
     }
     tx.commit().await?;

@@ -1372,3 +1372,196 @@ async fn an_unanswered_command_expires_fails_its_step_and_the_device_needs_atten
     f.sim.shutdown().await;
     s.stop().await;
 }
+
+/// A webhook receiver keeping every event it gets.
+async fn start_hook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::{Json, Router, routing::post};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = std::sync::Arc::clone(&seen);
+    let app = Router::new().route(
+        "/hook",
+        post(move |Json(b): Json<Value>| {
+            let seen = std::sync::Arc::clone(&s2);
+            async move {
+                seen.lock().unwrap().push(b);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), seen)
+}
+
+async fn lost_mode_case(db_url: String) {
+    let (hook, seen) = start_hook().await;
+    let s = TestServer::start_with(db_url, |c| {
+        c.device_events_webhook_url = Some(hook.clone());
+        c.device_lost_after_overdue_minutes = 60;
+    })
+    .await;
+    let f = fixture(&s, |_| json!([])).await;
+    let a = agents(&s, &f, |c| {
+        c.devices = 2;
+        c.epic_sim = None;
+    })
+    .await;
+    let serials: Vec<String> = a
+        .devices
+        .iter()
+        .map(|d| d.lock().unwrap().serial.clone())
+        .collect();
+    let hook_event = |kind: &'static str, serial: String| {
+        let seen = std::sync::Arc::clone(&seen);
+        async move {
+            eventually(10, kind, || async {
+                let v = seen.lock().unwrap().clone();
+                let hit = v
+                    .iter()
+                    .any(|e| e["type"] == kind && e["device"]["serial"] == serial.as_str());
+                (hit, json!(v))
+            })
+            .await
+        }
+    };
+    // An operator marks device 0 lost: it locks with the message and the MDM hears of it.
+    let r = s
+        .post(
+            &s.admin_token,
+            &format!("/devices/{}/lost", serials[0]),
+            json!({"message": "Lost: call x5555"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let d: Value = r.json().await.unwrap();
+    assert!(
+        d["lost_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("marked lost by")
+    );
+    eventually(10, "the lock with the message", || async {
+        let d = a.device(&serials[0]).unwrap();
+        (d.locked && d.screen == "Lost: call x5555", json!(d))
+    })
+    .await;
+    hook_event("device.lost", serials[0].clone()).await;
+    assert_eq!(
+        s.post(
+            &s.admin_token,
+            &format!("/devices/{}/lost", serials[0]),
+            json!({})
+        )
+        .await
+        .status(),
+        409
+    );
+    // Docking it again ends lost mode.
+    let cred = a.devices[0].lock().unwrap().credential.clone();
+    for docked in [false, true] {
+        let r = s
+            .http
+            .post(format!("{}/agent/v1/heartbeat", s.url))
+            .bearer_auth(&cred)
+            .json(&json!({"docked": docked}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let d: Value = s
+        .get(&s.admin_token, &format!("/devices/{}", serials[0]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(d["lost_at"].is_null(), "{d:#}");
+    hook_event("device.found", serials[0].clone()).await;
+    // An emergency unlock with the unlock PIN is recorded, audited and reported.
+    let ev = |kind: &str| {
+        s.http
+            .post(format!("{}/agent/v1/events", s.url))
+            .bearer_auth(&cred)
+            .json(&json!({"kind": kind}))
+            .send()
+    };
+    assert_eq!(ev("emergency_unlock").await.unwrap().status(), 204);
+    assert_eq!(ev("self_destruct").await.unwrap().status(), 422);
+    hook_event("device.emergency_unlock", serials[0].clone()).await;
+    let audit: Value = s
+        .get(&s.admin_token, "/audit?action=device.emergency_unlock")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let entries = audit
+        .as_array()
+        .or_else(|| audit["entries"].as_array())
+        .unwrap()
+        .clone();
+    assert_eq!(entries.len(), 1, "{audit:#}");
+    assert_eq!(entries[0]["actor"], format!("device:{}", serials[0]));
+    let d: Value = s
+        .get(&s.admin_token, &format!("/devices/{}", serials[0]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        d["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["text"].as_str().unwrap().contains("emergency PIN"))
+    );
+    // Overdue past the threshold: lost mode by itself.
+    s.post(
+        &s.admin_token,
+        "/devices/users",
+        json!({"username": "late", "display_name": "Late"}),
+    )
+    .await;
+    assert_eq!(
+        s.post(
+            &s.admin_token,
+            "/devices/checkout",
+            json!({"user": "late", "device": serials[1]})
+        )
+        .await
+        .status(),
+        201
+    );
+    let long_ago = switchboard_app::now_ms() - 2 * 3_600_000;
+    run_sql(&s, &format!("UPDATE checkouts SET due_at = {long_ago} WHERE device_id = (SELECT id FROM devices WHERE serial = '{}')", serials[1])).await;
+    switchboard_app::lending::sweep(&s.running.app)
+        .await
+        .unwrap();
+    let d: Value = s
+        .get(&s.admin_token, &format!("/devices/{}", serials[1]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["lost_reason"], "overdue by more than 60 minutes");
+    hook_event("device.lost", serials[1].clone()).await;
+    a.stop().await;
+    f.sim.shutdown().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_mode_docking_and_emergency_unlock_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    lost_mode_case(format!("sqlite://{}", dir.path().join("t.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_mode_docking_and_emergency_unlock_on_postgres() {
+    let Some(server) = switchboard_store::testing::postgres_server(
+        "lost_mode_docking_and_emergency_unlock_on_postgres",
+    ) else {
+        return;
+    };
+    lost_mode_case(switchboard_store::testing::create_postgres_database(&server).await).await;
+}

@@ -178,7 +178,7 @@ async fn enqueue_webhooks(store: &Arc<dyn Store>, url: &str, range: std::ops::Ra
     tx.commit().await.expect("commit");
 }
 
-/// Waits until no job other than the standing hourly telehealth clean-up is left.
+/// Waits until no job other than the standing clean-ups (telehealth, devices) is left.
 async fn wait_until_queue_empty(store: &Arc<dyn Store>, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
@@ -192,7 +192,10 @@ async fn wait_until_queue_empty(store: &Arc<dyn Store>, timeout: Duration) {
             .await
             .expect("jobs")
             .into_iter()
-            .filter(|j| j.kind != switchboard_app::telehealth::JOB_PURGE)
+            .filter(|j| {
+                j.kind != switchboard_app::telehealth::JOB_PURGE
+                    && j.kind != switchboard_app::lending::JOB_SWEEP
+            })
             .collect();
         drop(tx);
         if left.is_empty() {

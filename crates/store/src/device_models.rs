@@ -75,6 +75,9 @@ pub struct DeviceRow {
     pub revoked_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Lost mode: since when, and why.
+    pub lost_at: Option<i64>,
+    pub lost_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -101,7 +101,8 @@ macro_rules! impl_tx {
         const GROUP_COLS: &str = "id, name, lending_minutes, workflows, required_apps, checkin_on_dock, created_at, updated_at";
         const ENROL_COLS: &str = "id, name, digest, prefix, group_id, location_id, created_at, expires_at, revoked_at, uses";
         const DEVICE_COLS: &str = "id, serial, uuid, platform, model, os_version, name, slot, group_id, location_id, credential_digest, status, holder_id, \
-            checkout_id, pin_set, battery, charging, docked, reported_location, apps, appconfig, readiness, last_heartbeat_at, enrolled_at, revoked_at, created_at, updated_at";
+            checkout_id, pin_set, battery, charging, docked, reported_location, apps, appconfig, readiness, last_heartbeat_at, enrolled_at, revoked_at, created_at, updated_at, \
+            lost_at, lost_reason";
         const DEVICE_USER_COLS: &str = "id, username, display_name, badge_digest, password_hash, device_limit, source, disabled, created_at, updated_at";
         const CHECKOUT_COLS: &str = "id, device_id, user_id, location_id, source, pin_set, started_at, due_at, ended_at, checkin_id";
         const CHECKIN_COLS: &str = "id, device_id, checkout_id, user_id, requested_by, status, warnings, started_at, completed_at";
@@ -1114,11 +1115,12 @@ macro_rules! impl_tx {
             }
 
             async fn insert_device(&mut self, d: &$crate::DeviceRow) -> Result<(), $crate::StoreError> {
-                sqlx::query(&format!("INSERT INTO devices ({DEVICE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"))
+                sqlx::query(&format!("INSERT INTO devices ({DEVICE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)"))
                     .bind(&d.id).bind(&d.serial).bind(&d.uuid).bind(&d.platform).bind(&d.model).bind(&d.os_version).bind(&d.name).bind(&d.slot)
                     .bind(&d.group_id).bind(&d.location_id).bind(&d.credential_digest).bind(&d.status).bind(&d.holder_id).bind(&d.checkout_id)
                     .bind(d.pin_set).bind(d.battery).bind(d.charging).bind(d.docked).bind(&d.reported_location).bind(&d.apps).bind(&d.appconfig)
                     .bind(&d.readiness).bind(d.last_heartbeat_at).bind(d.enrolled_at).bind(d.revoked_at).bind(d.created_at).bind(d.updated_at)
+                    .bind(d.lost_at).bind(&d.lost_reason)
                     .execute(&mut *self.inner).await?;
                 Ok(())
             }
@@ -1127,11 +1129,12 @@ macro_rules! impl_tx {
                 sqlx::query("UPDATE devices SET serial = $2, uuid = $3, platform = $4, model = $5, os_version = $6, name = $7, slot = $8, group_id = $9, \
                              location_id = $10, credential_digest = $11, status = $12, holder_id = $13, checkout_id = $14, pin_set = $15, battery = $16, \
                              charging = $17, docked = $18, reported_location = $19, apps = $20, appconfig = $21, readiness = $22, last_heartbeat_at = $23, \
-                             enrolled_at = $24, revoked_at = $25, updated_at = $26 WHERE id = $1")
+                             enrolled_at = $24, revoked_at = $25, updated_at = $26, lost_at = $27, lost_reason = $28 WHERE id = $1")
                     .bind(&d.id).bind(&d.serial).bind(&d.uuid).bind(&d.platform).bind(&d.model).bind(&d.os_version).bind(&d.name).bind(&d.slot)
                     .bind(&d.group_id).bind(&d.location_id).bind(&d.credential_digest).bind(&d.status).bind(&d.holder_id).bind(&d.checkout_id)
                     .bind(d.pin_set).bind(d.battery).bind(d.charging).bind(d.docked).bind(&d.reported_location).bind(&d.apps).bind(&d.appconfig)
                     .bind(&d.readiness).bind(d.last_heartbeat_at).bind(d.enrolled_at).bind(d.revoked_at).bind(d.updated_at)
+                    .bind(d.lost_at).bind(&d.lost_reason)
                     .execute(&mut *self.inner).await?;
                 Ok(())
             }

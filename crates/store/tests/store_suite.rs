@@ -744,3 +744,104 @@ store_test!(
         tx.commit().await.unwrap();
     }
 );
+
+fn device(id: &str, serial: &str) -> switchboard_store::DeviceRow {
+    switchboard_store::DeviceRow {
+        id: id.into(),
+        serial: serial.into(),
+        uuid: None,
+        platform: "ios".into(),
+        model: None,
+        os_version: None,
+        name: serial.into(),
+        slot: None,
+        group_id: "g1".into(),
+        location_id: Some("ward".into()),
+        credential_digest: format!("digest-{id}"),
+        status: "available".into(),
+        holder_id: None,
+        checkout_id: None,
+        pin_set: false,
+        battery: Some(80),
+        charging: None,
+        docked: Some(true),
+        reported_location: None,
+        apps: "[]".into(),
+        appconfig: "{}".into(),
+        readiness: "[]".into(),
+        last_heartbeat_at: Some(1),
+        enrolled_at: 1,
+        revoked_at: None,
+        created_at: 1,
+        updated_at: 1,
+        lost_at: None,
+        lost_reason: None,
+    }
+}
+
+fn checkout(id: &str, device_id: &str, user_id: &str) -> switchboard_store::CheckoutRow {
+    switchboard_store::CheckoutRow {
+        id: id.into(),
+        device_id: device_id.into(),
+        user_id: user_id.into(),
+        location_id: None,
+        source: "operator".into(),
+        pin_set: false,
+        started_at: 10,
+        due_at: 100,
+        ended_at: None,
+        checkin_id: None,
+    }
+}
+
+store_test!(
+    a_device_has_one_open_check_out_and_is_taken_only_when_available,
+    |store: Arc<dyn Store>| async move {
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_device(&device("d1", "SER1")).await.unwrap();
+        assert!(tx.take_device("d1", "u1", "c1", false, 5).await.unwrap());
+        assert!(
+            !tx.take_device("d1", "u2", "c2", false, 5).await.unwrap(),
+            "already taken"
+        );
+        tx.insert_checkout(&checkout("c1", "d1", "u1"))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        // A second open check-out of the same device is refused by the database itself.
+        let mut tx = store.begin().await.unwrap();
+        let err = tx
+            .insert_checkout(&checkout("c2", "d1", "u2"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        drop(tx);
+        let mut tx = store.begin().await.unwrap();
+        assert!(tx.end_checkout("c1", 50, "ci1").await.unwrap());
+        assert!(
+            !tx.end_checkout("c1", 60, "ci2").await.unwrap(),
+            "ends once"
+        );
+        tx.insert_checkout(&checkout("c3", "d1", "u2"))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.read().await.unwrap();
+        let open = tx.open_checkouts(Some("u2"), None).await.unwrap();
+        assert_eq!(
+            open.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+            ["c3"]
+        );
+        assert_eq!(
+            tx.open_checkouts(None, Some(101)).await.unwrap().len(),
+            1,
+            "due before 101"
+        );
+        assert!(tx.open_checkouts(None, Some(100)).await.unwrap().is_empty());
+        let by_serial = tx.lock_device("SER1").await.unwrap().unwrap();
+        assert_eq!(
+            (by_serial.status.as_str(), by_serial.holder_id.as_deref()),
+            ("checked_out", Some("u1"))
+        );
+    }
+);

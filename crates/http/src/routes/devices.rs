@@ -15,9 +15,9 @@ use switchboard_app::devices::{
     DeviceUserInput, EnrolmentToken, EnrolmentTokenInput, ImportReport, Location, LocationInput,
 };
 use switchboard_app::lending::{
-    AgentCheckoutInput, AgentCommand, Checkout, CheckoutInput, CommandInput, CommandResultInput,
-    CommandView, Device, DeviceDetail, DeviceQuery, DeviceUpdate, EnrolInput, Enrolled,
-    HeartbeatAnswer, HeartbeatInput, LocationSummary, Receipt,
+    AgentCheckoutInput, AgentCommand, AgentEventInput, Checkout, CheckoutInput, CommandInput,
+    CommandResultInput, CommandView, Device, DeviceDetail, DeviceQuery, DeviceUpdate, EnrolInput,
+    Enrolled, HeartbeatAnswer, HeartbeatInput, LocationSummary, LostInput, Receipt,
 };
 use switchboard_store::DeviceRow;
 use utoipa_axum::router::OpenApiRouter;
@@ -30,6 +30,7 @@ pub fn admin_router() -> OpenApiRouter<AppState> {
         .routes(routes!(checkin_device))
         .routes(routes!(revoke_device))
         .routes(routes!(release_device))
+        .routes(routes!(mark_lost))
         .routes(routes!(send_command))
         .routes(routes!(checkout))
         .routes(routes!(get_receipt))
@@ -54,6 +55,7 @@ pub fn agent_router() -> OpenApiRouter<AppState> {
         .routes(routes!(command_result))
         .routes(routes!(agent_checkout))
         .routes(routes!(agent_checkin))
+        .routes(routes!(agent_event))
 }
 
 fn idempotency_key(h: &HeaderMap) -> Option<String> {
@@ -132,6 +134,19 @@ async fn release_device(
     Path(id): Path<String>,
 ) -> Result<Json<Device>, ApiError> {
     Ok(Json(app.release_device(&a.principal, &a.ctx, &id).await?))
+}
+
+/// Put a device into lost mode: it is locked with a message and the device-events webhook is
+/// told; docking it again ends lost mode.
+#[utoipa::path(post, path = "/devices/{id}/lost", tag = "devices", params(("id" = String, Path)), request_body = LostInput,
+    security(("api_token" = ["operate"]), ("console_session" = ["operate"])), responses((status = 200, body = Device)))]
+async fn mark_lost(
+    a: OperatorAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(b): Json<LostInput>,
+) -> Result<Json<Device>, ApiError> {
+    Ok(Json(app.mark_lost(&a.principal, &a.ctx, &id, b).await?))
 }
 
 /// Send a device a command (lock, show_message, lock_with_message).
@@ -566,4 +581,16 @@ async fn appconfig(
         f.content,
     )
         .into_response())
+}
+
+/// Report an event: `emergency_unlock` (the device was unlocked with the emergency PIN).
+#[utoipa::path(post, path = "/agent/v1/events", tag = "agent", request_body = AgentEventInput,
+    security(("device_credential" = [])), responses((status = 204)))]
+async fn agent_event(
+    AgentDevice(d): AgentDevice,
+    State(app): State<App>,
+    Json(b): Json<AgentEventInput>,
+) -> Result<StatusCode, ApiError> {
+    app.agent_event(&d, b).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
