@@ -1306,7 +1306,9 @@ impl App {
             checkin_id: None,
         };
         if !tx
-            .take_device(&device.id, &user.id, &checkout.id, pin_set_by_device, now)
+            // A PIN asked for counts as set until a check-in removes it, even if the agent has
+            // not confirmed it yet: the check-in must never leave a PIN behind.
+            .take_device(&device.id, &user.id, &checkout.id, checkout.pin_set, now)
             .await?
         {
             return Ok(Err(Refusal::DeviceNotAvailable(
