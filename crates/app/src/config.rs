@@ -85,6 +85,9 @@ pub struct Config {
     pub device_events_webhook_url: Option<String>,
     /// A device overdue by this many minutes goes into lost mode (0: never automatically).
     pub device_lost_after_overdue_minutes: u64,
+    /// Days of device timeline and finished commands kept (0 keeps them forever); receipts and
+    /// check-outs are kept.
+    pub device_history_retention_days: u32,
 }
 
 impl Default for Config {
@@ -125,6 +128,7 @@ impl Default for Config {
             identity_lookup_cache_secs: 300,
             device_events_webhook_url: None,
             device_lost_after_overdue_minutes: 0,
+            device_history_retention_days: 180,
         }
     }
 }
@@ -166,6 +170,7 @@ pub const KEYS: &[&str] = &[
     "identity_lookup_cache_secs",
     "device_events_webhook_url",
     "device_lost_after_overdue_minutes",
+    "device_history_retention_days",
 ];
 
 /// Variables with the prefix that are not configuration keys but are known to Switchboard.

@@ -79,6 +79,8 @@ pub struct DeviceState {
     lookup: RwLock<Option<Arc<dyn IdentityLookup>>>,
     lookup_cache: Mutex<HashMap<String, (Instant, Option<LookedUpUser>)>>,
     badge_key: tokio::sync::OnceCell<Vec<u8>>,
+    /// Whether this process has purged old device history since it started.
+    pub(crate) purged_once: std::sync::atomic::AtomicBool,
 }
 
 /// The key badge numbers are hashed with (load it with [`App::badge_key`] before a transaction).

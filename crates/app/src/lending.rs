@@ -2534,6 +2534,24 @@ pub async fn sweep(app: &App) -> Result<usize, AppError> {
             app.settle_checkin(&mut *tx, ch).await?;
         }
     }
+    // Once an hour (the sweep's first run in each hour): old history and idempotency keys go.
+    if now % 3_600_000 < 15_000
+        || !app
+            .device_state()
+            .purged_once
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        let days = i64::from(app.config().device_history_retention_days);
+        let before = if days > 0 {
+            now - days * 86_400_000
+        } else {
+            i64::MIN
+        };
+        let n = tx.purge_device_history(before, now - 86_400_000).await?;
+        if n > 0 {
+            tracing::info!(rows = n, "purged old device history");
+        }
+    }
     let minutes = i64::try_from(app.config().device_lost_after_overdue_minutes).unwrap_or(0);
     if minutes > 0 {
         for c in tx

@@ -461,6 +461,13 @@ pub trait Tx: Send {
         key: &str,
     ) -> Result<Option<IdempotencyRow>, StoreError>;
     async fn put_idempotency(&mut self, r: &IdempotencyRow) -> Result<(), StoreError>;
+    /// Deletes device history older than `before` (timeline events, finished commands) and
+    /// idempotency keys older than `keys_before`; returns how many rows went.
+    async fn purge_device_history(
+        &mut self,
+        before: i64,
+        keys_before: i64,
+    ) -> Result<u64, StoreError>;
 
     // --- job queue
     /// Enqueues a job; with a `dedupe_key` that is already queued, returns `None` and adds nothing.

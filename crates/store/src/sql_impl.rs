@@ -1347,6 +1347,14 @@ macro_rules! impl_tx {
                     .bind(scope).bind(key).fetch_optional(&mut *self.inner).await?)
             }
 
+            async fn purge_device_history(&mut self, before: i64, keys_before: i64) -> Result<u64, $crate::StoreError> {
+                let a = sqlx::query("DELETE FROM device_events WHERE at < $1").bind(before).execute(&mut *self.inner).await?.rows_affected();
+                let b = sqlx::query("DELETE FROM device_commands WHERE state IN ('succeeded', 'failed', 'skipped', 'expired') AND created_at < $1")
+                    .bind(before).execute(&mut *self.inner).await?.rows_affected();
+                let c = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1").bind(keys_before).execute(&mut *self.inner).await?.rows_affected();
+                Ok(a + b + c)
+            }
+
             async fn put_idempotency(&mut self, r: &$crate::IdempotencyRow) -> Result<(), $crate::StoreError> {
                 sqlx::query("INSERT INTO idempotency_keys (scope, key, request_digest, status, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
                     .bind(&r.scope).bind(&r.key).bind(&r.request_digest).bind(r.status).bind(&r.response).bind(r.created_at)

@@ -845,3 +845,38 @@ store_test!(
         );
     }
 );
+
+store_test!(
+    old_device_history_and_idempotency_keys_are_purged,
+    |store: Arc<dyn Store>| async move {
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_device(&device("d1", "SER1")).await.unwrap();
+        tx.insert_device_event("d1", 100, "docked", "{}")
+            .await
+            .unwrap();
+        tx.insert_device_event("d1", 900, "undocked", "{}")
+            .await
+            .unwrap();
+        tx.put_idempotency(&switchboard_store::IdempotencyRow {
+            scope: "s".into(),
+            key: "k".into(),
+            request_digest: "d".into(),
+            status: 201,
+            response: "{}".into(),
+            created_at: 100,
+        })
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        assert_eq!(tx.purge_device_history(500, 500).await.unwrap(), 2);
+        tx.commit().await.unwrap();
+        let mut tx = store.read().await.unwrap();
+        let left = tx.device_events("d1", 10).await.unwrap();
+        assert_eq!(
+            left.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+            ["undocked"]
+        );
+        assert!(tx.get_idempotency("s", "k").await.unwrap().is_none());
+    }
+);
