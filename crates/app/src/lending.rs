@@ -871,7 +871,9 @@ impl App {
         d.updated_at = now;
         tx.update_device(&d).await?;
         let docked_now = input.docked == Some(true) && was_docked != Some(true);
-        if docked_now && d.lost_at.is_some() {
+        // Lost mode ends when the device is put back on a dock (off, then on again).
+        let redocked = input.docked == Some(true) && was_docked == Some(false);
+        if redocked && d.lost_at.is_some() {
             d.lost_at = None;
             d.lost_reason = None;
             tx.update_device(&d).await?;
