@@ -139,6 +139,28 @@ async fn add_user(s: &TestServer, username: &str, badge: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// A device's detail (by serial) as the admin API shows it.
+async fn device_json(s: &TestServer, serial: &str) -> Value {
+    s.get(&s.admin_token, &format!("/devices/{serial}"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Checks a device in through the admin API; answers the receipt.
+async fn checkin_json(s: &TestServer, serial: &str) -> Value {
+    s.post(
+        &s.admin_token,
+        &format!("/devices/{serial}/checkin"),
+        json!({}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap()
+}
+
 async fn sim_json(f: &Fixture, path: &str) -> Value {
     reqwest::get(format!("{}{path}", f.sim.base_url()))
         .await
@@ -241,12 +263,7 @@ server_test!(
                 .iter()
                 .all(|l| l["user"] == "nurse1")
         );
-        let d: Value = s
-            .get(&s.admin_token, &format!("/devices/{serial}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let d: Value = device_json(s, &serial).await;
         assert_eq!(d["status"], "checked_out");
         assert_eq!(d["holder"]["username"], "nurse1");
         assert_eq!(d["pin_set"], true);
@@ -316,12 +333,7 @@ server_test!(
             .filter(|p| p["presence"] == "offline" && p["user"] == "nurse1")
             .count();
         assert_eq!(offline, 2, "{presence:#}");
-        let d: Value = s
-            .get(&s.admin_token, &format!("/devices/{serial}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let d: Value = device_json(s, &serial).await;
         assert_eq!(d["status"], "available");
         assert_eq!(d["pin_set"], false);
         assert!(d["holder"].is_null());
@@ -398,16 +410,7 @@ server_test!(
             )
         })
         .await;
-        let r: Value = s
-            .post(
-                &s.admin_token,
-                &format!("/devices/{}/checkin", dev.serial),
-                json!({}),
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
+        let r: Value = checkin_json(s, &dev.serial).await;
         let done = receipt_done(s, r["id"].as_str().unwrap(), 15).await;
         let er = step(&done, "enhanced_rover_logout", 0);
         assert_eq!(er["install_id"], dev.uuid.as_str());
@@ -440,12 +443,7 @@ server_test!(
             .await
             .unwrap();
         assert_eq!(r.status(), 201);
-        let d: Value = s
-            .get(&s.admin_token, &format!("/devices/{serial}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let d: Value = device_json(s, &serial).await;
         assert!(
             d["warnings"][0]
                 .as_str()
@@ -461,16 +459,7 @@ server_test!(
             )
             .await;
         assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-        let r: Value = s
-            .post(
-                &s.admin_token,
-                &format!("/devices/{serial}/checkin"),
-                json!({}),
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
+        let r: Value = checkin_json(s, &serial).await;
         assert!(
             r["warnings"][0]
                 .as_str()
@@ -526,24 +515,10 @@ server_test!(
         // Device 0: Epic answers 503 three times. Device 1: the first call times out (the answer is
         // lost). Device 2: the user never signed in to Haiku (Install ID not found).
         add_fault(&f, json!({"path_contains": "DisassociateMobileDevice", "effect": {"kind": "status", "status": 503}, "max_faults": 3})).await;
-        let r: Value = s
-            .post(
-                &s.admin_token,
-                &format!("/devices/{}/checkin", serials[0]),
-                json!({}),
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
+        let r: Value = checkin_json(s, &serials[0]).await;
         // The device is back as soon as its own steps are done, whatever Epic does.
         eventually(10, "device 0 available", || async {
-            let d: Value = s
-                .get(&s.admin_token, &format!("/devices/{}", serials[0]))
-                .await
-                .json()
-                .await
-                .unwrap();
+            let d: Value = device_json(s, &serials[0]).await;
             (d["status"] == "available", d)
         })
         .await;
@@ -564,16 +539,7 @@ server_test!(
             .await
             .unwrap();
         add_fault(&f, json!({"path_contains": "DisassociateMobileDevice", "effect": {"kind": "timeout", "hold_ms": 3000}, "max_faults": 1})).await;
-        let r: Value = s
-            .post(
-                &s.admin_token,
-                &format!("/devices/{}/checkin", serials[1]),
-                json!({}),
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
+        let r: Value = checkin_json(s, &serials[1]).await;
         let done1 = receipt_done(s, r["id"].as_str().unwrap(), 30).await;
         assert_eq!(done1["status"], "complete", "{done1:#}");
         let repeats: i64 = done1["steps"]
@@ -608,16 +574,7 @@ server_test!(
         .await
         .unwrap();
         assert!(r.status().is_success());
-        let r: Value = s
-            .post(
-                &s.admin_token,
-                &format!("/devices/{}/checkin", serials[2]),
-                json!({}),
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
+        let r: Value = checkin_json(s, &serials[2]).await;
         let done2 = receipt_done(s, r["id"].as_str().unwrap(), 15).await;
         assert_eq!(done2["status"], "complete_with_problems");
         let haiku = step(&done2, "epic_logout", 1);
@@ -627,12 +584,7 @@ server_test!(
             "no user has signed in to Haiku on this device since its AppConfig was applied"
         ));
         assert_eq!(step(&done2, "epic_logout", 0)["status"], "done");
-        let d: Value = s
-            .get(&s.admin_token, &format!("/devices/{}", serials[2]))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let d: Value = device_json(s, &serials[2]).await;
         assert_eq!(
             d["status"], "available",
             "an Epic failure never keeps the device"
@@ -837,12 +789,7 @@ server_test!(bad_agent_input_is_refused_and_changes_nothing, |s| {
         .unwrap();
     assert_eq!(r.status(), 404);
     let done = eventually(10, "the lock being confirmed by its own device", || async {
-        let d: Value = s
-            .get(&s.admin_token, &format!("/devices/{}", serials[0]))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let d: Value = device_json(s, &serials[0]).await;
         let c = d["commands"]
             .as_array()
             .unwrap()
@@ -1024,12 +971,7 @@ server_test!(
                 .send()
         };
         assert_eq!(try_login("wrong password!").await.unwrap().status(), 401);
-        let d: Value = s
-            .get(&s.admin_token, &format!("/devices/{}", serials[1]))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let d: Value = device_json(s, &serials[1]).await;
         assert_eq!(d["status"], "available");
         assert_eq!(
             try_login("correct horse battery").await.unwrap().status(),
@@ -1082,23 +1024,9 @@ server_test!(
         .await;
         let now = switchboard_app::now_ms();
         add_fault(&f, json!({"path_contains": "DisassociateMobileDevice", "effect": {"kind": "status", "status": 503}, "from_ms": now, "until_ms": now + 4000})).await;
-        let r: Value = s
-            .post(
-                &s.admin_token,
-                &format!("/devices/{}/checkin", serials[0]),
-                json!({}),
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
+        let r: Value = checkin_json(s, &serials[0]).await;
         eventually(10, "the device back during the outage", || async {
-            let d: Value = s
-                .get(&s.admin_token, &format!("/devices/{}", serials[0]))
-                .await
-                .json()
-                .await
-                .unwrap();
+            let d: Value = device_json(s, &serials[0]).await;
             (d["status"] == "available", d)
         })
         .await;
@@ -1470,12 +1398,7 @@ async fn lost_mode_case(db_url: String) {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let d: Value = s
-        .get(&s.admin_token, &format!("/devices/{}", serials[0]))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let d: Value = device_json(&s, &serials[0]).await;
     assert!(d["lost_at"].is_null(), "{d:#}");
     hook_event("device.found", serials[0].clone()).await;
     // An emergency unlock with the unlock PIN is recorded, audited and reported.
@@ -1502,12 +1425,7 @@ async fn lost_mode_case(db_url: String) {
         .clone();
     assert_eq!(entries.len(), 1, "{audit:#}");
     assert_eq!(entries[0]["actor"], format!("device:{}", serials[0]));
-    let d: Value = s
-        .get(&s.admin_token, &format!("/devices/{}", serials[0]))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let d: Value = device_json(&s, &serials[0]).await;
     assert!(
         d["timeline"]
             .as_array()
@@ -1537,12 +1455,7 @@ async fn lost_mode_case(db_url: String) {
     switchboard_app::lending::sweep(&s.running.app)
         .await
         .unwrap();
-    let d: Value = s
-        .get(&s.admin_token, &format!("/devices/{}", serials[1]))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let d: Value = device_json(&s, &serials[1]).await;
     assert_eq!(d["lost_reason"], "overdue by more than 60 minutes");
     hook_event("device.lost", serials[1].clone()).await;
     a.stop().await;
