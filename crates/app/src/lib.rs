@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod keyring;
 pub mod lending;
 pub mod secrets;
+pub mod sso;
 pub mod telehealth;
 
 use std::sync::Arc;

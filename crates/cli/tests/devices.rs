@@ -1478,3 +1478,137 @@ async fn lost_mode_docking_and_emergency_unlock_on_postgres() {
     };
     lost_mode_case(switchboard_store::testing::create_postgres_database(&server).await).await;
 }
+
+/// The structure of the SSO profile example in the product's source material.
+const SSO_EXAMPLE: &str = r#"<SSO>
+    <global verCreate="6.0" verLastMod="6.0"/>
+        <app nm="epic.com" desc="Epic Rover" profileType="2" appType="0">
+            <env type="200" nm="iOS">
+                <scn nm="" auto="0" dgs="1">
+                    <ctl var="USR"/>
+                    <ctl var="PWD"/>
+                </scn>
+            </env>
+        </app>
+    <containers/>
+</SSO>"#;
+
+async fn send_xml(
+    s: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    xml: &str,
+) -> reqwest::Response {
+    s.http
+        .request(method, s.api(path))
+        .bearer_auth(&s.admin_token)
+        .header("content-type", "application/xml")
+        .body(xml.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+server_test!(
+    sso_profiles_import_export_exactly_and_hostile_xml_changes_nothing,
+    |s| {
+        let r = send_xml(
+            s,
+            reqwest::Method::POST,
+            "/devices/sso-profiles",
+            SSO_EXAMPLE,
+        )
+        .await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        let p: Value = r.json().await.unwrap();
+        assert_eq!(p["name"], "Epic Rover");
+        assert_eq!(
+            p["apps"],
+            json!([{"nm": "epic.com", "desc": "Epic Rover", "one_tap": true}])
+        );
+        let id = p["id"].as_str().unwrap().to_owned();
+        let exported = s
+            .get(&s.admin_token, &format!("/devices/sso-profiles/{id}/xml"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        // Same elements, attributes (in order) and values: parsing both gives the same tree.
+        let a = switchboard_domain::sso::parse_tree(SSO_EXAMPLE).unwrap();
+        let b = switchboard_domain::sso::parse_tree(&exported).unwrap();
+        assert_eq!(a, b, "{exported}");
+        assert!(
+            exported.contains(r#"<scn nm="" auto="0" dgs="1">"#),
+            "{exported}"
+        );
+        for (xml, why) in [
+            (r#"<!DOCTYPE SSO [<!ENTITY x "y">]><SSO/>"#, "DOCTYPE"),
+            (&SSO_EXAMPLE.replace(r#"<ctl var="PWD"/>"#, ""), "USR"),
+            (
+                &SSO_EXAMPLE.replace(r#"nm="epic.com""#, r#"nm="Rover app""#),
+                "domain",
+            ),
+            (
+                &format!("{}{}", "<a>".repeat(40), "</a>".repeat(40)),
+                "deeper",
+            ),
+            ("<SSO><app", "malformed"),
+        ] {
+            let r = send_xml(s, reqwest::Method::POST, "/devices/sso-profiles", xml).await;
+            assert_eq!(r.status(), 422, "{why}");
+            let body: Value = r.json().await.unwrap();
+            assert!(
+                body["errors"][0]["message"].as_str().unwrap().contains(why),
+                "{why}: {body}"
+            );
+        }
+        let r = s
+            .post(
+                &s.admin_token,
+                "/devices/sso-profiles",
+                json!({"xml": SSO_EXAMPLE}),
+            )
+            .await;
+        assert_eq!(r.status(), 415, "XML only");
+        let list: Value = s
+            .get(&s.admin_token, "/devices/sso-profiles")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            list.as_array().unwrap().len(),
+            1,
+            "nothing stored by the refused imports"
+        );
+        // Replace, then remove.
+        let two = SSO_EXAMPLE.replace(r#"<containers/>"#, r#"<app nm="Haiku" desc="Haiku"><env type="200" nm="iOS"><scn nm="login"><ctl var="USR"/><ctl var="PWD"/></scn></env></app><containers/>"#);
+        let r = send_xml(
+            s,
+            reqwest::Method::PUT,
+            &format!("/devices/sso-profiles/{id}"),
+            &two,
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+        let p: Value = r.json().await.unwrap();
+        assert_eq!(
+            p["apps"][1],
+            json!({"nm": "Haiku", "desc": "Haiku", "one_tap": false})
+        );
+        let r = s
+            .http
+            .delete(s.api(&format!("/devices/sso-profiles/{id}")))
+            .bearer_auth(&s.admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        assert_eq!(
+            s.get(&s.admin_token, &format!("/devices/sso-profiles/{id}"))
+                .await
+                .status(),
+            404
+        );
+    }
+);

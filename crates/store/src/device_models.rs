@@ -203,3 +203,16 @@ pub struct StepTotals {
     pub repeats: i64,
     pub attempts: i64,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SsoProfileRow {
+    pub id: String,
+    /// The first app's `desc`.
+    pub name: String,
+    /// JSON: the apps the profile covers (`nm`, `desc`, `one_tap`).
+    pub apps: String,
+    /// The profile as Switchboard writes it back (same elements, attributes and values).
+    pub xml: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}

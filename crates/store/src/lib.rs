@@ -461,6 +461,10 @@ pub trait Tx: Send {
         key: &str,
     ) -> Result<Option<IdempotencyRow>, StoreError>;
     async fn put_idempotency(&mut self, r: &IdempotencyRow) -> Result<(), StoreError>;
+    async fn put_sso_profile(&mut self, p: &SsoProfileRow) -> Result<(), StoreError>;
+    async fn get_sso_profile(&mut self, id: &str) -> Result<Option<SsoProfileRow>, StoreError>;
+    async fn list_sso_profiles(&mut self) -> Result<Vec<SsoProfileRow>, StoreError>;
+    async fn delete_sso_profile(&mut self, id: &str) -> Result<bool, StoreError>;
     /// Deletes device history older than `before` (timeline events, finished commands) and
     /// idempotency keys older than `keys_before`; returns how many rows went.
     async fn purge_device_history(

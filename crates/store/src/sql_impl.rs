@@ -1355,6 +1355,26 @@ macro_rules! impl_tx {
                 Ok(a + b + c)
             }
 
+            async fn put_sso_profile(&mut self, p: &$crate::SsoProfileRow) -> Result<(), $crate::StoreError> {
+                sqlx::query("INSERT INTO sso_profiles (id, name, apps, xml, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+                             ON CONFLICT (id) DO UPDATE SET name = excluded.name, apps = excluded.apps, xml = excluded.xml, updated_at = excluded.updated_at")
+                    .bind(&p.id).bind(&p.name).bind(&p.apps).bind(&p.xml).bind(p.created_at).bind(p.updated_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(())
+            }
+
+            async fn get_sso_profile(&mut self, id: &str) -> Result<Option<$crate::SsoProfileRow>, $crate::StoreError> {
+                Ok(sqlx::query_as("SELECT id, name, apps, xml, created_at, updated_at FROM sso_profiles WHERE id = $1").bind(id).fetch_optional(&mut *self.inner).await?)
+            }
+
+            async fn list_sso_profiles(&mut self) -> Result<Vec<$crate::SsoProfileRow>, $crate::StoreError> {
+                Ok(sqlx::query_as("SELECT id, name, apps, xml, created_at, updated_at FROM sso_profiles ORDER BY name, id").fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn delete_sso_profile(&mut self, id: &str) -> Result<bool, $crate::StoreError> {
+                Ok(sqlx::query("DELETE FROM sso_profiles WHERE id = $1").bind(id).execute(&mut *self.inner).await?.rows_affected() > 0)
+            }
+
             async fn put_idempotency(&mut self, r: &$crate::IdempotencyRow) -> Result<(), $crate::StoreError> {
                 sqlx::query("INSERT INTO idempotency_keys (scope, key, request_digest, status, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
                     .bind(&r.scope).bind(&r.key).bind(&r.request_digest).bind(r.status).bind(&r.response).bind(r.created_at)

@@ -45,6 +45,13 @@ pub fn admin_router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_user, update_user))
         .routes(routes!(import_users))
         .routes(routes!(appconfig))
+        .routes(routes!(list_sso_profiles, import_sso_profile))
+        .routes(routes!(
+            get_sso_profile,
+            replace_sso_profile,
+            delete_sso_profile
+        ))
+        .routes(routes!(export_sso_profile))
 }
 
 pub fn agent_router() -> OpenApiRouter<AppState> {
@@ -593,4 +600,108 @@ async fn agent_event(
 ) -> Result<StatusCode, ApiError> {
     app.agent_event(&d, b).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// --- SSO credential profiles
+
+fn xml_body(headers: &HeaderMap, body: String) -> Result<String, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !(ct.starts_with("application/xml") || ct.starts_with("text/xml")) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Unsupported media type",
+            "Send the profile as application/xml.",
+        ));
+    }
+    Ok(body)
+}
+
+/// SSO credential profiles (the `<SSO>` documents of Password AutoFill).
+#[utoipa::path(get, path = "/devices/sso-profiles", tag = "devices",
+    security(("api_token" = ["read"]), ("console_session" = ["read"])), responses((status = 200, body = Vec<switchboard_app::sso::SsoProfile>)))]
+async fn list_sso_profiles(
+    _a: ReadAccess,
+    State(app): State<App>,
+) -> Result<Json<Vec<switchboard_app::sso::SsoProfile>>, ApiError> {
+    Ok(Json(app.list_sso_profiles().await?))
+}
+
+/// Import an `<SSO>` profile (application/xml). DOCTYPE / entities, oversized or deeply nested
+/// documents, apps without USR and PWD controls and names that are neither a domain nor equal
+/// to `desc` are refused, and nothing is stored.
+#[utoipa::path(post, path = "/devices/sso-profiles", tag = "devices", request_body(content = String, content_type = "application/xml"),
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 201, body = switchboard_app::sso::SsoProfile)))]
+async fn import_sso_profile(
+    a: AdminAccess,
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<(StatusCode, Json<switchboard_app::sso::SsoProfile>), ApiError> {
+    let xml = xml_body(&headers, body)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            app.save_sso_profile(&a.principal, &a.ctx, None, &xml)
+                .await?,
+        ),
+    ))
+}
+
+/// One SSO profile with the apps it covers.
+#[utoipa::path(get, path = "/devices/sso-profiles/{id}", tag = "devices", params(("id" = String, Path)),
+    security(("api_token" = ["read"]), ("console_session" = ["read"])), responses((status = 200, body = switchboard_app::sso::SsoProfile)))]
+async fn get_sso_profile(
+    _a: ReadAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<switchboard_app::sso::SsoProfile>, ApiError> {
+    Ok(Json(app.get_sso_profile(&id).await?))
+}
+
+/// Replace an SSO profile's document (application/xml).
+#[utoipa::path(put, path = "/devices/sso-profiles/{id}", tag = "devices", params(("id" = String, Path)),
+    request_body(content = String, content_type = "application/xml"),
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 200, body = switchboard_app::sso::SsoProfile)))]
+async fn replace_sso_profile(
+    a: AdminAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Json<switchboard_app::sso::SsoProfile>, ApiError> {
+    let xml = xml_body(&headers, body)?;
+    Ok(Json(
+        app.save_sso_profile(&a.principal, &a.ctx, Some(&id), &xml)
+            .await?,
+    ))
+}
+
+/// Remove an SSO profile.
+#[utoipa::path(delete, path = "/devices/sso-profiles/{id}", tag = "devices", params(("id" = String, Path)),
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 204)))]
+async fn delete_sso_profile(
+    a: AdminAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.delete_sso_profile(&a.principal, &a.ctx, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Export an SSO profile: the same elements, attributes and values as imported.
+#[utoipa::path(get, path = "/devices/sso-profiles/{id}/xml", tag = "devices", params(("id" = String, Path)),
+    security(("api_token" = ["read"]), ("console_session" = ["read"])), responses((status = 200, content_type = "application/xml", body = String)))]
+async fn export_sso_profile(
+    _a: ReadAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<([(header::HeaderName, &'static str); 1], String), ApiError> {
+    Ok((
+        [(header::CONTENT_TYPE, "application/xml")],
+        app.export_sso_profile(&id).await?,
+    ))
 }
