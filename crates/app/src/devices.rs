@@ -79,6 +79,8 @@ pub struct DeviceState {
     lookup: RwLock<Option<Arc<dyn IdentityLookup>>>,
     lookup_cache: Mutex<HashMap<String, (Instant, Option<LookedUpUser>)>>,
     badge_key: tokio::sync::OnceCell<Vec<u8>>,
+    /// When each device's credentials were released in the last minute.
+    autofill: Mutex<HashMap<String, std::collections::VecDeque<i64>>>,
     /// Whether this process has purged old device history since it started.
     pub(crate) purged_once: std::sync::atomic::AtomicBool,
 }
@@ -1058,6 +1060,22 @@ impl App {
             .entry(device_id.to_owned())
             .or_default()
             .clone()
+    }
+
+    /// Takes one autofill release for a device under the limit of the last 60 seconds (per
+    /// replica).
+    pub(crate) fn autofill_allowed(&self, device_id: &str) -> bool {
+        let now = now_ms();
+        let mut m = lock(&self.device_state().autofill);
+        let recent = m.entry(device_id.to_owned()).or_default();
+        while recent.front().is_some_and(|t| now - t >= 60_000) {
+            recent.pop_front();
+        }
+        if recent.len() >= crate::sso::AUTOFILL_PER_MINUTE as usize {
+            return false;
+        }
+        recent.push_back(now);
+        true
     }
 
     /// Wakes the agent of a device that is waiting for commands in this process.

@@ -17,6 +17,9 @@ pub enum AppError {
     Forbidden(String),
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    /// Too many requests of this kind in a short time (the message says which).
+    #[error("too many requests: {0}")]
+    TooMany(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -139,3 +139,303 @@ impl App {
         Ok(())
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The credential vault and autofill
+
+/// A device may release at most this many credentials a minute.
+pub(crate) const AUTOFILL_PER_MINUTE: u32 = 10;
+
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialInput {
+    pub profile_id: String,
+    pub username: String,
+    /// Sealed at rest; never returned by the admin API.
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Credential {
+    pub profile_id: String,
+    pub profile_name: String,
+    pub username: String,
+    /// `admin` or `device`.
+    pub source: String,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AutofillInput {
+    /// The associated domain of the sign-in screen (e.g. `epic.com`).
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// The profile the user picked from `choices`.
+    #[serde(default)]
+    pub profile_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ReleasedCredential {
+    pub profile_id: String,
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Choice {
+    pub profile_id: String,
+    pub name: String,
+    pub username: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Autofill {
+    /// The one credential for this domain (one tap), when there is exactly one.
+    pub credential: Option<ReleasedCredential>,
+    /// Otherwise: what the holder may choose from (no passwords).
+    pub choices: Vec<Choice>,
+}
+
+fn check_credential(input: &CredentialInput) -> Result<(), AppError> {
+    let mut e = ValidationErrors::new();
+    if input.username.trim().is_empty()
+        || input.username.len() > 256
+        || input.username.chars().any(char::is_control)
+    {
+        e.add("username", "must be 1-256 characters of text");
+    }
+    if input.password.is_empty() || input.password.len() > 256 {
+        e.add("password", "must be 1-256 characters");
+    }
+    e.into_result()?;
+    Ok(())
+}
+
+impl App {
+    async fn store_credential(
+        &self,
+        tx: &mut dyn switchboard_store::Tx,
+        user_id: &str,
+        input: &CredentialInput,
+        source: &str,
+    ) -> Result<Credential, AppError> {
+        let profile = tx
+            .get_sso_profile(&input.profile_id)
+            .await?
+            .ok_or_else(|| {
+                AppError::Validation(ValidationErrors::single(
+                    "profile_id",
+                    format!("no SSO profile `{}`", input.profile_id),
+                ))
+            })?;
+        let secret_ref = self
+            .put_secret(
+                tx,
+                &format!("sso:{user_id}:{}", profile.id),
+                "sso_password",
+                input.password.as_bytes(),
+            )
+            .await?;
+        let row = switchboard_store::SsoCredentialRow {
+            user_id: user_id.to_owned(),
+            profile_id: profile.id.clone(),
+            username: input.username.trim().to_owned(),
+            secret_ref,
+            source: source.to_owned(),
+            updated_at: now_ms(),
+        };
+        if let Some(old) = tx.put_sso_credential(&row).await? {
+            tx.delete_secret(&old).await?;
+        }
+        Ok(Credential {
+            profile_id: profile.id,
+            profile_name: profile.name,
+            username: row.username,
+            source: row.source,
+            updated_at: row.updated_at,
+        })
+    }
+
+    /// An administrator sets a device user's credential for a profile.
+    pub async fn set_sso_credential(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        user: &str,
+        input: CredentialInput,
+    ) -> Result<Credential, AppError> {
+        check_credential(&input)?;
+        let mut tx = self.store().begin().await?;
+        let u = tx
+            .get_device_user(user)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("device user {user}")))?;
+        let c = self
+            .store_credential(&mut *tx, &u.id, &input, "admin")
+            .await?;
+        let ev = AuditEvent::new("", "sso.credential_set", format!("device_user:{}", u.id))
+            .with_details(json!({"profile_id": c.profile_id, "username": c.username}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        Ok(c)
+    }
+
+    /// A device user's credentials (never the passwords).
+    pub async fn list_sso_credentials(&self, user: &str) -> Result<Vec<Credential>, AppError> {
+        let mut tx = self.store().read().await?;
+        let u = tx
+            .get_device_user(user)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("device user {user}")))?;
+        let mut out = Vec::new();
+        for c in tx.sso_credentials_of(&u.id).await? {
+            let name = tx
+                .get_sso_profile(&c.profile_id)
+                .await?
+                .map(|p| p.name)
+                .unwrap_or_default();
+            out.push(Credential {
+                profile_id: c.profile_id,
+                profile_name: name,
+                username: c.username,
+                source: c.source,
+                updated_at: c.updated_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The user currently holding `device`, or why autofill is refused.
+    async fn holder_of(
+        &self,
+        tx: &mut dyn switchboard_store::Tx,
+        device: &switchboard_store::DeviceRow,
+    ) -> Result<switchboard_store::DeviceRow, AppError> {
+        let d = tx
+            .get_device(&device.id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("device {}", device.id)))?;
+        if d.holder_id.is_none() || d.status != "checked_out" {
+            return Err(AppError::Forbidden("no one holds this device: credentials are released only to the user who checked it out".to_owned()));
+        }
+        Ok(d)
+    }
+
+    /// The holder saves or updates their credential from the device after a manual sign-in.
+    pub async fn agent_save_credential(
+        &self,
+        device: &switchboard_store::DeviceRow,
+        input: CredentialInput,
+    ) -> Result<Credential, AppError> {
+        check_credential(&input)?;
+        let mut tx = self.store().begin().await?;
+        let d = self.holder_of(&mut *tx, device).await?;
+        let user = d.holder_id.clone().unwrap_or_default();
+        let c = self
+            .store_credential(&mut *tx, &user, &input, "device")
+            .await?;
+        let ev = AuditEvent::new(
+            format!("device:{}", d.serial),
+            "sso.credential_saved",
+            format!("device_user:{user}"),
+        )
+        .with_details(json!({"profile_id": c.profile_id, "device": d.id}));
+        self.append_audit(&mut *tx, &ev).await?;
+        tx.commit().await?;
+        Ok(c)
+    }
+
+    /// Autofill for the device's current holder: one credential when exactly one of their
+    /// profiles has an app for `domain` (or they picked `profile_id`), else the list to choose
+    /// from. Never to another device, never after check-in; rate-limited; every release audited.
+    pub async fn autofill(
+        &self,
+        device: &switchboard_store::DeviceRow,
+        input: AutofillInput,
+    ) -> Result<Autofill, AppError> {
+        let mut tx = self.store().read().await?;
+        let d = self.holder_of(&mut *tx, device).await?;
+        let user = d.holder_id.clone().unwrap_or_default();
+        let creds = tx.sso_credentials_of(&user).await?;
+        let mut profiles = Vec::new();
+        for c in &creds {
+            if let Some(p) = tx.get_sso_profile(&c.profile_id).await? {
+                profiles.push((c.clone(), view(&p)));
+            }
+        }
+        drop(tx);
+        let pick: Option<&(switchboard_store::SsoCredentialRow, SsoProfile)> =
+            match (&input.profile_id, &input.domain) {
+                (Some(id), _) => Some(
+                    profiles
+                        .iter()
+                        .find(|(c, _)| &c.profile_id == id)
+                        .ok_or_else(|| {
+                            AppError::NotFound(format!(
+                                "a credential of this user for profile {id}"
+                            ))
+                        })?,
+                ),
+                (None, Some(domain)) => {
+                    let hits: Vec<_> = profiles
+                        .iter()
+                        .filter(|(_, p)| {
+                            p.apps
+                                .iter()
+                                .any(|a| a.one_tap && a.nm.eq_ignore_ascii_case(domain.trim()))
+                        })
+                        .collect();
+                    if hits.len() == 1 { Some(hits[0]) } else { None }
+                }
+                (None, None) => {
+                    return Err(ValidationErrors::single(
+                        "domain",
+                        "give the sign-in screen's domain or a profile_id",
+                    )
+                    .into());
+                }
+            };
+        let Some((cred, profile)) = pick else {
+            return Ok(Autofill {
+                credential: None,
+                choices: profiles
+                    .iter()
+                    .map(|(c, p)| Choice {
+                        profile_id: c.profile_id.clone(),
+                        name: p.name.clone(),
+                        username: c.username.clone(),
+                    })
+                    .collect(),
+            });
+        };
+        if !self.autofill_allowed(&d.id) {
+            return Err(AppError::TooMany(format!(
+                "at most {AUTOFILL_PER_MINUTE} credentials a minute per device"
+            )));
+        }
+        let mut tx = self.store().begin().await?;
+        let d = self.holder_of(&mut *tx, device).await?;
+        if d.holder_id.as_deref() != Some(user.as_str()) {
+            return Err(AppError::Forbidden("the device changed hands".to_owned()));
+        }
+        let password = self.get_secret(&mut *tx, &cred.secret_ref).await?;
+        let ev = AuditEvent::new(
+            format!("device:{}", d.serial),
+            "sso.credential_released",
+            format!("device_user:{user}"),
+        )
+        .with_details(json!({"profile_id": profile.id, "device": d.id, "domain": input.domain}));
+        self.append_audit(&mut *tx, &ev).await?;
+        tx.commit().await?;
+        Ok(Autofill {
+            credential: Some(ReleasedCredential {
+                profile_id: profile.id.clone(),
+                username: cred.username.clone(),
+                password: String::from_utf8_lossy(&password).into_owned(),
+            }),
+            choices: Vec::new(),
+        })
+    }
+}

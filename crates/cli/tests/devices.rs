@@ -1612,3 +1612,195 @@ server_test!(
         );
     }
 );
+
+server_test!(
+    autofill_releases_the_holders_credential_only_to_their_device_while_they_hold_it,
+    |s| {
+        let f = fixture(s, |_| json!([])).await;
+        let a = agents(s, &f, |c| {
+            c.devices = 2;
+            c.epic_sim = None;
+        })
+        .await;
+        let serials: Vec<String> = a
+            .devices
+            .iter()
+            .map(|d| d.lock().unwrap().serial.clone())
+            .collect();
+        let creds: Vec<String> = a
+            .devices
+            .iter()
+            .map(|d| d.lock().unwrap().credential.clone())
+            .collect();
+        let profile: Value = send_xml(
+            s,
+            reqwest::Method::POST,
+            "/devices/sso-profiles",
+            SSO_EXAMPLE,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        let pid = profile["id"].as_str().unwrap().to_owned();
+        add_user(s, "af.nurse", "81001").await;
+        add_user(s, "af.other", "81002").await;
+        let r = s
+            .http
+            .put(s.api("/devices/users/af.nurse/credentials"))
+            .bearer_auth(&s.admin_token)
+            .json(&json!({"profile_id": pid, "username": "NURSE1", "password": "epic-secret-1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let listed = s
+            .get(&s.admin_token, "/devices/users/af.nurse/credentials")
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            listed.contains("NURSE1") && !listed.contains("epic-secret-1"),
+            "{listed}"
+        );
+        let autofill = |i: usize, body: Value| {
+            s.http
+                .post(format!("{}/agent/v1/autofill", s.url))
+                .bearer_auth(&creds[i])
+                .json(&body)
+                .send()
+        };
+        // Nobody holds the device yet.
+        assert_eq!(
+            autofill(0, json!({"domain": "epic.com"}))
+                .await
+                .unwrap()
+                .status(),
+            403
+        );
+        assert_eq!(
+            s.post(
+                &s.admin_token,
+                "/devices/checkout",
+                json!({"user": "af.nurse", "device": serials[0]})
+            )
+            .await
+            .status(),
+            201
+        );
+        let r = autofill(0, json!({"domain": "epic.com"})).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            v["credential"],
+            json!({"profile_id": pid, "username": "NURSE1", "password": "epic-secret-1"})
+        );
+        // Another domain: the list to choose from, without passwords; picking releases it.
+        let v: Value = autofill(0, json!({"domain": "example.org"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(v["credential"].is_null());
+        assert_eq!(
+            v["choices"],
+            json!([{"profile_id": pid, "name": "Epic Rover", "username": "NURSE1"}])
+        );
+        let v: Value = autofill(0, json!({"profile_id": pid}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["credential"]["password"], "epic-secret-1");
+        // The other device, held by another user, never gets this user's credential.
+        assert_eq!(
+            autofill(1, json!({"domain": "epic.com"}))
+                .await
+                .unwrap()
+                .status(),
+            403
+        );
+        assert_eq!(
+            s.post(
+                &s.admin_token,
+                "/devices/checkout",
+                json!({"user": "af.other", "device": serials[1]})
+            )
+            .await
+            .status(),
+            201
+        );
+        let v: Value = autofill(1, json!({"domain": "epic.com"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            v["credential"].is_null() && v["choices"].as_array().unwrap().is_empty(),
+            "{v}"
+        );
+        assert_eq!(
+            autofill(1, json!({"profile_id": pid}))
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        // The other user saves their own after a manual sign-in; now they get theirs.
+        let r = s
+            .http
+            .post(format!("{}/agent/v1/credentials", s.url))
+            .bearer_auth(&creds[1])
+            .json(&json!({"profile_id": pid, "username": "OTHER2", "password": "epic-secret-2"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = autofill(1, json!({"domain": "epic.com"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["credential"]["username"], "OTHER2");
+        // After check-in: refused.
+        checkin_json(s, &serials[0]).await;
+        assert_eq!(
+            autofill(0, json!({"domain": "epic.com"}))
+                .await
+                .unwrap()
+                .status(),
+            403
+        );
+        // Rate limit: device 1 has used 1 release this minute; 9 more pass, then 429.
+        let mut codes = Vec::new();
+        for _ in 0..10 {
+            codes.push(
+                autofill(1, json!({"domain": "epic.com"}))
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16(),
+            );
+        }
+        assert_eq!(codes.iter().filter(|c| **c == 200).count(), 9, "{codes:?}");
+        assert_eq!(codes.last(), Some(&429));
+        // Every release audited, never with the secret.
+        let audit = s
+            .get(&s.admin_token, "/audit?action=sso.")
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            audit.contains("sso.credential_released") && audit.contains("sso.credential_saved")
+        );
+        assert!(!audit.contains("epic-secret"), "{audit}");
+        a.stop().await;
+        f.sim.shutdown().await;
+    }
+);

@@ -172,6 +172,12 @@ impl From<AppError> for ApiError {
                     "A dependency (the database) is busy or unreachable; try again shortly.",
                 )
             }
+            AppError::TooMany(why) => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "Too many requests",
+                why,
+            ),
             AppError::Internal(why) => {
                 tracing::error!(cause = %why, "internal error");
                 Self::internal()

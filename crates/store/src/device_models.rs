@@ -216,3 +216,15 @@ pub struct SsoProfileRow {
     pub created_at: i64,
     pub updated_at: i64,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SsoCredentialRow {
+    pub user_id: String,
+    pub profile_id: String,
+    pub username: String,
+    /// The sealed password in `secrets`.
+    pub secret_ref: String,
+    /// `admin` or `device` (saved after a manual sign-in).
+    pub source: String,
+    pub updated_at: i64,
+}

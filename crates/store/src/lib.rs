@@ -465,6 +465,15 @@ pub trait Tx: Send {
     async fn get_sso_profile(&mut self, id: &str) -> Result<Option<SsoProfileRow>, StoreError>;
     async fn list_sso_profiles(&mut self) -> Result<Vec<SsoProfileRow>, StoreError>;
     async fn delete_sso_profile(&mut self, id: &str) -> Result<bool, StoreError>;
+    /// Inserts or replaces a user's credential for a profile; returns the replaced secret id.
+    async fn put_sso_credential(
+        &mut self,
+        c: &SsoCredentialRow,
+    ) -> Result<Option<String>, StoreError>;
+    async fn sso_credentials_of(
+        &mut self,
+        user_id: &str,
+    ) -> Result<Vec<SsoCredentialRow>, StoreError>;
     /// Deletes device history older than `before` (timeline events, finished commands) and
     /// idempotency keys older than `keys_before`; returns how many rows went.
     async fn purge_device_history(

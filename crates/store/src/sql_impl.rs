@@ -1375,6 +1375,22 @@ macro_rules! impl_tx {
                 Ok(sqlx::query("DELETE FROM sso_profiles WHERE id = $1").bind(id).execute(&mut *self.inner).await?.rows_affected() > 0)
             }
 
+            async fn put_sso_credential(&mut self, c: &$crate::SsoCredentialRow) -> Result<Option<String>, $crate::StoreError> {
+                let old: Option<(String,)> = sqlx::query_as("SELECT secret_ref FROM sso_credentials WHERE user_id = $1 AND profile_id = $2")
+                    .bind(&c.user_id).bind(&c.profile_id).fetch_optional(&mut *self.inner).await?;
+                sqlx::query("INSERT INTO sso_credentials (user_id, profile_id, username, secret_ref, source, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+                             ON CONFLICT (user_id, profile_id) DO UPDATE SET username = excluded.username, secret_ref = excluded.secret_ref, \
+                             source = excluded.source, updated_at = excluded.updated_at")
+                    .bind(&c.user_id).bind(&c.profile_id).bind(&c.username).bind(&c.secret_ref).bind(&c.source).bind(c.updated_at)
+                    .execute(&mut *self.inner).await?;
+                Ok(old.map(|o| o.0).filter(|o| o != &c.secret_ref))
+            }
+
+            async fn sso_credentials_of(&mut self, user_id: &str) -> Result<Vec<$crate::SsoCredentialRow>, $crate::StoreError> {
+                Ok(sqlx::query_as("SELECT user_id, profile_id, username, secret_ref, source, updated_at FROM sso_credentials WHERE user_id = $1 ORDER BY profile_id")
+                    .bind(user_id).fetch_all(&mut *self.inner).await?)
+            }
+
             async fn put_idempotency(&mut self, r: &$crate::IdempotencyRow) -> Result<(), $crate::StoreError> {
                 sqlx::query("INSERT INTO idempotency_keys (scope, key, request_digest, status, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
                     .bind(&r.scope).bind(&r.key).bind(&r.request_digest).bind(r.status).bind(&r.response).bind(r.created_at)

@@ -52,6 +52,7 @@ pub fn admin_router() -> OpenApiRouter<AppState> {
             delete_sso_profile
         ))
         .routes(routes!(export_sso_profile))
+        .routes(routes!(list_credentials, set_credential))
 }
 
 pub fn agent_router() -> OpenApiRouter<AppState> {
@@ -63,6 +64,8 @@ pub fn agent_router() -> OpenApiRouter<AppState> {
         .routes(routes!(agent_checkout))
         .routes(routes!(agent_checkin))
         .routes(routes!(agent_event))
+        .routes(routes!(agent_save_credential))
+        .routes(routes!(agent_autofill))
 }
 
 fn idempotency_key(h: &HeaderMap) -> Option<String> {
@@ -704,4 +707,55 @@ async fn export_sso_profile(
         [(header::CONTENT_TYPE, "application/xml")],
         app.export_sso_profile(&id).await?,
     ))
+}
+
+// --- the credential vault
+
+/// A device user's SSO credentials (usernames only; passwords are never returned).
+#[utoipa::path(get, path = "/devices/users/{id}/credentials", tag = "devices", params(("id" = String, Path)),
+    security(("api_token" = ["read"]), ("console_session" = ["read"])), responses((status = 200, body = Vec<switchboard_app::sso::Credential>)))]
+async fn list_credentials(
+    _a: ReadAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<switchboard_app::sso::Credential>>, ApiError> {
+    Ok(Json(app.list_sso_credentials(&id).await?))
+}
+
+/// Set a device user's username and password for an SSO profile (sealed at rest).
+#[utoipa::path(put, path = "/devices/users/{id}/credentials", tag = "devices", params(("id" = String, Path)),
+    request_body = switchboard_app::sso::CredentialInput,
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 200, body = switchboard_app::sso::Credential)))]
+async fn set_credential(
+    a: AdminAccess,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(b): Json<switchboard_app::sso::CredentialInput>,
+) -> Result<Json<switchboard_app::sso::Credential>, ApiError> {
+    Ok(Json(
+        app.set_sso_credential(&a.principal, &a.ctx, &id, b).await?,
+    ))
+}
+
+/// Save or update the holder's credential after a successful manual sign-in on the device.
+#[utoipa::path(post, path = "/agent/v1/credentials", tag = "agent", request_body = switchboard_app::sso::CredentialInput,
+    security(("device_credential" = [])), responses((status = 200, body = switchboard_app::sso::Credential)))]
+async fn agent_save_credential(
+    AgentDevice(d): AgentDevice,
+    State(app): State<App>,
+    Json(b): Json<switchboard_app::sso::CredentialInput>,
+) -> Result<Json<switchboard_app::sso::Credential>, ApiError> {
+    Ok(Json(app.agent_save_credential(&d, b).await?))
+}
+
+/// Password AutoFill for the user holding this device: one credential for the domain (one tap),
+/// or the list to choose from. Refused when nobody holds the device; limited per minute.
+#[utoipa::path(post, path = "/agent/v1/autofill", tag = "agent", request_body = switchboard_app::sso::AutofillInput,
+    security(("device_credential" = [])), responses((status = 200, body = switchboard_app::sso::Autofill)))]
+async fn agent_autofill(
+    AgentDevice(d): AgentDevice,
+    State(app): State<App>,
+    Json(b): Json<switchboard_app::sso::AutofillInput>,
+) -> Result<Json<switchboard_app::sso::Autofill>, ApiError> {
+    Ok(Json(app.autofill(&d, b).await?))
 }
