@@ -416,11 +416,27 @@ fn appconfig(file: &std::path::Path, out: Option<&std::path::Path>) -> Result<()
     Ok(())
 }
 
-fn run_agent_sim(args: AgentSimArgs) -> ExitCode {
+/// Logs of the simulators (`SWITCHBOARD_LOG` filter, stderr): they run without a configuration.
+fn init_simulator_logs() {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(std::env::var("SWITCHBOARD_LOG").unwrap_or_else(|_| "info".to_owned()))
         .try_init();
+}
+
+/// The async runtime of the simulators, or the exit code when it cannot start.
+fn simulator_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn run_agent_sim(args: AgentSimArgs) -> ExitCode {
+    init_simulator_logs();
     if !(0.0..=1.0).contains(&args.fail_rate) {
         eprintln!("error: --fail-rate must be between 0 and 1");
         return ExitCode::from(2);
@@ -447,15 +463,9 @@ fn run_agent_sim(args: AgentSimArgs) -> ExitCode {
         seed: args.seed,
         ..switchboard_agent_sim::AgentSimConfig::default()
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match simulator_runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let agents = match switchboard_agent_sim::start(cfg).await {
@@ -499,10 +509,7 @@ fn run_agent_sim(args: AgentSimArgs) -> ExitCode {
 }
 
 fn run_epic_sim(args: &EpicSimArgs) -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(std::env::var("SWITCHBOARD_LOG").unwrap_or_else(|_| "info".to_owned()))
-        .try_init();
+    init_simulator_logs();
     let mut config = match &args.sim_config {
         Some(p) => match switchboard_epic_sim::SimConfig::from_file(p) {
             Ok(c) => c,
@@ -530,15 +537,9 @@ fn run_epic_sim(args: &EpicSimArgs) -> ExitCode {
             }
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match simulator_runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let sim = match switchboard_epic_sim::start(config).await {
