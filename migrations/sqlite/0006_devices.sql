@@ -119,7 +119,6 @@ CREATE TABLE checkin_steps (
     detail          TEXT NOT NULL,
     install_id      TEXT,
     attempts        BIGINT NOT NULL DEFAULT 0,
-    in_flight       BOOLEAN NOT NULL DEFAULT FALSE,
     outcome_unknown BOOLEAN NOT NULL DEFAULT FALSE,
     repeats         BIGINT NOT NULL DEFAULT 0,
     command_id      TEXT,

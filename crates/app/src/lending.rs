@@ -1527,7 +1527,6 @@ impl App {
                 detail: String::new(),
                 install_id: None,
                 attempts: 0,
-                in_flight: false,
                 outcome_unknown: false,
                 repeats: 0,
                 command_id: None,
@@ -1865,11 +1864,10 @@ impl App {
         input: DeviceUpdate,
     ) -> Result<Device, AppError> {
         let mut tx = self.store().begin().await?;
-        let d = tx
-            .get_device(id)
+        let mut d = tx
+            .lock_device(id)
             .await?
             .ok_or_else(|| AppError::NotFound(format!("device {id}")))?;
-        let mut d = tx.lock_device(&d.id).await?.unwrap_or(d);
         let mut errors = ValidationErrors::new();
         if let Some(n) = &input.name {
             if n.trim().is_empty() || !printable(n, 80) {
@@ -1916,11 +1914,10 @@ impl App {
         id: &str,
     ) -> Result<(), AppError> {
         let mut tx = self.store().begin().await?;
-        let d = tx
-            .get_device(id)
+        let mut d = tx
+            .lock_device(id)
             .await?
             .ok_or_else(|| AppError::NotFound(format!("device {id}")))?;
-        let mut d = tx.lock_device(&d.id).await?.unwrap_or(d);
         if d.revoked_at.is_some() {
             return Err(AppError::Conflict(format!(
                 "device {} is already revoked",
@@ -1947,11 +1944,10 @@ impl App {
         id: &str,
     ) -> Result<Device, AppError> {
         let mut tx = self.store().begin().await?;
-        let d = tx
-            .get_device(id)
+        let mut d = tx
+            .lock_device(id)
             .await?
             .ok_or_else(|| AppError::NotFound(format!("device {id}")))?;
-        let mut d = tx.lock_device(&d.id).await?.unwrap_or(d);
         if d.status != "attention" && d.status != "returning" {
             return Err(AppError::Conflict(format!(
                 "device {} is {}, not waiting for attention",
@@ -2422,7 +2418,6 @@ async fn record_attempt(
         step.repeats += 1;
     }
     step.attempts = step.attempts.max(attempt - 1) + 1;
-    step.in_flight = false;
     let (status, detail, outcome) = match call {
         Err((status, detail)) => {
             let outcome = if status == StepStatus::Retrying {

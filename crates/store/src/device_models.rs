@@ -146,8 +146,6 @@ pub struct CheckinStepRow {
     pub detail: String,
     pub install_id: Option<String>,
     pub attempts: i64,
-    /// An attempt was started and its answer not yet recorded.
-    pub in_flight: bool,
     /// Some earlier attempt's answer was lost (timeout or crash).
     pub outcome_unknown: bool,
     /// Attempts made after an unknown outcome.

@@ -106,7 +106,7 @@ macro_rules! impl_tx {
         const DEVICE_USER_COLS: &str = "id, username, display_name, badge_digest, password_hash, device_limit, source, disabled, created_at, updated_at";
         const CHECKOUT_COLS: &str = "id, device_id, user_id, location_id, source, pin_set, started_at, due_at, ended_at, checkin_id";
         const CHECKIN_COLS: &str = "id, device_id, checkout_id, user_id, requested_by, status, warnings, started_at, completed_at";
-        const STEP_COLS: &str = "checkin_id, position, action, spec, on_device, mandatory, status, detail, install_id, attempts, in_flight, outcome_unknown, repeats, command_id, updated_at";
+        const STEP_COLS: &str = "checkin_id, position, action, spec, on_device, mandatory, status, detail, install_id, attempts, outcome_unknown, repeats, command_id, updated_at";
         const COMMAND_COLS: &str = "id, device_id, kind, params, secret_ref, state, checkin_id, position, created_at, expires_at, delivered_at, finished_at, result";
         const JOB_COLS: &str = "id, kind, payload, dedupe_key, state, run_at, attempts, max_attempts, lease_owner, lease_until, last_error, created_at, updated_at";
 
@@ -1251,19 +1251,19 @@ macro_rules! impl_tx {
             }
 
             async fn insert_checkin_step(&mut self, s: &$crate::CheckinStepRow) -> Result<(), $crate::StoreError> {
-                sqlx::query(&format!("INSERT INTO checkin_steps ({STEP_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"))
+                sqlx::query(&format!("INSERT INTO checkin_steps ({STEP_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"))
                     .bind(&s.checkin_id).bind(s.position).bind(&s.action).bind(&s.spec).bind(s.on_device).bind(s.mandatory).bind(&s.status)
-                    .bind(&s.detail).bind(&s.install_id).bind(s.attempts).bind(s.in_flight).bind(s.outcome_unknown).bind(s.repeats)
+                    .bind(&s.detail).bind(&s.install_id).bind(s.attempts).bind(s.outcome_unknown).bind(s.repeats)
                     .bind(&s.command_id).bind(s.updated_at)
                     .execute(&mut *self.inner).await?;
                 Ok(())
             }
 
             async fn update_checkin_step(&mut self, s: &$crate::CheckinStepRow) -> Result<(), $crate::StoreError> {
-                sqlx::query("UPDATE checkin_steps SET status = $3, detail = $4, install_id = $5, attempts = $6, in_flight = $7, outcome_unknown = $8, \
-                             repeats = $9, command_id = $10, updated_at = $11 WHERE checkin_id = $1 AND position = $2")
+                sqlx::query("UPDATE checkin_steps SET status = $3, detail = $4, install_id = $5, attempts = $6, outcome_unknown = $7, \
+                             repeats = $8, command_id = $9, updated_at = $10 WHERE checkin_id = $1 AND position = $2")
                     .bind(&s.checkin_id).bind(s.position).bind(&s.status).bind(&s.detail).bind(&s.install_id).bind(s.attempts)
-                    .bind(s.in_flight).bind(s.outcome_unknown).bind(s.repeats).bind(&s.command_id).bind(s.updated_at)
+                    .bind(s.outcome_unknown).bind(s.repeats).bind(&s.command_id).bind(s.updated_at)
                     .execute(&mut *self.inner).await?;
                 Ok(())
             }

@@ -2,7 +2,7 @@
 //! (`/agent/v1/...`, authenticated by the enrolment token or the device credential).
 
 use crate::AppState;
-use crate::auth::{AdminAccess, OperatorAccess, ReadAccess};
+use crate::auth::{AdminAccess, OperatorAccess, ReadAccess, bearer_in};
 use crate::error::{ApiError, Json, Path, Query};
 use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -437,14 +437,6 @@ async fn import_users(
 
 // --- the agent protocol
 
-fn bearer(parts: &Parts) -> Option<String> {
-    let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
-}
-
 /// A device agent, authenticated by its credential.
 pub struct AgentDevice(pub DeviceRow);
 
@@ -456,8 +448,8 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
-        let token = bearer(parts).ok_or_else(ApiError::unauthenticated)?;
-        Ok(Self(state.app.authenticate_device(&token).await?))
+        let token = bearer_in(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
+        Ok(Self(state.app.authenticate_device(token).await?))
     }
 }
 
@@ -470,17 +462,8 @@ async fn enrol(
     headers: HeaderMap,
     Json(b): Json<EnrolInput>,
 ) -> Result<(StatusCode, Json<Enrolled>), ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned())
-        .ok_or_else(ApiError::unauthenticated)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(app.enrol_device(&token, b).await?),
-    ))
+    let token = bearer_in(&headers).ok_or_else(ApiError::unauthenticated)?;
+    Ok((StatusCode::CREATED, Json(app.enrol_device(token, b).await?)))
 }
 
 /// Report battery, dock, location, app inventory and AppConfig.
