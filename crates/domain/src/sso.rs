@@ -240,11 +240,23 @@ pub fn parse_profile(xml: &str) -> Result<Profile, ProfileError> {
     Ok(Profile { tree, apps })
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// Escapes markup and the whitespace an XML reader would otherwise normalise (tab, line feed
+/// and carriage return in attribute values, carriage return in text).
+fn escape(s: &str, in_attribute: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\r' => out.push_str("&#13;"),
+            '\t' if in_attribute => out.push_str("&#9;"),
+            '\n' if in_attribute => out.push_str("&#10;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn write(el: &Element, depth: usize, out: &mut String) {
@@ -253,7 +265,7 @@ fn write(el: &Element, depth: usize, out: &mut String) {
     out.push('<');
     out.push_str(&el.name);
     for (k, v) in &el.attrs {
-        out.push_str(&format!(" {k}=\"{}\"", escape(v)));
+        out.push_str(&format!(" {k}=\"{}\"", escape(v, true)));
     }
     if el.children.is_empty() && el.text.is_empty() {
         out.push_str("/>\n");
@@ -261,11 +273,11 @@ fn write(el: &Element, depth: usize, out: &mut String) {
     }
     out.push('>');
     if el.children.is_empty() {
-        out.push_str(&escape(&el.text));
+        out.push_str(&escape(&el.text, false));
     } else {
         out.push('\n');
         if !el.text.is_empty() {
-            out.push_str(&format!("{pad}    {}\n", escape(&el.text)));
+            out.push_str(&format!("{pad}    {}\n", escape(&el.text, false)));
         }
         for c in &el.children {
             write(c, depth + 1, out);
@@ -286,6 +298,7 @@ pub fn to_xml(tree: &Element) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// The structure of the example profile in the product's source material.
     const EXAMPLE: &str = r#"<SSO>
@@ -384,6 +397,142 @@ mod tests {
         let xml = EXAMPLE.replace(r#"nm="epic.com""#, r#"nm="Epic Rover""#);
         let p = parse_profile(&xml).unwrap();
         assert!(!p.apps[0].one_tap);
+    }
+
+    /// Element and attribute names as XML allows them (no namespaces).
+    fn name() -> impl Strategy<Value = String> {
+        "[A-Za-z_][A-Za-z0-9_.-]{0,10}"
+    }
+
+    /// Values with markup characters, quotes, whitespace and non-ASCII text.
+    fn value() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9 &<>\"'=/;:\t\r\né€日本-]{0,20}"
+    }
+
+    /// Text as the reader keeps it: no leading or trailing whitespace.
+    fn text() -> impl Strategy<Value = String> {
+        value().prop_map(|t| t.trim().to_owned())
+    }
+
+    fn attrs() -> impl Strategy<Value = Vec<(String, String)>> {
+        prop::collection::btree_map(name(), value(), 0..4)
+            .prop_flat_map(|m| Just(m.into_iter().collect::<Vec<_>>()).prop_shuffle())
+    }
+
+    fn element() -> impl Strategy<Value = Element> {
+        let leaf = (name(), attrs(), text()).prop_map(|(name, attrs, text)| Element {
+            name,
+            attrs,
+            children: Vec::new(),
+            text,
+        });
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            (name(), attrs(), text(), prop::collection::vec(inner, 0..5)).prop_map(
+                |(name, attrs, text, children)| Element {
+                    name,
+                    attrs,
+                    children,
+                    text,
+                },
+            )
+        })
+    }
+
+    fn domain() -> impl Strategy<Value = String> {
+        "[a-z0-9]{1,10}(\\.[a-z0-9][a-z0-9-]{0,8}[a-z0-9]){0,2}\\.[a-z]{2,6}"
+    }
+
+    fn leaf(name: &str, attrs: &[(&str, &str)], children: Vec<Element>) -> Element {
+        Element {
+            name: name.into(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            children,
+            text: String::new(),
+        }
+    }
+
+    /// A valid `<app>`: a domain name (one tap) or nm equal to desc, with extra attributes and
+    /// elements Switchboard does not read.
+    fn app() -> impl Strategy<Value = (Element, ProfileApp)> {
+        (
+            prop_oneof![domain(), "[A-Za-z][A-Za-z ]{0,12}"],
+            "[A-Za-z][A-Za-z &]{0,12}",
+            any::<bool>(),
+            prop::collection::vec(element(), 0..3),
+        )
+            .prop_map(|(nm, desc, extra_attr, extra)| {
+                let one_tap = is_domain(&nm);
+                let desc = if one_tap { desc } else { nm.clone() };
+                let scn = leaf(
+                    "scn",
+                    &[("nm", ""), ("auto", "0")],
+                    vec![
+                        leaf("ctl", &[("var", "USR")], Vec::new()),
+                        leaf("ctl", &[("var", "PWD")], Vec::new()),
+                    ],
+                );
+                let env = leaf("env", &[("type", "200"), ("nm", "iOS")], vec![scn]);
+                let mut attrs = vec![("nm", nm.as_str()), ("desc", desc.as_str())];
+                if extra_attr {
+                    attrs.push(("profileType", "2"));
+                }
+                let mut children = vec![env];
+                children.extend(extra.into_iter().filter(|e| {
+                    e.name != "app" && e.name != "scn" && e.descendants("app").next().is_none()
+                }));
+                let el = leaf("app", &attrs, children);
+                (el, ProfileApp { nm, desc, one_tap })
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any tree Switchboard writes reads back as the same tree, and writing it again gives
+        /// the same bytes.
+        #[test]
+        fn any_tree_round_trips(tree in element()) {
+            let xml = to_xml(&tree);
+            let back = parse_tree(&xml).map_err(|e| TestCaseError::fail(format!("{e}: {xml}")))?;
+            prop_assert_eq!(&back, &tree);
+            prop_assert_eq!(to_xml(&back), xml);
+        }
+
+        /// Generated profiles import with the apps they define, and their export imports to the
+        /// same tree and apps.
+        #[test]
+        fn generated_profiles_import_and_export_exactly(
+            apps in prop::collection::vec(app(), 1..4),
+            global in attrs(),
+        ) {
+            let mut children = vec![Element {
+                name: "global".into(),
+                attrs: global,
+                children: Vec::new(),
+                text: String::new(),
+            }];
+            children.extend(apps.iter().map(|(e, _)| e.clone()));
+            let tree = Element { name: "SSO".into(), attrs: Vec::new(), children, text: String::new() };
+            let xml = to_xml(&tree);
+            let p = parse_profile(&xml).map_err(|e| TestCaseError::fail(format!("{e}: {xml}")))?;
+            prop_assert_eq!(&p.tree, &tree);
+            let expected: Vec<ProfileApp> = apps.into_iter().map(|(_, a)| a).collect();
+            prop_assert_eq!(&p.apps, &expected);
+            let again = parse_profile(&to_xml(&p.tree)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(again, p);
+        }
+
+        /// Whatever the input, the parser answers (a tree or a reason) without panicking, and a
+        /// tree it accepts survives export.
+        #[test]
+        fn arbitrary_input_never_panics(xml in "(<[a-zA-Z/!?]{0,3}[ a-z=\"'&;<>]{0,12}>?){0,12}") {
+            if let Ok(tree) = parse_tree(&xml) {
+                prop_assert_eq!(parse_tree(&to_xml(&tree)).ok(), Some(tree));
+            }
+        }
     }
 
     #[test]
