@@ -66,15 +66,58 @@ pub enum ProfileError {
     MissingControls(String),
 }
 
+/// An XML name: a letter, `_` or `:` (or any non-ASCII character), then also digits, `-` and `.`.
+fn xml_name(raw: &[u8], what: &str) -> Result<String, ProfileError> {
+    let name = String::from_utf8_lossy(raw).into_owned();
+    let mut chars = name.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_alphabetic() || c == '_' || c == ':' || !c.is_ascii())
+        && chars
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | ':' | '-' | '.') || !c.is_ascii());
+    if ok {
+        Ok(name)
+    } else {
+        Err(ProfileError::Malformed(format!(
+            "`{name}` is not a valid {what} name"
+        )))
+    }
+}
+
+/// Refuses characters XML 1.0 does not allow (control characters other than tab, line feed and
+/// carriage return; U+FFFE and U+FFFF), even when written as character references.
+fn checked_chars(s: &str) -> Result<&str, ProfileError> {
+    match s.chars().find(|c| {
+        (c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\u{7f}'..='\u{9f}'))
+            || matches!(c, '\u{fffe}' | '\u{ffff}')
+    }) {
+        Some(c) => Err(ProfileError::Malformed(format!(
+            "the character U+{:04X} is not allowed in XML",
+            u32::from(c)
+        ))),
+        None => Ok(s),
+    }
+}
+
+fn element(e: &BytesStart<'_>) -> Result<Element, ProfileError> {
+    Ok(Element {
+        name: xml_name(e.name().as_ref(), "element")?,
+        attrs: attrs_of(e)?,
+        children: Vec::new(),
+        text: String::new(),
+    })
+}
+
 fn attrs_of(e: &BytesStart<'_>) -> Result<Vec<(String, String)>, ProfileError> {
     e.attributes()
         .map(|a| {
             let a = a.map_err(|err| ProfileError::Malformed(err.to_string()))?;
-            let key = String::from_utf8_lossy(a.key.as_ref()).into_owned();
+            let key = xml_name(a.key.as_ref(), "attribute")?;
             let value = a
                 .unescape_value()
                 .map_err(|err| ProfileError::Malformed(err.to_string()))?
                 .into_owned();
+            checked_chars(&value)?;
             Ok((key, value))
         })
         .collect()
@@ -111,12 +154,7 @@ pub fn parse_tree(xml: &str) -> Result<Element, ProfileError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(ProfileError::TooDeep);
                 }
-                stack.push(Element {
-                    name: String::from_utf8_lossy(e.name().as_ref()).into_owned(),
-                    attrs: attrs_of(&e)?,
-                    children: Vec::new(),
-                    text: String::new(),
-                });
+                stack.push(element(&e)?);
             }
             Event::Empty(e) => {
                 count += 1;
@@ -126,21 +164,18 @@ pub fn parse_tree(xml: &str) -> Result<Element, ProfileError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(ProfileError::TooDeep);
                 }
-                let el = Element {
-                    name: String::from_utf8_lossy(e.name().as_ref()).into_owned(),
-                    attrs: attrs_of(&e)?,
-                    children: Vec::new(),
-                    text: String::new(),
-                };
+                let el = element(&e)?;
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(el),
                     None => root = Some(el),
                 }
             }
             Event::End(_) => {
-                let el = stack
+                let mut el = stack
                     .pop()
                     .ok_or_else(|| ProfileError::Malformed("unbalanced end tag".to_owned()))?;
+                // Text around child elements is layout: kept without its outer whitespace.
+                el.text = checked_chars(el.text.trim())?.to_owned();
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(el),
                     None => root = Some(el),
@@ -383,6 +418,21 @@ mod tests {
                 matches!(e, ProfileError::Malformed(_))
             }),
             ("<SSO>&xxe;</SSO>".to_owned(), |e| {
+                matches!(e, ProfileError::Malformed(_))
+            }),
+            ("< />".to_owned(), |e| {
+                matches!(e, ProfileError::Malformed(_))
+            }),
+            ("<SSO a=\"&#1;\"/>".to_owned(), |e| {
+                matches!(e, ProfileError::Malformed(_))
+            }),
+            ("<SSO>x\u{0}y</SSO>".to_owned(), |e| {
+                matches!(e, ProfileError::Malformed(_))
+            }),
+            ("<\r\r/>".to_owned(), |e| {
+                matches!(e, ProfileError::Malformed(_))
+            }),
+            ("<SSO 1a=\"x\"/>".to_owned(), |e| {
                 matches!(e, ProfileError::Malformed(_))
             }),
         ];
