@@ -1570,6 +1570,29 @@ server_test!(
             )
             .await;
         assert_eq!(r.status(), 415, "XML only");
+        // The CLI checks a profile before import: the same rules, offline.
+        let dir = tempfile::tempdir().unwrap();
+        let cli = |xml: &str| {
+            let path = dir.path().join("profile.xml");
+            std::fs::write(&path, xml).unwrap();
+            std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+                .arg("sso-profile")
+                .arg(&path)
+                .arg("--export")
+                .output()
+                .unwrap()
+        };
+        let out = cli(SSO_EXAMPLE);
+        assert!(out.status.success());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.starts_with("epic.com: Epic Rover (one-tap autofill")
+                && stdout.contains(r#"<scn nm="" auto="0" dgs="1">"#),
+            "{stdout}"
+        );
+        let out = cli(r#"<!DOCTYPE SSO [<!ENTITY x "y">]><SSO/>"#);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("DOCTYPE"));
         let list: Value = s
             .get(&s.admin_token, "/devices/sso-profiles")
             .await
