@@ -513,24 +513,41 @@ impl RunningAgents {
     /// Device `index` sends a heartbeat with its inventory and AppConfig now; answers the
     /// server's reply (`ready` among it).
     pub async fn report(&self, index: usize) -> Result<Value, String> {
-        let (cred, apps, appconfig) = {
+        let body = {
             let d = lock(self.devices.get(index).ok_or("no such device")?);
-            (d.credential.clone(), d.apps.clone(), d.appconfig.clone())
+            json!({"battery": 100, "charging": true, "docked": true, "apps": d.apps, "appconfig": d.appconfig})
         };
-        let r = self
+        self.call(index, "heartbeat", Some(body), "heartbeat").await
+    }
+
+    /// Device `index` POSTs to `/agent/v1/{path}` with its credential; a 2xx answer's JSON, or
+    /// what went wrong.
+    async fn call(
+        &self,
+        index: usize,
+        path: &str,
+        body: Option<Value>,
+        what: &str,
+    ) -> Result<Value, String> {
+        let cred = self
+            .devices
+            .get(index)
+            .map(|d| lock(d).credential.clone())
+            .ok_or("no such device")?;
+        let mut req = self
             .http
-            .post(format!("{}/agent/v1/heartbeat", self.server))
-            .bearer_auth(cred)
-            .json(&json!({"battery": 100, "charging": true, "docked": true, "apps": apps, "appconfig": appconfig}))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .post(format!("{}/agent/v1/{path}", self.server))
+            .bearer_auth(cred);
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        let r = req.send().await.map_err(|e| e.to_string())?;
         let status = r.status();
         let v: Value = r.json().await.unwrap_or(Value::Null);
         if status.is_success() {
             Ok(v)
         } else {
-            Err(format!("heartbeat answered {status}: {v}"))
+            Err(format!("{what} answered {status}: {v}"))
         }
     }
 
@@ -570,51 +587,23 @@ impl RunningAgents {
         badge: &str,
         pin_set: bool,
     ) -> Result<Value, String> {
-        let cred = self
-            .devices
-            .get(index)
-            .map(|d| lock(d).credential.clone())
-            .ok_or("no such device")?;
-        let r = self
-            .http
-            .post(format!("{}/agent/v1/checkout", self.server))
-            .bearer_auth(cred)
-            .json(&json!({"badge": badge, "pin_set": pin_set}))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = r.status();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        if status.as_u16() == 201 {
-            self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-            Ok(v)
-        } else {
-            Err(format!("check-out answered {status}: {v}"))
-        }
+        let v = self
+            .call(
+                index,
+                "checkout",
+                Some(json!({"badge": badge, "pin_set": pin_set})),
+                "check-out",
+            )
+            .await?;
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        Ok(v)
     }
 
     /// Checks device `index` in from the device.
     pub async fn checkin(&self, index: usize) -> Result<Value, String> {
-        let cred = self
-            .devices
-            .get(index)
-            .map(|d| lock(d).credential.clone())
-            .ok_or("no such device")?;
-        let r = self
-            .http
-            .post(format!("{}/agent/v1/checkin", self.server))
-            .bearer_auth(cred)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = r.status();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        if status.is_success() {
-            self.stats.checkins.fetch_add(1, Ordering::Relaxed);
-            Ok(v)
-        } else {
-            Err(format!("check-in answered {status}: {v}"))
-        }
+        let v = self.call(index, "checkin", None, "check-in").await?;
+        self.stats.checkins.fetch_add(1, Ordering::Relaxed);
+        Ok(v)
     }
 
     /// Scripted cycles: each device checks out with its badge (`badges[i % len]`), keeps the

@@ -127,6 +127,21 @@ async fn agents(
     switchboard_agent_sim::start(cfg).await.unwrap()
 }
 
+/// `n` simulated phones that are not signed in to any Epic simulator, and their serials.
+async fn phones(s: &TestServer, f: &Fixture, n: usize) -> (RunningAgents, Vec<String>) {
+    let a = agents(s, f, |c| {
+        c.devices = n;
+        c.epic_sim = None;
+    })
+    .await;
+    let serials = a
+        .devices
+        .iter()
+        .map(|d| d.lock().unwrap().serial.clone())
+        .collect();
+    (a, serials)
+}
+
 async fn add_user(s: &TestServer, username: &str, badge: &str) -> Value {
     let r = s
         .post(
@@ -755,16 +770,7 @@ server_test!(bad_agent_input_is_refused_and_changes_nothing, |s| {
     );
 
     // Two devices; one reports a result for the other's command.
-    let a = agents(s, &f, |c| {
-        c.devices = 2;
-        c.epic_sim = None;
-    })
-    .await;
-    let serials: Vec<String> = a
-        .devices
-        .iter()
-        .map(|d| d.lock().unwrap().serial.clone())
-        .collect();
+    let (a, serials) = phones(s, &f, 2).await;
     let r = s
         .post(
             &s.admin_token,
@@ -1330,16 +1336,7 @@ async fn lost_mode_case(db_url: String) {
     })
     .await;
     let f = fixture(&s, |_| json!([])).await;
-    let a = agents(&s, &f, |c| {
-        c.devices = 2;
-        c.epic_sim = None;
-    })
-    .await;
-    let serials: Vec<String> = a
-        .devices
-        .iter()
-        .map(|d| d.lock().unwrap().serial.clone())
-        .collect();
+    let (a, serials) = phones(&s, &f, 2).await;
     let hook_event = |kind: &'static str, serial: String| {
         let seen = std::sync::Arc::clone(&seen);
         async move {
@@ -1640,16 +1637,7 @@ server_test!(
     autofill_releases_the_holders_credential_only_to_their_device_while_they_hold_it,
     |s| {
         let f = fixture(s, |_| json!([])).await;
-        let a = agents(s, &f, |c| {
-            c.devices = 2;
-            c.epic_sim = None;
-        })
-        .await;
-        let serials: Vec<String> = a
-            .devices
-            .iter()
-            .map(|d| d.lock().unwrap().serial.clone())
-            .collect();
+        let (a, serials) = phones(s, &f, 2).await;
         let creds: Vec<String> = a
             .devices
             .iter()
@@ -1981,16 +1969,7 @@ server_test!(
     readiness_follows_what_the_devices_report_and_check_out_skips_devices_not_ready,
     |s| {
         let f = fixture(s, |_| json!([])).await;
-        let a = agents(s, &f, |c| {
-            c.devices = 2;
-            c.epic_sim = None;
-        })
-        .await;
-        let serials: Vec<String> = a
-            .devices
-            .iter()
-            .map(|d| d.lock().unwrap().serial.clone())
-            .collect();
+        let (a, serials) = phones(s, &f, 2).await;
         add_user(s, "ready.nurse", "83001").await;
         let checkout = || {
             s.post(
