@@ -16,7 +16,7 @@ use switchboard_app::AppError;
 use switchboard_app::devices::{
     DeviceGroup, DeviceGroupInput, DeviceUserInput, EnrolmentTokenInput, LocationInput, Workflows,
 };
-use switchboard_app::lending::{CommandInput, DeviceQuery, Receipt};
+use switchboard_app::lending::{CommandInput, DeviceQuery, LostInput, Receipt};
 use switchboard_domain::devices::{RequiredApp, StepSpec};
 use switchboard_domain::{FieldError, Permission};
 
@@ -156,6 +156,7 @@ struct DeviceLine {
     heartbeat: String,
     ready: bool,
     not_ready: String,
+    lost: bool,
 }
 
 struct Choice {
@@ -260,6 +261,7 @@ async fn list_page(State(s): State<AppState>, c: Console, Query(q): Query<ListQu
                 .last_heartbeat_at
                 .map_or_else(|| "never".to_owned(), |t| ago(t, now)),
             not_ready: d.not_ready.join("; "),
+            lost: d.lost_at.is_some(),
             overdue: d.overdue,
             ready: d.ready,
             id: d.id,
@@ -315,6 +317,7 @@ struct SummaryLine {
     returning: usize,
     attention: usize,
     not_ready: usize,
+    lost: usize,
     overdue_link: String,
     location_link: String,
 }
@@ -355,6 +358,7 @@ async fn dashboard(State(s): State<AppState>, c: Console) -> Response {
                         returning: l.returning,
                         attention: l.attention,
                         not_ready: l.not_ready,
+                        lost: l.lost,
                     })
                     .collect(),
                 updated: fmt_time(switchboard_app::now_ms()),
@@ -465,6 +469,8 @@ struct DevicePage {
     receipts: Vec<ReceiptCard>,
     commands: Vec<CommandLine>,
     timeline: Vec<TimelineLine>,
+    /// Lost mode: (since, UTC; why).
+    lost: Option<(String, String)>,
     can_operate: bool,
 }
 
@@ -637,6 +643,14 @@ async fn device_page_with(s: &AppState, c: &Console, id: &str, x: Outcome) -> Re
                     text: t.text,
                 })
                 .collect(),
+            lost: d.lost_at.map(|at| {
+                (
+                    fmt_time(at),
+                    d.lost_reason
+                        .clone()
+                        .unwrap_or_else(|| "no reason recorded".to_owned()),
+                )
+            }),
             can_operate: c.allows(Permission::Operate),
         },
     )
@@ -699,6 +713,18 @@ async fn device_action(
             .send_command(&c.principal, &c.ctx, &id, command("show_message"))
             .await
             .map(|_| "The message is queued for the device.".to_owned()),
+        "lost" => {
+            let message = f.message.clone().filter(|m| !m.trim().is_empty());
+            s.app
+                .mark_lost(&c.principal, &c.ctx, &id, LostInput { message })
+                .await
+                .map(|d| {
+                    format!(
+                        "{} is in lost mode: a lock with the message is queued for it. Docking it again ends lost mode.",
+                        d.name
+                    )
+                })
+        }
         _ => Err(AppError::NotFound(format!("device action `{action}`"))),
     };
     match result {
