@@ -20,6 +20,9 @@ use switchboard_app::lending::{CommandInput, DeviceQuery, LostInput, Receipt};
 use switchboard_domain::devices::{RequiredApp, StepSpec};
 use switchboard_domain::{FieldError, Permission};
 
+mod appconfig;
+mod sso;
+
 const CURRENT: &str = "devices";
 
 pub fn router() -> axum::Router<AppState> {
@@ -38,6 +41,8 @@ pub fn router() -> axum::Router<AppState> {
         .route("/console/devices/users/import", post(import_users))
         .route("/console/devices/{id}", get(device_page))
         .route("/console/devices/{id}/{action}", post(device_action))
+        .merge(sso::router())
+        .merge(appconfig::router())
 }
 
 /// What a form post re-renders its page with.
@@ -1280,6 +1285,7 @@ async fn revoke_token(
 // ------------------------------------------------------------------ the directory
 
 struct UserLine {
+    id: String,
     username: String,
     display_name: String,
     badge: bool,
@@ -1339,6 +1345,7 @@ async fn users_with(s: &AppState, c: &Console, x: Outcome, extra: UsersExtra) ->
                     limit: u
                         .device_limit
                         .map_or_else(|| format!("default ({default_limit})"), |l| l.to_string()),
+                    id: u.id,
                     username: u.username,
                     display_name: u.display_name,
                     badge: u.has_badge,
