@@ -2,6 +2,7 @@
 //! it may fill (`switchboard_domain::sso` parses and checks them). Imported, listed, exported
 //! exactly, replaced and removed; hostile or incomplete XML is refused and nothing is stored.
 
+use crate::devices::ImportReport;
 use crate::{App, AppError, Principal, RequestContext, crypto, now_ms};
 use serde::Serialize;
 use serde_json::json;
@@ -133,7 +134,13 @@ impl App {
         if !tx.delete_sso_profile(id).await? {
             return Err(AppError::NotFound(format!("SSO profile {id}")));
         }
-        let ev = AuditEvent::new("", "sso_profile.removed", format!("sso_profile:{id}"));
+        // The profile's stored credentials go with it, sealed passwords included.
+        let secrets = tx.delete_sso_credentials(id, None).await?;
+        for s in &secrets {
+            tx.delete_secret(s).await?;
+        }
+        let ev = AuditEvent::new("", "sso_profile.removed", format!("sso_profile:{id}"))
+            .with_details(json!({"credentials_removed": secrets.len()}));
         self.audit(&mut *tx, p, ctx, ev).await?;
         tx.commit().await?;
         Ok(())
@@ -280,6 +287,157 @@ impl App {
         self.audit(&mut *tx, p, ctx, ev).await?;
         tx.commit().await?;
         Ok(c)
+    }
+
+    /// An administrator removes a device user's credential for a profile.
+    pub async fn delete_sso_credential(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        user: &str,
+        profile_id: &str,
+    ) -> Result<(), AppError> {
+        let mut tx = self.store().begin().await?;
+        let u = tx
+            .get_device_user(user)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("device user {user}")))?;
+        let secrets = tx.delete_sso_credentials(profile_id, Some(&u.id)).await?;
+        if secrets.is_empty() {
+            return Err(AppError::NotFound(format!(
+                "a credential of {} for SSO profile {profile_id}",
+                u.username
+            )));
+        }
+        for s in &secrets {
+            tx.delete_secret(s).await?;
+        }
+        let ev = AuditEvent::new(
+            "",
+            "sso.credential_removed",
+            format!("device_user:{}", u.id),
+        )
+        .with_details(json!({"profile_id": profile_id}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Imports credentials from CSV with the header `user,profile,username,password`: `user` is
+    /// a directory user's username or id, `profile` an SSO profile's id or name. All or
+    /// nothing: any bad line refuses the file, naming the line and field (never the password).
+    pub async fn import_sso_credentials(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        csv_text: &str,
+    ) -> Result<ImportReport, AppError> {
+        if csv_text.len() > 5 * 1024 * 1024 {
+            return Err(ValidationErrors::single("file", "at most 5 MiB").into());
+        }
+        let mut reader = csv::ReaderBuilder::new().from_reader(csv_text.as_bytes());
+        let headers = reader
+            .headers()
+            .map_err(|e| ValidationErrors::single("file", format!("unreadable CSV header: {e}")))?
+            .clone();
+        let col = |n: &str| headers.iter().position(|h| h.trim() == n);
+        let (Some(cu), Some(cp), Some(cn), Some(cw)) = (
+            col("user"),
+            col("profile"),
+            col("username"),
+            col("password"),
+        ) else {
+            return Err(ValidationErrors::single(
+                "file",
+                "the header must be `user,profile,username,password`",
+            )
+            .into());
+        };
+        let mut tx = self.store().begin().await?;
+        let profiles = tx.list_sso_profiles().await?;
+        let mut errors = ValidationErrors::new();
+        let (mut created, mut updated) = (0, 0);
+        let mut seen = std::collections::HashSet::new();
+        for (i, rec) in reader.records().enumerate() {
+            let line = i + 2;
+            let rec = match rec {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.add(&format!("line {line}"), format!("unreadable: {e}"));
+                    continue;
+                }
+            };
+            // Passwords are taken as written (spaces included); the other fields are trimmed.
+            let field = |c: usize, trim: bool| {
+                let v = rec.get(c).unwrap_or_default();
+                if trim { v.trim() } else { v }.to_owned()
+            };
+            let (user, profile) = (field(cu, true), field(cp, true));
+            let Some(u) = tx.get_device_user(&user).await? else {
+                errors.add(
+                    &format!("line {line}: user"),
+                    format!("no directory user `{user}`"),
+                );
+                continue;
+            };
+            let matches: Vec<&SsoProfileRow> = profiles
+                .iter()
+                .filter(|r| r.id == profile || r.name.eq_ignore_ascii_case(&profile))
+                .collect();
+            let profile_id = match matches.as_slice() {
+                [one] => one.id.clone(),
+                [] => {
+                    errors.add(
+                        &format!("line {line}: profile"),
+                        format!("no SSO profile with the id or name `{profile}`"),
+                    );
+                    continue;
+                }
+                _ => {
+                    errors.add(
+                        &format!("line {line}: profile"),
+                        format!("`{profile}` names several profiles: use the profile id"),
+                    );
+                    continue;
+                }
+            };
+            if !seen.insert((u.id.clone(), profile_id.clone())) {
+                errors.add(
+                    &format!("line {line}"),
+                    format!("a second line for {} and `{profile}`", u.username),
+                );
+                continue;
+            }
+            let input = CredentialInput {
+                profile_id,
+                username: field(cn, true),
+                password: field(cw, false),
+            };
+            if let Err(AppError::Validation(v)) = check_credential(&input) {
+                for e in v.errors {
+                    errors.add(&format!("line {line}: {}", e.field), e.message);
+                }
+                continue;
+            }
+            let existed = tx
+                .sso_credentials_of(&u.id)
+                .await?
+                .iter()
+                .any(|c| c.profile_id == input.profile_id);
+            self.store_credential(&mut *tx, &u.id, &input, "admin")
+                .await?;
+            if existed {
+                updated += 1;
+            } else {
+                created += 1;
+            }
+        }
+        errors.into_result()?;
+        let ev = AuditEvent::new("", "sso.credentials_imported", "sso_credentials")
+            .with_details(json!({"created": created, "updated": updated}));
+        self.audit(&mut *tx, p, ctx, ev).await?;
+        tx.commit().await?;
+        Ok(ImportReport { created, updated })
     }
 
     /// A device user's credentials (never the passwords).

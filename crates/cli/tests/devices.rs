@@ -1804,3 +1804,152 @@ server_test!(
         f.sim.shutdown().await;
     }
 );
+
+async fn count_sql(s: &TestServer, sql: &str) -> i64 {
+    use sqlx::Connection;
+    if s.db_url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(&s.db_url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+    } else {
+        let mut c = sqlx::PgConnection::connect(&s.db_url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+    }
+}
+
+async fn send_csv(s: &TestServer, path: &str, csv: &str) -> reqwest::Response {
+    s.http
+        .post(s.api(path))
+        .bearer_auth(&s.admin_token)
+        .header("content-type", "text/csv")
+        .body(csv.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+server_test!(
+    credentials_import_from_csv_all_or_nothing_and_removal_takes_the_sealed_password,
+    |s| {
+        let profile: Value = send_xml(
+            s,
+            reqwest::Method::POST,
+            "/devices/sso-profiles",
+            SSO_EXAMPLE,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        let pid = profile["id"].as_str().unwrap().to_owned();
+        add_user(s, "csv.one", "82001").await;
+        add_user(s, "csv.two", "82002").await;
+        let sealed = "SELECT COUNT(*) FROM secrets WHERE purpose = 'sso_password'";
+        let listed = |u: &'static str| async move {
+            s.get(&s.admin_token, &format!("/devices/users/{u}/credentials"))
+                .await
+                .json::<Value>()
+                .await
+                .unwrap()
+        };
+        // A wrong header, and a file with bad lines: refused, naming each line; nothing stored.
+        let r = send_csv(s, "/devices/credentials/import", "user,login,secret\n").await;
+        assert_eq!(r.status(), 422, "{}", r.text().await.unwrap());
+        let bad = format!(
+            "user,profile,username,password\n\
+             csv.one,Epic Rover,ONE,pw-1\n\
+             nobody,Epic Rover,X,pw\n\
+             csv.two,No Such App,X,pw\n\
+             csv.two,{pid},TWO,\n\
+             csv.one,{pid},ONE,pw-again\n"
+        );
+        let r = send_csv(s, "/devices/credentials/import", &bad).await;
+        assert_eq!(r.status(), 422);
+        let body: Value = r.json().await.unwrap();
+        let fields: Vec<&str> = body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "line 3: user",
+                "line 4: profile",
+                "line 5: password",
+                "line 6"
+            ],
+            "{body}"
+        );
+        assert!(!body.to_string().contains("pw-1"), "{body}");
+        assert_eq!(listed("csv.one").await, json!([]));
+        assert_eq!(count_sql(s, sealed).await, 0);
+        // A good file: by profile name and by id; passwords kept as written (commas, spaces).
+        let good = format!(
+            "user,profile,username,password\n\
+             csv.one,epic rover,ONE,\"pw, with comma \"\n\
+             csv.two,{pid},TWO,pw-2\n"
+        );
+        let r = send_csv(s, "/devices/credentials/import", &good).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"created": 2, "updated": 0})
+        );
+        let r = send_csv(s, "/devices/credentials/import", &good).await;
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"created": 0, "updated": 2})
+        );
+        let one = listed("csv.one").await;
+        assert_eq!(one[0]["username"], "ONE");
+        assert_eq!(one[0]["source"], "admin");
+        assert!(!one.to_string().contains("pw, with comma"), "{one}");
+        assert_eq!(
+            count_sql(s, sealed).await,
+            2,
+            "replaced passwords are deleted"
+        );
+        let r = s
+            .post(
+                &s.admin_token,
+                "/devices/credentials/import",
+                json!({"csv": good}),
+            )
+            .await;
+        assert_eq!(r.status(), 415);
+        // Removing one credential takes its sealed password; a second removal is a 404.
+        let del = |u: &str| {
+            s.http
+                .delete(s.api(&format!("/devices/users/{u}/credentials/{pid}")))
+                .bearer_auth(&s.admin_token)
+                .send()
+        };
+        assert_eq!(del("csv.one").await.unwrap().status(), 204);
+        assert_eq!(del("csv.one").await.unwrap().status(), 404);
+        assert_eq!(listed("csv.one").await, json!([]));
+        assert_eq!(count_sql(s, sealed).await, 1);
+        // Removing the profile removes every credential stored for it.
+        let r = s
+            .http
+            .delete(s.api(&format!("/devices/sso-profiles/{pid}")))
+            .bearer_auth(&s.admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        assert_eq!(listed("csv.two").await, json!([]));
+        assert_eq!(count_sql(s, sealed).await, 0);
+        let audit = s
+            .get(&s.admin_token, "/audit?action=sso.")
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            audit.contains("sso.credentials_imported") && audit.contains("sso.credential_removed"),
+            "{audit}"
+        );
+        assert!(!audit.contains("pw-"), "{audit}");
+    }
+);

@@ -474,6 +474,12 @@ pub trait Tx: Send {
         &mut self,
         user_id: &str,
     ) -> Result<Vec<SsoCredentialRow>, StoreError>;
+    /// Deletes the credentials of a profile (all users, or one) and returns their secret ids.
+    async fn delete_sso_credentials(
+        &mut self,
+        profile_id: &str,
+        user_id: Option<&str>,
+    ) -> Result<Vec<String>, StoreError>;
     /// Deletes device history older than `before` (timeline events, finished commands) and
     /// idempotency keys older than `keys_before`; returns how many rows went.
     async fn purge_device_history(

@@ -1391,6 +1391,12 @@ macro_rules! impl_tx {
                     .bind(user_id).fetch_all(&mut *self.inner).await?)
             }
 
+            async fn delete_sso_credentials(&mut self, profile_id: &str, user_id: Option<&str>) -> Result<Vec<String>, $crate::StoreError> {
+                let gone: Vec<(String,)> = sqlx::query_as("DELETE FROM sso_credentials WHERE profile_id = $1 AND ($2 IS NULL OR user_id = $2) RETURNING secret_ref")
+                    .bind(profile_id).bind(user_id).fetch_all(&mut *self.inner).await?;
+                Ok(gone.into_iter().map(|g| g.0).collect())
+            }
+
             async fn put_idempotency(&mut self, r: &$crate::IdempotencyRow) -> Result<(), $crate::StoreError> {
                 sqlx::query("INSERT INTO idempotency_keys (scope, key, request_digest, status, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
                     .bind(&r.scope).bind(&r.key).bind(&r.request_digest).bind(r.status).bind(&r.response).bind(r.created_at)

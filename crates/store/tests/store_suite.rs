@@ -880,3 +880,68 @@ store_test!(
         assert!(tx.get_idempotency("s", "k").await.unwrap().is_none());
     }
 );
+
+fn credential(user: &str, profile: &str, secret: &str) -> switchboard_store::SsoCredentialRow {
+    switchboard_store::SsoCredentialRow {
+        user_id: user.into(),
+        profile_id: profile.into(),
+        username: format!("{user}-login"),
+        secret_ref: secret.into(),
+        source: "admin".into(),
+        updated_at: 1,
+    }
+}
+
+store_test!(
+    sso_credentials_replace_and_delete_hand_back_their_secrets,
+    |store: Arc<dyn Store>| async move {
+        let mut tx = store.begin().await.unwrap();
+        assert_eq!(
+            tx.put_sso_credential(&credential("u1", "p1", "s1"))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            tx.put_sso_credential(&credential("u1", "p1", "s2"))
+                .await
+                .unwrap(),
+            Some("s1".to_owned()),
+            "the replaced secret is handed back"
+        );
+        tx.put_sso_credential(&credential("u1", "p2", "s3"))
+            .await
+            .unwrap();
+        tx.put_sso_credential(&credential("u2", "p1", "s4"))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        assert_eq!(
+            tx.delete_sso_credentials("p1", Some("u2")).await.unwrap(),
+            ["s4"]
+        );
+        assert!(
+            tx.delete_sso_credentials("p1", Some("u2"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        tx.put_sso_credential(&credential("u2", "p1", "s5"))
+            .await
+            .unwrap();
+        let mut gone = tx.delete_sso_credentials("p1", None).await.unwrap();
+        gone.sort();
+        assert_eq!(gone, ["s2", "s5"]);
+        tx.commit().await.unwrap();
+        let mut tx = store.read().await.unwrap();
+        let left = tx.sso_credentials_of("u1").await.unwrap();
+        assert_eq!(
+            left.iter()
+                .map(|c| c.secret_ref.as_str())
+                .collect::<Vec<_>>(),
+            ["s3"]
+        );
+        assert!(tx.sso_credentials_of("u2").await.unwrap().is_empty());
+    }
+);

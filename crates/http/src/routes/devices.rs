@@ -53,6 +53,8 @@ pub fn admin_router() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(export_sso_profile))
         .routes(routes!(list_credentials, set_credential))
+        .routes(routes!(delete_credential))
+        .routes(routes!(import_credentials))
 }
 
 pub fn agent_router() -> OpenApiRouter<AppState> {
@@ -418,6 +420,14 @@ async fn import_users(
     headers: HeaderMap,
     body: String,
 ) -> Result<Json<ImportReport>, ApiError> {
+    csv_body(&headers)?;
+    Ok(Json(
+        app.import_device_users(&a.principal, &a.ctx, &body).await?,
+    ))
+}
+
+/// Refuses a CSV upload sent as anything but text/csv (or text/plain).
+fn csv_body(headers: &HeaderMap) -> Result<(), ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -430,9 +440,7 @@ async fn import_users(
             "Send the file as text/csv.",
         ));
     }
-    Ok(Json(
-        app.import_device_users(&a.principal, &a.ctx, &body).await?,
-    ))
+    Ok(())
 }
 
 // --- the agent protocol
@@ -701,6 +709,37 @@ async fn set_credential(
 ) -> Result<Json<switchboard_app::sso::Credential>, ApiError> {
     Ok(Json(
         app.set_sso_credential(&a.principal, &a.ctx, &id, b).await?,
+    ))
+}
+
+/// Remove a device user's credential for an SSO profile (its sealed password goes too).
+#[utoipa::path(delete, path = "/devices/users/{id}/credentials/{profile_id}", tag = "devices",
+    params(("id" = String, Path), ("profile_id" = String, Path)),
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 204)))]
+async fn delete_credential(
+    a: AdminAccess,
+    State(app): State<App>,
+    Path((id, profile_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    app.delete_sso_credential(&a.principal, &a.ctx, &id, &profile_id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Import SSO credentials from CSV (`user,profile,username,password`; `user` a directory
+/// username or id, `profile` a profile id or name); all or nothing.
+#[utoipa::path(post, path = "/devices/credentials/import", tag = "devices", request_body(content = String, content_type = "text/csv"),
+    security(("api_token" = ["administer"]), ("console_session" = ["administer"])), responses((status = 200, body = ImportReport)))]
+async fn import_credentials(
+    a: AdminAccess,
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Json<ImportReport>, ApiError> {
+    csv_body(&headers)?;
+    Ok(Json(
+        app.import_sso_credentials(&a.principal, &a.ctx, &body)
+            .await?,
     ))
 }
 
