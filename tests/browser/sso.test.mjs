@@ -1,6 +1,6 @@
 // Password AutoFill and AppConfig in headless Chromium: SSO profiles (import, hostile XML
-// refused, export, replace, remove), a directory user's credentials (never a password on the
-// page), the credential CSV import, and the AppConfig generator for the four MDMs.
+// refused, export, replace, remove), a directory user's credentials (set, imported from CSV,
+// removed; never a password on the page), and the AppConfig generator for the four MDMs.
 // Started by crates/cli/tests/browser.rs with SWITCHBOARD_URL and SWITCHBOARD_TOKEN set; it adds
 // its own directory users, so it runs after devices.test.mjs (one file at a time).
 import { test, before, after } from 'node:test';
@@ -189,6 +189,38 @@ test('a credential is set for a directory user and listed without its password',
   await shot('sso-credentials');
 });
 
+test('credentials are imported from CSV on the directory page (all or nothing) and removed one by one', async () => {
+  await page.goto(`${base}/console/devices/users`);
+  await page.fill('#new-device-user input[name="username"]', 'sso.porter');
+  await page.fill('#new-device-user input[name="display_name"]', 'Pat Porter');
+  await submit(() => page.click('#new-device-user button[type="submit"]'));
+  // A line naming nobody refuses the whole file, naming the line; the file is not shown back.
+  await page.fill('#import-credentials textarea[name="csv"]',
+    `user,profile,username,password\nsso.nurse,Epic Rover,SNURSE2,${CSV_PASSWORD}\nnobody.here,Epic Rover,NOBODY,${CSV_PASSWORD}\n`);
+  let r = await submit(() => page.click('#import-credentials button[type="submit"]'));
+  assert.equal(r.status(), 422);
+  assert.match(await text('.error'), /Nothing was imported/);
+  assert.match(await text('#import-credentials-card li.field-error[data-field="line 3: user"]'), /nobody\.here/);
+  assert.equal(await page.inputValue('#import-credentials textarea[name="csv"]'), '');
+  assert.ok(!(await r.text()).includes(CSV_PASSWORD), 'no password in the refused page');
+  await shot('sso-credentials-import-refused');
+  await page.fill('#import-credentials textarea[name="csv"]',
+    `user,profile,username,password\nsso.nurse,Epic Rover,SNURSE2,${CSV_PASSWORD}\nsso.porter,${profileId},SPORTER,${CSV_PASSWORD}\n`);
+  r = await submit(() => page.click('#import-credentials button[type="submit"]'));
+  assert.equal(r.status(), 200);
+  assert.match(await text('.notice'), /1 set, 1 replaced/);
+  assert.ok(!(await r.text()).includes(CSV_PASSWORD), 'no password in the page');
+  await submit(() => page.locator('#device-users tr[data-username="sso.nurse"] a.credentials-link').click());
+  assert.equal(await text(`#credentials tr.credential[data-profile="${profileId}"] .username`), 'SNURSE2');
+  await page.goto(`${base}/console/devices/users`);
+  await submit(() => page.locator('#device-users tr[data-username="sso.porter"] a.credentials-link').click());
+  assert.equal(await text('#credentials tr.credential .username'), 'SPORTER');
+  assert.ok(!(await page.content()).includes(CSV_PASSWORD));
+  await submit(() => page.click('#credentials tr.credential button.remove-credential'));
+  assert.match(await text('.notice'), /Credential removed/);
+  assert.equal(await page.locator('#credentials tr.credential').count(), 0);
+});
+
 test('the AppConfig generator refuses a short unlock PIN beside its field, keeping what was typed', async () => {
   await page.goto(`${base}/console/devices`);
   await submit(() => page.click('#subnav-appconfig'));
@@ -253,4 +285,8 @@ test('removing the profile needs the confirm box', async () => {
   assert.equal(await profileRows(), 0);
   r = await page.goto(`${base}/console/devices/sso-profiles/${profileId}`);
   assert.equal(r.status(), 404);
+  // The users' credentials for it went with it.
+  await page.goto(`${base}/console/devices/users`);
+  await submit(() => page.locator('#device-users tr[data-username="sso.nurse"] a.credentials-link').click());
+  assert.equal(await page.locator('#credentials tr.credential').count(), 0);
 });

@@ -87,6 +87,17 @@ impl Outcome {
         }
     }
 
+    /// A CSV import refused as a whole (its per-line errors go beside the form).
+    fn import_refused() -> Self {
+        Self {
+            error: Some(
+                "Nothing was imported: the file has errors (below). Correct them and paste it again."
+                    .to_owned(),
+            ),
+            ..Self::invalid(Vec::new())
+        }
+    }
+
     /// The outcome of a failed use case when it is one the page can show (else `None`).
     fn from_error(e: &AppError) -> Option<Self> {
         match e {
@@ -1312,6 +1323,7 @@ struct UsersPage {
     error: Option<String>,
     user_errors: Vec<FieldError>,
     import_errors: Vec<FieldError>,
+    credential_import_errors: Vec<FieldError>,
     users: Vec<UserLine>,
     draft: UserDraft,
     default_limit: u32,
@@ -1322,6 +1334,8 @@ struct UsersPage {
 struct UsersExtra {
     user_errors: Vec<FieldError>,
     import_errors: Vec<FieldError>,
+    /// Of the credential CSV import (`sso::import_credentials`).
+    credential_import_errors: Vec<FieldError>,
     draft: UserDraft,
 }
 
@@ -1339,6 +1353,7 @@ async fn users_with(s: &AppState, c: &Console, x: Outcome, extra: UsersExtra) ->
             error: x.error,
             user_errors: extra.user_errors,
             import_errors: extra.import_errors,
+            credential_import_errors: extra.credential_import_errors,
             users: list
                 .into_iter()
                 .map(|(u, held)| UserLine {
@@ -1470,12 +1485,7 @@ async fn import_users(
                 import_errors: v.errors,
                 ..UsersExtra::default()
             };
-            let mut o = Outcome::invalid(Vec::new());
-            o.error = Some(
-                "Nothing was imported: the file has errors (below). Correct them and paste it again."
-                    .to_owned(),
-            );
-            users_with(&s, &c, o, x).await
+            users_with(&s, &c, Outcome::import_refused(), x).await
         }
         Err(e) => app_error(c.chrome(CURRENT), e),
     }

@@ -1,7 +1,7 @@
 //! Console pages for Password AutoFill: the SSO profiles (import, view, replace, export, remove)
 //! and each directory user's credentials (usernames only: passwords are sealed, never shown).
 
-use super::{CURRENT, Choice, Outcome};
+use super::{CURRENT, Choice, CsrfForm, ImportForm, Outcome, UsersExtra, users_with};
 use crate::AppState;
 use crate::console::{Chrome, Console, app_error, fmt_time, render};
 use crate::error::Form;
@@ -36,6 +36,14 @@ pub(super) fn router() -> axum::Router<AppState> {
         .route(
             "/console/devices/users/{id}/credentials",
             get(credentials_page).post(set_credential),
+        )
+        .route(
+            "/console/devices/users/{id}/credentials/{profile_id}/delete",
+            post(delete_credential),
+        )
+        .route(
+            "/console/devices/users/import-credentials",
+            post(import_credentials),
         )
 }
 
@@ -412,6 +420,65 @@ async fn set_credential(
             Some(x) => credentials_with(&s, &c, &id, x, draft).await,
             None => app_error(c.chrome(CURRENT), e),
         },
+    }
+}
+
+async fn delete_credential(
+    State(s): State<AppState>,
+    c: Console,
+    Path((id, profile_id)): Path<(String, String)>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if let Some(r) = c.form_guard(&f.csrf, Permission::Administer, CURRENT) {
+        return r;
+    }
+    let x = match s
+        .app
+        .delete_sso_credential(&c.principal, &c.ctx, &id, &profile_id)
+        .await
+    {
+        Ok(()) => Outcome::notice(
+            "Credential removed, its sealed password with it: AutoFill no longer offers it."
+                .to_owned(),
+        ),
+        Err(switchboard_app::AppError::NotFound(m)) => {
+            Outcome::error(StatusCode::NOT_FOUND, format!("No {m}."))
+        }
+        Err(e) => return app_error(c.chrome(CURRENT), e),
+    };
+    credentials_with(&s, &c, &id, x, CredentialDraft::default()).await
+}
+
+/// The directory page's credential CSV import. The file is never shown back: it holds
+/// passwords (and the errors never quote one).
+async fn import_credentials(
+    State(s): State<AppState>,
+    c: Console,
+    Form(f): Form<ImportForm>,
+) -> Response {
+    if let Some(r) = c.form_guard(&f.csrf, Permission::Administer, CURRENT) {
+        return r;
+    }
+    match s
+        .app
+        .import_sso_credentials(&c.principal, &c.ctx, &f.csv)
+        .await
+    {
+        Ok(r) => {
+            let m = format!(
+                "Credentials imported: {} set, {} replaced. Passwords are sealed and never shown.",
+                r.created, r.updated
+            );
+            users_with(&s, &c, Outcome::notice(m), UsersExtra::default()).await
+        }
+        Err(switchboard_app::AppError::Validation(v)) => {
+            let x = UsersExtra {
+                credential_import_errors: v.errors,
+                ..UsersExtra::default()
+            };
+            users_with(&s, &c, Outcome::import_refused(), x).await
+        }
+        Err(e) => app_error(c.chrome(CURRENT), e),
     }
 }
 
