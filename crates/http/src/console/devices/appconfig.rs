@@ -289,18 +289,6 @@ async fn appconfig_page(State(s): State<AppState>, c: Console) -> Response {
     page(&c, Outcome::ok(), form, Vec::new())
 }
 
-/// The form's plan, or the page showing why there is none.
-fn checked_plan(
-    c: &Console,
-    f: &HashMap<String, String>,
-) -> Result<(PlanDraft, AppConfigPlan), Response> {
-    let mut form = PlanDraft::from_form(f);
-    match form.plan() {
-        Some(plan) => Ok((form, plan)),
-        None => Err(page(c, Outcome::invalid(Vec::new()), form, Vec::new())),
-    }
-}
-
 /// The page for a plan `render_appconfig` refused (its errors beside the fields).
 fn refused(c: &Console, mut form: PlanDraft, e: AppError) -> Response {
     match e {
@@ -330,9 +318,9 @@ async fn generate(c: Console, Form(f): Form<HashMap<String, String>>) -> Respons
     if let Some(r) = c.form_guard(csrf(&f), Permission::Administer, CURRENT) {
         return r;
     }
-    let (form, plan) = match checked_plan(&c, &f) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let mut form = PlanDraft::from_form(&f);
+    let Some(plan) = form.plan() else {
+        return page(&c, Outcome::invalid(Vec::new()), form, Vec::new());
     };
     match render_appconfig(&plan) {
         Ok(files) => {
@@ -351,9 +339,9 @@ async fn download(c: Console, Form(f): Form<HashMap<String, String>>) -> Respons
     if let Some(r) = c.form_guard(csrf(&f), Permission::Administer, CURRENT) {
         return r;
     }
-    let (form, plan) = match checked_plan(&c, &f) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let mut form = PlanDraft::from_form(&f);
+    let Some(plan) = form.plan() else {
+        return page(&c, Outcome::invalid(Vec::new()), form, Vec::new());
     };
     let name = f.get("file").map_or("", String::as_str);
     match render_appconfig_file(&plan, name) {
