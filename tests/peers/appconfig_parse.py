@@ -1,13 +1,20 @@
 """Parses Switchboard's AppConfig output with Python's own parsers (plistlib, xml.etree, csv) and
-prints {key: value} as JSON, so a test can compare what each MDM would read.
+prints {key: value} as JSON, so a test can compare what each MDM would read. The vendor-neutral
+XML is first validated against the AppConfig specification's structure (appconfig-spec.xsd) with
+the xmlschema package; a document that does not conform fails with the validator's reason.
 
 usage: appconfig_parse.py MDM FILE   (MDM: app_config_xml | workspace_one | intune | jamf)
 """
 import csv
 import json
+import os
 import plistlib
 import sys
 import xml.etree.ElementTree as ET
+
+import xmlschema
+
+SCHEMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "appconfig-spec.xsd")
 
 
 def main() -> None:
@@ -26,6 +33,7 @@ def main() -> None:
             v = r["Configuration Value"]
             out[r["Configuration Key"]] = (v == "true") if r["Value Type"] == "Boolean" else v
     else:
+        xmlschema.XMLSchema(SCHEMA).validate(data.decode())
         root = ET.fromstring(data)
         assert root.tag == "managedAppConfiguration", root.tag
         assert root.find("bundleId").text

@@ -93,6 +93,10 @@ pub struct DeviceState {
     /// Commands carried out, by kind.
     pub executed: BTreeMap<String, u64>,
     pub failed: u64,
+    /// The installed apps the device reports (`id`, `name`, `version`).
+    pub apps: Vec<Value>,
+    /// The AppConfig values the device reports, per app.
+    pub appconfig: Value,
 }
 
 /// Totals over all devices.
@@ -115,6 +119,7 @@ pub struct RunningAgents {
     tasks: Vec<JoinHandle<()>>,
     http: reqwest::Client,
     server: String,
+    cfg: AgentSimConfig,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -142,9 +147,10 @@ impl Rng {
     }
 }
 
-/// The AppConfig a device reports.
-fn appconfig(cfg: &AgentSimConfig, serial: &str, uuid: &str) -> Value {
-    let id = if cfg.unsubstituted {
+/// The AppConfig a device reports: as the MDM should deliver it, or with its variables left
+/// unsubstituted (`unsubstituted`).
+fn appconfig(cfg: &AgentSimConfig, serial: &str, uuid: &str, unsubstituted: bool) -> Value {
+    let id = if unsubstituted {
         if cfg.id_from_uuid {
             "{DeviceUuId}"
         } else {
@@ -240,6 +246,7 @@ pub async fn start(cfg: AgentSimConfig) -> Result<RunningAgents, String> {
         tasks,
         http,
         server,
+        cfg,
     })
 }
 
@@ -265,7 +272,7 @@ async fn enrol(
         "model": if cfg.platform == "ios" { "iPhone 15" } else { "Zebra TC52" },
         "os_version": if cfg.platform == "ios" { "17.5" } else { "13" },
         "apps": apps,
-        "appconfig": appconfig(cfg, &serial, &uuid),
+        "appconfig": appconfig(cfg, &serial, &uuid, cfg.unsubstituted),
     });
     let mut last = String::new();
     for attempt in 0..5 {
@@ -279,10 +286,12 @@ async fn enrol(
             Ok(r) if r.status().as_u16() == 201 => {
                 let v: Value = r.json().await.map_err(|e| e.to_string())?;
                 return Ok(DeviceState {
-                    serial,
-                    uuid,
                     device_id: v["device_id"].as_str().unwrap_or_default().to_owned(),
                     credential: v["credential"].as_str().unwrap_or_default().to_owned(),
+                    apps,
+                    appconfig: body["appconfig"].clone(),
+                    serial,
+                    uuid,
                     ..DeviceState::default()
                 });
             }
@@ -499,6 +508,59 @@ impl RunningAgents {
             .iter()
             .map(|d| lock(d).clone())
             .find(|d| d.serial == serial)
+    }
+
+    /// Device `index` sends a heartbeat with its inventory and AppConfig now; answers the
+    /// server's reply (`ready` among it).
+    pub async fn report(&self, index: usize) -> Result<Value, String> {
+        let (cred, apps, appconfig) = {
+            let d = lock(self.devices.get(index).ok_or("no such device")?);
+            (d.credential.clone(), d.apps.clone(), d.appconfig.clone())
+        };
+        let r = self
+            .http
+            .post(format!("{}/agent/v1/heartbeat", self.server))
+            .bearer_auth(cred)
+            .json(&json!({"battery": 100, "charging": true, "docked": true, "apps": apps, "appconfig": appconfig}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            Ok(v)
+        } else {
+            Err(format!("heartbeat answered {status}: {v}"))
+        }
+    }
+
+    /// The MDM installs, updates or downgrades an app on device `index` (`version: None`
+    /// removes it); the device reports it.
+    pub async fn report_app(
+        &self,
+        index: usize,
+        app: &str,
+        version: Option<&str>,
+    ) -> Result<Value, String> {
+        {
+            let mut d = lock(self.devices.get(index).ok_or("no such device")?);
+            d.apps.retain(|a| a["name"] != app);
+            if let Some(v) = version {
+                d.apps
+                    .push(json!({"id": app_id(app), "name": app, "version": v}));
+            }
+        }
+        self.report(index).await
+    }
+
+    /// The MDM delivers device `index`'s AppConfig with its variables substituted, or (a
+    /// misconfigured MDM) left literal; the device reports it.
+    pub async fn report_appconfig(&self, index: usize, substituted: bool) -> Result<Value, String> {
+        {
+            let mut d = lock(self.devices.get(index).ok_or("no such device")?);
+            d.appconfig = appconfig(&self.cfg, &d.serial, &d.uuid, !substituted);
+        }
+        self.report(index).await
     }
 
     /// Checks device `index` out on the device itself by badge.

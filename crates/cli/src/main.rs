@@ -92,6 +92,15 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Check an SSO credential profile (`<SSO>` XML) before importing it: prints the apps it
+    /// covers and whether each gets one-tap autofill, or every reason it would be refused.
+    SsoProfile {
+        /// The profile's XML file.
+        file: PathBuf,
+        /// Also print the profile as Switchboard would store and export it.
+        #[arg(long)]
+        export: bool,
+    },
     /// Print a random key as `value: <base64>` (32 bytes for Epic AES-256-CBC; 16 for legacy).
     Keygen {
         /// Key size in bytes: 32 or 16.
@@ -340,6 +349,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::SsoProfile { file, export } = &cli.command {
+        return match sso_profile(file, *export) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Command::Keygen { size } = cli.command {
         return match keygen(size) {
             Ok(v) => {
@@ -412,6 +430,28 @@ fn appconfig(file: &std::path::Path, out: Option<&std::path::Path>) -> Result<()
                 f.filename, f.mdm, f.app, f.bundle_id, f.content
             ),
         }
+    }
+    Ok(())
+}
+
+fn sso_profile(file: &std::path::Path, export: bool) -> Result<(), String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let profile = switchboard_domain::sso::parse_profile(&text)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    for app in &profile.apps {
+        println!(
+            "{}: {} ({})",
+            app.nm,
+            app.desc,
+            if app.one_tap {
+                "one-tap autofill for this associated domain"
+            } else {
+                "chosen from a list: nm is not a domain"
+            }
+        );
+    }
+    if export {
+        print!("{}", switchboard_domain::sso::to_xml(&profile.tree));
     }
     Ok(())
 }
@@ -636,7 +676,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Keygen { .. }
         | Command::EpicSim(_)
         | Command::AgentSim(_)
-        | Command::Appconfig { .. } => {
+        | Command::Appconfig { .. }
+        | Command::SsoProfile { .. } => {
             unreachable!("handled before configuration is loaded")
         }
         Command::Serve => {

@@ -1570,6 +1570,29 @@ server_test!(
             )
             .await;
         assert_eq!(r.status(), 415, "XML only");
+        // The CLI checks a profile before import: the same rules, offline.
+        let dir = tempfile::tempdir().unwrap();
+        let cli = |xml: &str| {
+            let path = dir.path().join("profile.xml");
+            std::fs::write(&path, xml).unwrap();
+            std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+                .arg("sso-profile")
+                .arg(&path)
+                .arg("--export")
+                .output()
+                .unwrap()
+        };
+        let out = cli(SSO_EXAMPLE);
+        assert!(out.status.success());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.starts_with("epic.com: Epic Rover (one-tap autofill")
+                && stdout.contains(r#"<scn nm="" auto="0" dgs="1">"#),
+            "{stdout}"
+        );
+        let out = cli(r#"<!DOCTYPE SSO [<!ENTITY x "y">]><SSO/>"#);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("DOCTYPE"));
         let list: Value = s
             .get(&s.admin_token, "/devices/sso-profiles")
             .await
@@ -1951,5 +1974,146 @@ server_test!(
             "{audit}"
         );
         assert!(!audit.contains("pw-"), "{audit}");
+    }
+);
+
+server_test!(
+    readiness_follows_what_the_devices_report_and_check_out_skips_devices_not_ready,
+    |s| {
+        let f = fixture(s, |_| json!([])).await;
+        let a = agents(s, &f, |c| {
+            c.devices = 2;
+            c.epic_sim = None;
+        })
+        .await;
+        let serials: Vec<String> = a
+            .devices
+            .iter()
+            .map(|d| d.lock().unwrap().serial.clone())
+            .collect();
+        add_user(s, "ready.nurse", "83001").await;
+        let checkout = || {
+            s.post(
+                &s.admin_token,
+                "/devices/checkout",
+                json!({"user": "ready.nurse", "location": f.location}),
+            )
+        };
+        // The group starts requiring Rover 24.3; the simulated phones run 24.2.0.
+        let mut group: Value = s
+            .get(&s.admin_token, &format!("/devices/groups/{}", f.group_id))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let group = group.as_object_mut().unwrap();
+        group.insert(
+            "required_apps".into(),
+            json!([{"app_id": "com.epic.rover", "min_version": "24.3"}]),
+        );
+        for k in ["id", "created_at", "updated_at"] {
+            group.remove(k);
+        }
+        let r = s
+            .http
+            .put(s.api(&format!("/devices/groups/{}", f.group_id)))
+            .bearer_auth(&s.admin_token)
+            .json(&group)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        for serial in &serials {
+            let d = device_json(s, serial).await;
+            assert_eq!(d["ready"], false);
+            assert_eq!(
+                d["not_ready"],
+                json!(["com.epic.rover 24.2.0 is older than the required 24.3"])
+            );
+        }
+        let r = checkout().await;
+        assert_eq!(r.status(), 409, "no device is ready");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("No device is ready"),
+            "{body}"
+        );
+        // The MDM updates Rover on the first phone: it becomes ready and is the one handed out.
+        let answer = a.report_app(0, "Rover", Some("24.3.1")).await.unwrap();
+        assert_eq!(answer["ready"], true, "{answer}");
+        let r = checkout().await;
+        assert_eq!(r.status(), 201);
+        let out: Value = r.json().await.unwrap();
+        assert_eq!(out["device"]["serial"], serials[0], "{out}");
+        checkin_json(s, &serials[0]).await;
+        // The second phone: updated, but its MDM left the variables literal; then fixed; then
+        // Rover removed.
+        a.report_app(1, "Rover", Some("25.1")).await.unwrap();
+        let answer = a.report_appconfig(1, false).await.unwrap();
+        assert_eq!(answer["ready"], false);
+        let d = device_json(s, &serials[1]).await;
+        let reasons = d["not_ready"].as_array().unwrap();
+        assert!(
+            !reasons.is_empty()
+                && reasons.iter().all(|r| r
+                    .as_str()
+                    .unwrap()
+                    .contains("the MDM did not substitute its variable")),
+            "{d}"
+        );
+        let dashboard: Value = s
+            .get(&s.admin_token, "/devices/dashboard")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            dashboard.to_string().contains(&f.location),
+            "the dashboard counts per location: {dashboard}"
+        );
+        let not_ready: Value = s
+            .get(&s.admin_token, "/devices?readiness=not_ready")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let listed: Vec<&str> = not_ready["items"]
+            .as_array()
+            .or(not_ready.as_array())
+            .unwrap()
+            .iter()
+            .map(|d| d["serial"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, [serials[1].as_str()]);
+        let answer = a.report_appconfig(1, true).await.unwrap();
+        assert_eq!(answer["ready"], true);
+        let answer = a.report_app(1, "Rover", None).await.unwrap();
+        assert_eq!(answer["ready"], false);
+        assert_eq!(
+            device_json(s, &serials[1]).await["not_ready"],
+            json!(["com.epic.rover is not installed"])
+        );
+        // Check-out by name refuses the device that is not ready, saying why.
+        let r = s
+            .post(
+                &s.admin_token,
+                "/devices/checkout",
+                json!({"user": "ready.nurse", "device": serials[1]}),
+            )
+            .await;
+        assert_eq!(r.status(), 409);
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("com.epic.rover is not installed"),
+            "{body}"
+        );
+        a.stop().await;
+        f.sim.shutdown().await;
     }
 );

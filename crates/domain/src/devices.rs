@@ -669,6 +669,17 @@ pub fn readiness(
                 ));
             }
         }
+        // An Epic app configured without a device id has no Install ID: Epic could never sign
+        // its user out at check-in.
+        if EPIC_APPS.contains(&app.as_str())
+            && values
+                .get("EpicMobileDeviceID")
+                .is_none_or(|v| v.trim().is_empty())
+        {
+            reasons.push(format!(
+                "{app}'s AppConfig has no EpicMobileDeviceID, so it has no Install ID and Epic cannot sign its user out"
+            ));
+        }
     }
     reasons
 }
@@ -932,6 +943,24 @@ mod tests {
         );
         assert_eq!(r.len(), 3, "{r:?}");
         assert!(readiness(&ReportedConfig::new(), &apps, &req[..0]).is_empty());
+        let r = readiness(
+            &cfg(&[("Haiku", "EpicMobileDeviceIDAppName", "true")]),
+            &apps,
+            &req[..0],
+        );
+        assert!(
+            r[0].contains("Haiku's AppConfig has no EpicMobileDeviceID"),
+            "{r:?}"
+        );
+        assert!(
+            readiness(
+                &cfg(&[("Haiku", "EpicMobileDeviceID", "J4X7X22WGA")]),
+                &apps,
+                &req[..0]
+            )
+            .is_empty(),
+            "a well-formed Install ID"
+        );
         assert!(
             version_lt("9.9", "9.10") && !version_lt("10.0", "9.10") && !version_lt("1.2", "1.2.0")
         );

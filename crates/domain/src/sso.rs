@@ -66,15 +66,58 @@ pub enum ProfileError {
     MissingControls(String),
 }
 
+/// An XML name: a letter, `_` or `:` (or any non-ASCII character), then also digits, `-` and `.`.
+fn xml_name(raw: &[u8], what: &str) -> Result<String, ProfileError> {
+    let name = String::from_utf8_lossy(raw).into_owned();
+    let mut chars = name.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_alphabetic() || c == '_' || c == ':' || !c.is_ascii())
+        && chars
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | ':' | '-' | '.') || !c.is_ascii());
+    if ok {
+        Ok(name)
+    } else {
+        Err(ProfileError::Malformed(format!(
+            "`{name}` is not a valid {what} name"
+        )))
+    }
+}
+
+/// Refuses characters XML 1.0 does not allow (control characters other than tab, line feed and
+/// carriage return; U+FFFE and U+FFFF), even when written as character references.
+fn checked_chars(s: &str) -> Result<&str, ProfileError> {
+    match s.chars().find(|c| {
+        (c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\u{7f}'..='\u{9f}'))
+            || matches!(c, '\u{fffe}' | '\u{ffff}')
+    }) {
+        Some(c) => Err(ProfileError::Malformed(format!(
+            "the character U+{:04X} is not allowed in XML",
+            u32::from(c)
+        ))),
+        None => Ok(s),
+    }
+}
+
+fn element(e: &BytesStart<'_>) -> Result<Element, ProfileError> {
+    Ok(Element {
+        name: xml_name(e.name().as_ref(), "element")?,
+        attrs: attrs_of(e)?,
+        children: Vec::new(),
+        text: String::new(),
+    })
+}
+
 fn attrs_of(e: &BytesStart<'_>) -> Result<Vec<(String, String)>, ProfileError> {
     e.attributes()
         .map(|a| {
             let a = a.map_err(|err| ProfileError::Malformed(err.to_string()))?;
-            let key = String::from_utf8_lossy(a.key.as_ref()).into_owned();
+            let key = xml_name(a.key.as_ref(), "attribute")?;
             let value = a
                 .unescape_value()
                 .map_err(|err| ProfileError::Malformed(err.to_string()))?
                 .into_owned();
+            checked_chars(&value)?;
             Ok((key, value))
         })
         .collect()
@@ -111,12 +154,7 @@ pub fn parse_tree(xml: &str) -> Result<Element, ProfileError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(ProfileError::TooDeep);
                 }
-                stack.push(Element {
-                    name: String::from_utf8_lossy(e.name().as_ref()).into_owned(),
-                    attrs: attrs_of(&e)?,
-                    children: Vec::new(),
-                    text: String::new(),
-                });
+                stack.push(element(&e)?);
             }
             Event::Empty(e) => {
                 count += 1;
@@ -126,21 +164,18 @@ pub fn parse_tree(xml: &str) -> Result<Element, ProfileError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(ProfileError::TooDeep);
                 }
-                let el = Element {
-                    name: String::from_utf8_lossy(e.name().as_ref()).into_owned(),
-                    attrs: attrs_of(&e)?,
-                    children: Vec::new(),
-                    text: String::new(),
-                };
+                let el = element(&e)?;
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(el),
                     None => root = Some(el),
                 }
             }
             Event::End(_) => {
-                let el = stack
+                let mut el = stack
                     .pop()
                     .ok_or_else(|| ProfileError::Malformed("unbalanced end tag".to_owned()))?;
+                // Text around child elements is layout: kept without its outer whitespace.
+                el.text = checked_chars(el.text.trim())?.to_owned();
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(el),
                     None => root = Some(el),
@@ -240,11 +275,23 @@ pub fn parse_profile(xml: &str) -> Result<Profile, ProfileError> {
     Ok(Profile { tree, apps })
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// Escapes markup and the whitespace an XML reader would otherwise normalise (tab, line feed
+/// and carriage return in attribute values, carriage return in text).
+fn escape(s: &str, in_attribute: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\r' => out.push_str("&#13;"),
+            '\t' if in_attribute => out.push_str("&#9;"),
+            '\n' if in_attribute => out.push_str("&#10;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn write(el: &Element, depth: usize, out: &mut String) {
@@ -253,7 +300,7 @@ fn write(el: &Element, depth: usize, out: &mut String) {
     out.push('<');
     out.push_str(&el.name);
     for (k, v) in &el.attrs {
-        out.push_str(&format!(" {k}=\"{}\"", escape(v)));
+        out.push_str(&format!(" {k}=\"{}\"", escape(v, true)));
     }
     if el.children.is_empty() && el.text.is_empty() {
         out.push_str("/>\n");
@@ -261,11 +308,11 @@ fn write(el: &Element, depth: usize, out: &mut String) {
     }
     out.push('>');
     if el.children.is_empty() {
-        out.push_str(&escape(&el.text));
+        out.push_str(&escape(&el.text, false));
     } else {
         out.push('\n');
         if !el.text.is_empty() {
-            out.push_str(&format!("{pad}    {}\n", escape(&el.text)));
+            out.push_str(&format!("{pad}    {}\n", escape(&el.text, false)));
         }
         for c in &el.children {
             write(c, depth + 1, out);
@@ -286,6 +333,7 @@ pub fn to_xml(tree: &Element) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// The structure of the example profile in the product's source material.
     const EXAMPLE: &str = r#"<SSO>
@@ -372,6 +420,21 @@ mod tests {
             ("<SSO>&xxe;</SSO>".to_owned(), |e| {
                 matches!(e, ProfileError::Malformed(_))
             }),
+            ("< />".to_owned(), |e| {
+                matches!(e, ProfileError::Malformed(_))
+            }),
+            ("<SSO a=\"&#1;\"/>".to_owned(), |e| {
+                matches!(e, ProfileError::Malformed(_))
+            }),
+            ("<SSO>x\u{0}y</SSO>".to_owned(), |e| {
+                matches!(e, ProfileError::Malformed(_))
+            }),
+            ("<\r\r/>".to_owned(), |e| {
+                matches!(e, ProfileError::Malformed(_))
+            }),
+            ("<SSO 1a=\"x\"/>".to_owned(), |e| {
+                matches!(e, ProfileError::Malformed(_))
+            }),
         ];
         for (xml, expected) in cases {
             let err = parse_profile(&xml).unwrap_err();
@@ -384,6 +447,142 @@ mod tests {
         let xml = EXAMPLE.replace(r#"nm="epic.com""#, r#"nm="Epic Rover""#);
         let p = parse_profile(&xml).unwrap();
         assert!(!p.apps[0].one_tap);
+    }
+
+    /// Element and attribute names as XML allows them (no namespaces).
+    fn name() -> impl Strategy<Value = String> {
+        "[A-Za-z_][A-Za-z0-9_.-]{0,10}"
+    }
+
+    /// Values with markup characters, quotes, whitespace and non-ASCII text.
+    fn value() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9 &<>\"'=/;:\t\r\né€日本-]{0,20}"
+    }
+
+    /// Text as the reader keeps it: no leading or trailing whitespace.
+    fn text() -> impl Strategy<Value = String> {
+        value().prop_map(|t| t.trim().to_owned())
+    }
+
+    fn attrs() -> impl Strategy<Value = Vec<(String, String)>> {
+        prop::collection::btree_map(name(), value(), 0..4)
+            .prop_flat_map(|m| Just(m.into_iter().collect::<Vec<_>>()).prop_shuffle())
+    }
+
+    fn element() -> impl Strategy<Value = Element> {
+        let leaf = (name(), attrs(), text()).prop_map(|(name, attrs, text)| Element {
+            name,
+            attrs,
+            children: Vec::new(),
+            text,
+        });
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            (name(), attrs(), text(), prop::collection::vec(inner, 0..5)).prop_map(
+                |(name, attrs, text, children)| Element {
+                    name,
+                    attrs,
+                    children,
+                    text,
+                },
+            )
+        })
+    }
+
+    fn domain() -> impl Strategy<Value = String> {
+        "[a-z0-9]{1,10}(\\.[a-z0-9][a-z0-9-]{0,8}[a-z0-9]){0,2}\\.[a-z]{2,6}"
+    }
+
+    fn leaf(name: &str, attrs: &[(&str, &str)], children: Vec<Element>) -> Element {
+        Element {
+            name: name.into(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            children,
+            text: String::new(),
+        }
+    }
+
+    /// A valid `<app>`: a domain name (one tap) or nm equal to desc, with extra attributes and
+    /// elements Switchboard does not read.
+    fn app() -> impl Strategy<Value = (Element, ProfileApp)> {
+        (
+            prop_oneof![domain(), "[A-Za-z][A-Za-z ]{0,12}"],
+            "[A-Za-z][A-Za-z &]{0,12}",
+            any::<bool>(),
+            prop::collection::vec(element(), 0..3),
+        )
+            .prop_map(|(nm, desc, extra_attr, extra)| {
+                let one_tap = is_domain(&nm);
+                let desc = if one_tap { desc } else { nm.clone() };
+                let scn = leaf(
+                    "scn",
+                    &[("nm", ""), ("auto", "0")],
+                    vec![
+                        leaf("ctl", &[("var", "USR")], Vec::new()),
+                        leaf("ctl", &[("var", "PWD")], Vec::new()),
+                    ],
+                );
+                let env = leaf("env", &[("type", "200"), ("nm", "iOS")], vec![scn]);
+                let mut attrs = vec![("nm", nm.as_str()), ("desc", desc.as_str())];
+                if extra_attr {
+                    attrs.push(("profileType", "2"));
+                }
+                let mut children = vec![env];
+                children.extend(extra.into_iter().filter(|e| {
+                    e.name != "app" && e.name != "scn" && e.descendants("app").next().is_none()
+                }));
+                let el = leaf("app", &attrs, children);
+                (el, ProfileApp { nm, desc, one_tap })
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any tree Switchboard writes reads back as the same tree, and writing it again gives
+        /// the same bytes.
+        #[test]
+        fn any_tree_round_trips(tree in element()) {
+            let xml = to_xml(&tree);
+            let back = parse_tree(&xml).map_err(|e| TestCaseError::fail(format!("{e}: {xml}")))?;
+            prop_assert_eq!(&back, &tree);
+            prop_assert_eq!(to_xml(&back), xml);
+        }
+
+        /// Generated profiles import with the apps they define, and their export imports to the
+        /// same tree and apps.
+        #[test]
+        fn generated_profiles_import_and_export_exactly(
+            apps in prop::collection::vec(app(), 1..4),
+            global in attrs(),
+        ) {
+            let mut children = vec![Element {
+                name: "global".into(),
+                attrs: global,
+                children: Vec::new(),
+                text: String::new(),
+            }];
+            children.extend(apps.iter().map(|(e, _)| e.clone()));
+            let tree = Element { name: "SSO".into(), attrs: Vec::new(), children, text: String::new() };
+            let xml = to_xml(&tree);
+            let p = parse_profile(&xml).map_err(|e| TestCaseError::fail(format!("{e}: {xml}")))?;
+            prop_assert_eq!(&p.tree, &tree);
+            let expected: Vec<ProfileApp> = apps.into_iter().map(|(_, a)| a).collect();
+            prop_assert_eq!(&p.apps, &expected);
+            let again = parse_profile(&to_xml(&p.tree)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(again, p);
+        }
+
+        /// Whatever the input, the parser answers (a tree or a reason) without panicking, and a
+        /// tree it accepts survives export.
+        #[test]
+        fn arbitrary_input_never_panics(xml in "(<[a-zA-Z/!?]{0,3}[ a-z=\"'&;<>]{0,12}>?){0,12}") {
+            if let Ok(tree) = parse_tree(&xml) {
+                prop_assert_eq!(parse_tree(&to_xml(&tree)).ok(), Some(tree));
+            }
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Every MDM's AppConfig output, read back by Python's own parsers (plistlib, xml.etree, csv).
+//! Every MDM's AppConfig output, read back by Python's own parsers (plistlib, xml.etree, csv);
+//! the vendor-neutral XML validated against the AppConfig specification's structure (xmlschema).
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
 
 use switchboard_domain::appconfig::{
@@ -66,5 +67,44 @@ fn generated_app_config_parses_back_with_independent_parsers_for_every_mdm() {
             let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(parsed, expected, "{name}");
         }
+    }
+    // The schema check has teeth: documents that break the specification's structure fail.
+    let good = render(
+        Mdm::AppConfigXml,
+        "com.example.app",
+        &locker_entries(&locker),
+    );
+    for (broken, why) in [
+        (
+            good.replace("value=\"udid\"", "value=\"$UDID\""),
+            "an MDM's own variable syntax",
+        ),
+        (
+            good.replace("<bundleId>com.example.app</bundleId>", ""),
+            "no bundleId",
+        ),
+        (
+            good.replace("UnlockPIN", "SwitchboardServerURL"),
+            "a key name twice",
+        ),
+        (
+            good.replace("<version>1</version>", "<version>one</version>"),
+            "a version that is not a number",
+        ),
+    ] {
+        let path = dir.path().join("broken.xml");
+        std::fs::write(&path, broken).unwrap();
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .arg("app_config_xml")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "accepted {why}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("XMLSchema"),
+            "{why}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
