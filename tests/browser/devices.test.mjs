@@ -310,3 +310,26 @@ test('the console shows the check-out, checks the device in and the dashboard co
   assert.equal(await summary.locator('.available').textContent(), '2');
   assert.equal(await summary.locator('.checked-out').textContent(), '0');
 });
+
+test('an operator marks a device lost: a banner on its page, a badge in the list, a count on the dashboard', async () => {
+  await page.goto(`${base}/console/devices`);
+  await submit(() => page.locator('#devices tr.device[data-serial="KIOSK002"] a.device-link').click());
+  assert.equal(await page.locator('#lost-banner').count(), 0);
+  await page.fill('#lost-form input[name="message"]', 'Please return me to the 4 West desk');
+  await submit(() => page.click('#mark-lost'));
+  assert.match(await text('.notice'), /4W iPhone 02 is in lost mode/);
+  const banner = await text('#lost-banner');
+  assert.match(banner, /^Lost since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC — marked lost by /);
+  assert.match(await text('#device-name'), /LOST/);
+  assert.equal(await page.locator('#lost-form').count(), 0, 'no second Mark lost');
+  assert.ok((await page.locator('#commands tr.command .kind').allTextContents()).includes('lock_with_message'));
+  assert.ok((await page.locator('#timeline tr.kind-event', { hasText: 'lost mode: marked lost by' }).count()) >= 1);
+  await shot('device-lost');
+  await page.goto(`${base}/console/devices`);
+  assert.equal(await page.locator('#devices tr.device[data-serial="KIOSK002"] .lost-flag').textContent(), 'LOST');
+  assert.equal(await page.locator('#devices tr.device[data-serial="KIOSK001"] .lost-flag').count(), 0);
+  await shot('devices-list-lost');
+  await page.goto(`${base}/console/devices/dashboard`);
+  const summary = page.locator(`#dashboard tr.location-summary[data-location="${LOCATION}"]`);
+  assert.equal(await summary.locator('.lost').textContent(), '1');
+});

@@ -110,3 +110,14 @@ pub fn render_appconfig(plan: &AppConfigPlan) -> Result<Vec<AppConfigFile>, AppE
     }
     Ok(out)
 }
+
+/// The one document of the plan called `filename` (as `render_appconfig` names them).
+pub fn render_appconfig_file(
+    plan: &AppConfigPlan,
+    filename: &str,
+) -> Result<AppConfigFile, AppError> {
+    render_appconfig(plan)?
+        .into_iter()
+        .find(|f| f.filename == filename)
+        .ok_or_else(|| AppError::NotFound(format!("AppConfig document {filename}")))
+}

@@ -424,6 +424,8 @@ pub struct LocationSummary {
     pub returning: usize,
     pub attention: usize,
     pub not_ready: usize,
+    /// Devices in lost mode (also counted under their status).
+    pub lost: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -1829,6 +1831,7 @@ impl App {
                 returning: 0,
                 attention: 0,
                 not_ready: 0,
+                lost: 0,
             })
             .collect();
         for d in devices {
@@ -1838,6 +1841,9 @@ impl App {
             else {
                 continue;
             };
+            if d.lost_at.is_some() {
+                s.lost += 1;
+            }
             match d.status.as_str() {
                 "available" if d.ready => s.available += 1,
                 "available" => s.not_ready += 1,

@@ -25,6 +25,8 @@ async fn the_console_signs_in_and_shows_the_audit_log_in_headless_chromium() {
     std::fs::create_dir_all(&shots).expect("screenshot folder");
     let out = tokio::process::Command::new("node")
         .arg("--test")
+        // One file at a time, in name order: they share the server and its data.
+        .arg("--test-concurrency=1")
         .arg("tests/browser/")
         .current_dir(&root)
         .env("SWITCHBOARD_URL", &s.url)

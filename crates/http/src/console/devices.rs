@@ -16,9 +16,12 @@ use switchboard_app::AppError;
 use switchboard_app::devices::{
     DeviceGroup, DeviceGroupInput, DeviceUserInput, EnrolmentTokenInput, LocationInput, Workflows,
 };
-use switchboard_app::lending::{CommandInput, DeviceQuery, Receipt};
+use switchboard_app::lending::{CommandInput, DeviceQuery, LostInput, Receipt};
 use switchboard_domain::devices::{RequiredApp, StepSpec};
 use switchboard_domain::{FieldError, Permission};
+
+mod appconfig;
+mod sso;
 
 const CURRENT: &str = "devices";
 
@@ -38,6 +41,8 @@ pub fn router() -> axum::Router<AppState> {
         .route("/console/devices/users/import", post(import_users))
         .route("/console/devices/{id}", get(device_page))
         .route("/console/devices/{id}/{action}", post(device_action))
+        .merge(sso::router())
+        .merge(appconfig::router())
 }
 
 /// What a form post re-renders its page with.
@@ -79,6 +84,17 @@ impl Outcome {
             error: Some("Nothing was saved: correct the fields below.".to_owned()),
             errors,
             ..Self::ok()
+        }
+    }
+
+    /// A CSV import refused as a whole (its per-line errors go beside the form).
+    fn import_refused() -> Self {
+        Self {
+            error: Some(
+                "Nothing was imported: the file has errors (below). Correct them and paste it again."
+                    .to_owned(),
+            ),
+            ..Self::invalid(Vec::new())
         }
     }
 
@@ -156,6 +172,7 @@ struct DeviceLine {
     heartbeat: String,
     ready: bool,
     not_ready: String,
+    lost: bool,
 }
 
 struct Choice {
@@ -260,6 +277,7 @@ async fn list_page(State(s): State<AppState>, c: Console, Query(q): Query<ListQu
                 .last_heartbeat_at
                 .map_or_else(|| "never".to_owned(), |t| ago(t, now)),
             not_ready: d.not_ready.join("; "),
+            lost: d.lost_at.is_some(),
             overdue: d.overdue,
             ready: d.ready,
             id: d.id,
@@ -315,6 +333,7 @@ struct SummaryLine {
     returning: usize,
     attention: usize,
     not_ready: usize,
+    lost: usize,
     overdue_link: String,
     location_link: String,
 }
@@ -355,6 +374,7 @@ async fn dashboard(State(s): State<AppState>, c: Console) -> Response {
                         returning: l.returning,
                         attention: l.attention,
                         not_ready: l.not_ready,
+                        lost: l.lost,
                     })
                     .collect(),
                 updated: fmt_time(switchboard_app::now_ms()),
@@ -465,6 +485,8 @@ struct DevicePage {
     receipts: Vec<ReceiptCard>,
     commands: Vec<CommandLine>,
     timeline: Vec<TimelineLine>,
+    /// Lost mode: (since, UTC; why).
+    lost: Option<(String, String)>,
     can_operate: bool,
 }
 
@@ -637,6 +659,14 @@ async fn device_page_with(s: &AppState, c: &Console, id: &str, x: Outcome) -> Re
                     text: t.text,
                 })
                 .collect(),
+            lost: d.lost_at.map(|at| {
+                (
+                    fmt_time(at),
+                    d.lost_reason
+                        .clone()
+                        .unwrap_or_else(|| "no reason recorded".to_owned()),
+                )
+            }),
             can_operate: c.allows(Permission::Operate),
         },
     )
@@ -699,6 +729,18 @@ async fn device_action(
             .send_command(&c.principal, &c.ctx, &id, command("show_message"))
             .await
             .map(|_| "The message is queued for the device.".to_owned()),
+        "lost" => {
+            let message = f.message.clone().filter(|m| !m.trim().is_empty());
+            s.app
+                .mark_lost(&c.principal, &c.ctx, &id, LostInput { message })
+                .await
+                .map(|d| {
+                    format!(
+                        "{} is in lost mode: a lock with the message is queued for it. Docking it again ends lost mode.",
+                        d.name
+                    )
+                })
+        }
         _ => Err(AppError::NotFound(format!("device action `{action}`"))),
     };
     match result {
@@ -1254,6 +1296,7 @@ async fn revoke_token(
 // ------------------------------------------------------------------ the directory
 
 struct UserLine {
+    id: String,
     username: String,
     display_name: String,
     badge: bool,
@@ -1280,6 +1323,7 @@ struct UsersPage {
     error: Option<String>,
     user_errors: Vec<FieldError>,
     import_errors: Vec<FieldError>,
+    credential_import_errors: Vec<FieldError>,
     users: Vec<UserLine>,
     draft: UserDraft,
     default_limit: u32,
@@ -1290,6 +1334,8 @@ struct UsersPage {
 struct UsersExtra {
     user_errors: Vec<FieldError>,
     import_errors: Vec<FieldError>,
+    /// Of the credential CSV import (`sso::import_credentials`).
+    credential_import_errors: Vec<FieldError>,
     draft: UserDraft,
 }
 
@@ -1307,12 +1353,14 @@ async fn users_with(s: &AppState, c: &Console, x: Outcome, extra: UsersExtra) ->
             error: x.error,
             user_errors: extra.user_errors,
             import_errors: extra.import_errors,
+            credential_import_errors: extra.credential_import_errors,
             users: list
                 .into_iter()
                 .map(|(u, held)| UserLine {
                     limit: u
                         .device_limit
                         .map_or_else(|| format!("default ({default_limit})"), |l| l.to_string()),
+                    id: u.id,
                     username: u.username,
                     display_name: u.display_name,
                     badge: u.has_badge,
@@ -1437,12 +1485,7 @@ async fn import_users(
                 import_errors: v.errors,
                 ..UsersExtra::default()
             };
-            let mut o = Outcome::invalid(Vec::new());
-            o.error = Some(
-                "Nothing was imported: the file has errors (below). Correct them and paste it again."
-                    .to_owned(),
-            );
-            users_with(&s, &c, o, x).await
+            users_with(&s, &c, Outcome::import_refused(), x).await
         }
         Err(e) => app_error(c.chrome(CURRENT), e),
     }

@@ -559,29 +559,13 @@ async fn appconfig(
     Json(plan): Json<switchboard_app::appconfig::AppConfigPlan>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    let files = switchboard_app::appconfig::render_appconfig(&plan)?;
-    let Some(name) = q.file else {
-        return Ok(Json(files).into_response());
-    };
-    let f = files
-        .into_iter()
-        .find(|f| f.filename == name)
-        .ok_or_else(|| {
-            ApiError::from(switchboard_app::AppError::NotFound(format!(
-                "AppConfig document {name}"
-            )))
-        })?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, f.media_type),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}\"", f.filename),
-            ),
-        ],
-        f.content,
-    )
-        .into_response())
+    Ok(match q.file {
+        None => Json(switchboard_app::appconfig::render_appconfig(&plan)?).into_response(),
+        Some(name) => {
+            let f = switchboard_app::appconfig::render_appconfig_file(&plan, &name)?;
+            super::attachment(&f.media_type, &f.filename, f.content)
+        }
+    })
 }
 
 /// Report an event: `emergency_unlock` (the device was unlocked with the emergency PIN).

@@ -254,17 +254,11 @@ async fn public_key_pem(
 
 /// A public key as a PEM file download (Epic's static key upload).
 pub(crate) fn pem_download(id: &str, pem: String) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "application/x-pem-file".to_owned()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"switchboard-{id}.pem\""),
-            ),
-        ],
+    super::attachment(
+        "application/x-pem-file",
+        &format!("switchboard-{id}.pem"),
         pem,
     )
-        .into_response()
 }
 
 /// A public JWK set, as registered with Epic (no authentication). `file` is `{key_set_id}.json`.
