@@ -333,3 +333,23 @@ test('an operator marks a device lost: a banner on its page, a badge in the list
   const summary = page.locator(`#dashboard tr.location-summary[data-location="${LOCATION}"]`);
   assert.equal(await summary.locator('.lost').textContent(), '1');
 });
+
+test('a device its MDM configured wrongly is listed on the dashboard with the reason check-out skips it', async () => {
+  let r = await fetch(`${base}/agent/v1/enrol`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${enrolmentSecret}` },
+    body: JSON.stringify({ serial: 'KIOSK003', platform: 'ios', name: '4W iPhone 03', slot: '3', model: 'iPhone 15',
+      appconfig: { Rover: { EpicMobileDeviceID: '{DeviceUuId}', EpicMobileDeviceIDAppName: 'true' } } }),
+  });
+  assert.equal(r.status, 201, await r.clone().text());
+  await page.goto(`${base}/console/devices/dashboard`);
+  const summary = page.locator(`#dashboard tr.location-summary[data-location="${LOCATION}"]`);
+  assert.equal(await summary.locator('.not-ready').textContent(), '1');
+  const row = page.locator('#not-ready tr.not-ready-device', { hasText: '4W iPhone 03' });
+  assert.equal(await row.count(), 1);
+  assert.match(await row.locator('.reasons').textContent(), /Rover's EpicMobileDeviceID is the literal `\{DeviceUuId\}`: the MDM did not substitute its variable/);
+  await shot('devices-dashboard-not-ready');
+  // The count links to the filtered device list.
+  await submit(() => summary.locator('.not-ready a').click());
+  assert.deepEqual(await page.locator('#devices tr.device').evaluateAll((rows) => rows.map((r) => r.dataset.serial)), ['KIOSK003']);
+});

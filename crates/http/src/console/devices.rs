@@ -335,14 +335,28 @@ struct SummaryLine {
     not_ready: usize,
     lost: usize,
     overdue_link: String,
+    not_ready_link: String,
     location_link: String,
 }
+
+/// A device check-out skips, and why.
+struct NotReadyLine {
+    name: String,
+    link: String,
+    location: String,
+    reasons: Vec<String>,
+}
+
+/// The dashboard lists at most this many devices that are not ready.
+const NOT_READY_SHOWN: usize = 50;
 
 #[derive(Template)]
 #[template(path = "devices_dashboard.html")]
 struct DashboardPage {
     chrome: Chrome,
     rows: Vec<SummaryLine>,
+    not_ready: Vec<NotReadyLine>,
+    not_ready_more: usize,
     updated: String,
 }
 
@@ -350,11 +364,37 @@ async fn dashboard(State(s): State<AppState>, c: Console) -> Response {
     if let Some(r) = c.denied(Permission::Read, CURRENT) {
         return r;
     }
-    match s.app.location_summaries().await {
-        Ok(list) => render(
+    let not_ready = s
+        .app
+        .list_devices(&DeviceQuery {
+            readiness: Some("not_ready".to_owned()),
+            ..Default::default()
+        })
+        .await;
+    match s
+        .app
+        .location_summaries()
+        .await
+        .and_then(|l| Ok((l, not_ready?)))
+    {
+        Ok((list, not_ready)) => render(
             StatusCode::OK,
             &DashboardPage {
                 chrome: c.chrome(CURRENT),
+                not_ready_more: not_ready.len().saturating_sub(NOT_READY_SHOWN),
+                not_ready: not_ready
+                    .into_iter()
+                    .take(NOT_READY_SHOWN)
+                    .map(|d| NotReadyLine {
+                        link: format!("/console/devices/{}", d.id),
+                        location: list
+                            .iter()
+                            .find(|l| Some(&l.location_id) == d.location_id.as_ref())
+                            .map_or_else(|| "—".to_owned(), |l| l.name.clone()),
+                        name: d.name,
+                        reasons: d.not_ready,
+                    })
+                    .collect(),
                 rows: list
                     .into_iter()
                     .map(|l| SummaryLine {
@@ -365,6 +405,13 @@ async fn dashboard(State(s): State<AppState>, c: Console) -> Response {
                         location_link: format!(
                             "/console/devices?{}",
                             query_string(&[("location", &l.location_id)])
+                        ),
+                        not_ready_link: format!(
+                            "/console/devices?{}",
+                            query_string(&[
+                                ("readiness", "not_ready"),
+                                ("location", &l.location_id)
+                            ])
                         ),
                         id: l.location_id,
                         name: l.name,
