@@ -242,6 +242,21 @@ pub struct DemoDevices {
     pub badges: Vec<(String, String)>,
 }
 
+/// The demo's SSO profile: Epic Rover, one-tap autofill for `epic.com`.
+const DEMO_SSO_PROFILE: &str = r#"<SSO>
+    <global verCreate="6.0" verLastMod="6.0"/>
+    <app nm="epic.com" desc="Epic Rover" profileType="2" appType="0">
+        <env type="200" nm="iOS">
+            <scn nm="" auto="0" dgs="1">
+                <ctl var="USR"/>
+                <ctl var="PWD"/>
+            </scn>
+        </env>
+    </app>
+    <containers/>
+</SSO>
+"#;
+
 /// The demo's shared devices: a ward with a kiosk, a group whose check-in force-quits Rover and
 /// Haiku and signs the user out of both in Epic, three clinicians with badges, and an enrolment
 /// token for the simulated phones (the kiosk key and the token are issued anew at every start).
@@ -319,6 +334,30 @@ async fn seed_demo_devices(app: &App, env_id: &str) -> anyhow::Result<DemoDevice
                 .await
                 .map_err(anyhow::Error::new)?;
         }
+    }
+    // Password AutoFill: an Epic Rover profile, and rn.garcia's credential for it.
+    if app
+        .list_sso_profiles()
+        .await
+        .map_err(anyhow::Error::new)?
+        .is_empty()
+    {
+        let profile = app
+            .save_sso_profile(&cli, &ctx, None, DEMO_SSO_PROFILE)
+            .await
+            .map_err(anyhow::Error::new)?;
+        app.set_sso_credential(
+            &cli,
+            &ctx,
+            "rn.garcia",
+            switchboard_app::sso::CredentialInput {
+                profile_id: profile.id,
+                username: "GARCIA".to_owned(),
+                password: "demo-rover-password".to_owned(),
+            },
+        )
+        .await
+        .map_err(anyhow::Error::new)?;
     }
     let token = app
         .create_enrolment_token(

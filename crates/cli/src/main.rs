@@ -770,6 +770,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             println!(
                 "    check-in      device page → Check in now: force quit Rover and Haiku, Epic logout of both ({sim}/_sim/mobile shows who is signed in)"
             );
+            println!(
+                "    AutoFill      an Epic Rover SSO profile; rn.garcia's Rover credential is released only to the phone she holds ({url}/console/devices/sso-profiles)"
+            );
             println!();
             println!(
                 "  Try:  curl -H \"Authorization: Bearer <admin token>\" {url}/admin/api/v1/users"

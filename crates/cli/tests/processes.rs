@@ -676,6 +676,26 @@ async fn the_demo_runs_switchboard_and_the_epic_simulator_side_by_side() {
         .await
         .unwrap();
     assert_eq!(patients["total"], 300);
+    // Password AutoFill is seeded: the Epic Rover profile and rn.garcia's credential for it.
+    let get = |path: &str| {
+        http.get(format!("http://{}/admin/api/v1{path}", demo.server.addr))
+            .bearer_auth(&token)
+            .send()
+    };
+    let profiles: Value = get("/devices/sso-profiles")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(profiles[0]["apps"][0]["one_tap"], true, "{profiles}");
+    let creds: Value = get("/devices/users/rn.garcia/credentials")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(creds[0]["username"], "GARCIA", "{creds}");
     demo.server.shutdown().await.unwrap();
     demo.sim.shutdown().await;
 }
