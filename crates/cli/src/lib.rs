@@ -242,21 +242,6 @@ pub struct DemoDevices {
     pub badges: Vec<(String, String)>,
 }
 
-/// The demo's SSO profile: Epic Rover, one-tap autofill for `epic.com`.
-const DEMO_SSO_PROFILE: &str = r#"<SSO>
-    <global verCreate="6.0" verLastMod="6.0"/>
-    <app nm="epic.com" desc="Epic Rover" profileType="2" appType="0">
-        <env type="200" nm="iOS">
-            <scn nm="" auto="0" dgs="1">
-                <ctl var="USR"/>
-                <ctl var="PWD"/>
-            </scn>
-        </env>
-    </app>
-    <containers/>
-</SSO>
-"#;
-
 /// The demo's shared devices: a ward with a kiosk, a group whose check-in force-quits Rover and
 /// Haiku and signs the user out of both in Epic, three clinicians with badges, and an enrolment
 /// token for the simulated phones (the kiosk key and the token are issued anew at every start).
@@ -343,7 +328,7 @@ async fn seed_demo_devices(app: &App, env_id: &str) -> anyhow::Result<DemoDevice
         .is_empty()
     {
         let profile = app
-            .save_sso_profile(&cli, &ctx, None, DEMO_SSO_PROFILE)
+            .save_sso_profile(&cli, &ctx, None, switchboard_domain::sso::EXAMPLE_PROFILE)
             .await
             .map_err(anyhow::Error::new)?;
         app.set_sso_credential(

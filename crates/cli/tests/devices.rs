@@ -1477,18 +1477,21 @@ async fn lost_mode_docking_and_emergency_unlock_on_postgres() {
 }
 
 /// The structure of the SSO profile example in the product's source material.
-const SSO_EXAMPLE: &str = r#"<SSO>
-    <global verCreate="6.0" verLastMod="6.0"/>
-        <app nm="epic.com" desc="Epic Rover" profileType="2" appType="0">
-            <env type="200" nm="iOS">
-                <scn nm="" auto="0" dgs="1">
-                    <ctl var="USR"/>
-                    <ctl var="PWD"/>
-                </scn>
-            </env>
-        </app>
-    <containers/>
-</SSO>"#;
+const SSO_EXAMPLE: &str = switchboard_domain::sso::EXAMPLE_PROFILE;
+
+/// Imports the example profile; answers its id.
+async fn import_example_profile(s: &TestServer) -> String {
+    let r = send_xml(
+        s,
+        reqwest::Method::POST,
+        "/devices/sso-profiles",
+        SSO_EXAMPLE,
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let p: Value = r.json().await.unwrap();
+    p["id"].as_str().unwrap().to_owned()
+}
 
 async fn send_xml(
     s: &TestServer,
@@ -1643,17 +1646,7 @@ server_test!(
             .iter()
             .map(|d| d.lock().unwrap().credential.clone())
             .collect();
-        let profile: Value = send_xml(
-            s,
-            reqwest::Method::POST,
-            "/devices/sso-profiles",
-            SSO_EXAMPLE,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-        let pid = profile["id"].as_str().unwrap().to_owned();
+        let pid = import_example_profile(s).await;
         add_user(s, "af.nurse", "81001").await;
         add_user(s, "af.other", "81002").await;
         let r = s
@@ -1841,17 +1834,7 @@ async fn send_csv(s: &TestServer, path: &str, csv: &str) -> reqwest::Response {
 server_test!(
     credentials_import_from_csv_all_or_nothing_and_removal_takes_the_sealed_password,
     |s| {
-        let profile: Value = send_xml(
-            s,
-            reqwest::Method::POST,
-            "/devices/sso-profiles",
-            SSO_EXAMPLE,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-        let pid = profile["id"].as_str().unwrap().to_owned();
+        let pid = import_example_profile(s).await;
         add_user(s, "csv.one", "82001").await;
         add_user(s, "csv.two", "82002").await;
         let sealed = "SELECT COUNT(*) FROM secrets WHERE purpose = 'sso_password'";

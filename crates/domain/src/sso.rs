@@ -13,6 +13,21 @@ pub const MAX_BYTES: usize = 64 * 1024;
 pub const MAX_DEPTH: usize = 16;
 pub const MAX_ELEMENTS: usize = 2_000;
 
+/// A profile with the structure of the example in the product's source material: Epic Rover,
+/// one-tap autofill for `epic.com` on iOS (the demo seeds it; tests start from it).
+pub const EXAMPLE_PROFILE: &str = r#"<SSO>
+    <global verCreate="6.0" verLastMod="6.0"/>
+        <app nm="epic.com" desc="Epic Rover" profileType="2" appType="0">
+            <env type="200" nm="iOS">
+                <scn nm="" auto="0" dgs="1">
+                    <ctl var="USR"/>
+                    <ctl var="PWD"/>
+                </scn>
+            </env>
+        </app>
+    <containers/>
+</SSO>"#;
+
 /// One XML element: name, attributes in document order, children and text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Element {
@@ -335,19 +350,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The structure of the example profile in the product's source material.
-    const EXAMPLE: &str = r#"<SSO>
-    <global verCreate="6.0" verLastMod="6.0"/>
-        <app nm="epic.com" desc="Epic Rover" profileType="2" appType="0">
-            <env type="200" nm="iOS">
-                <scn nm="" auto="0" dgs="1">
-                    <ctl var="USR"/>
-                    <ctl var="PWD"/>
-                </scn>
-            </env>
-        </app>
-    <containers/>
-</SSO>"#;
+    const EXAMPLE: &str = EXAMPLE_PROFILE;
 
     #[test]
     fn the_example_profile_imports_and_round_trips_exactly() {
