@@ -290,3 +290,33 @@ test('removing the profile needs the confirm box', async () => {
   await submit(() => page.locator('#device-users tr[data-username="sso.nurse"] a.credentials-link').click());
   assert.equal(await page.locator('#credentials tr.credential').count(), 0);
 });
+
+test('a profile and a credentials CSV can be chosen as files instead of pasted', async () => {
+  await page.goto(`${base}/console/devices/sso-profiles`);
+  await page.setInputFiles('#import-profile input[type="file"][name="xml"]', {
+    name: 'rover.xml', mimeType: 'application/xml', buffer: Buffer.from(SSO_EXAMPLE),
+  });
+  let r = await submit(() => page.click('#import-profile button[type="submit"]'));
+  assert.equal(r.status(), 200);
+  assert.match(await text('.notice'), /Epic Rover.*1 app \(1 one-tap\)/);
+  assert.equal(await profileRows(), 1);
+  // A file that is not a profile: refused with the parser's reason, as when pasted.
+  await page.setInputFiles('#import-profile input[type="file"][name="xml"]', {
+    name: 'bad.xml', mimeType: 'application/xml', buffer: Buffer.from('<!DOCTYPE SSO [<!ENTITY x "y">]><SSO/>'),
+  });
+  r = await submit(() => page.click('#import-profile button[type="submit"]'));
+  assert.equal(r.status(), 422);
+  assert.match(await text('#import-profile-card li.field-error[data-field="xml"]'), /DOCTYPE/);
+  assert.equal(await profileRows(), 1);
+  await page.goto(`${base}/console/devices/users`);
+  await page.setInputFiles('#import-credentials input[type="file"][name="csv"]', {
+    name: 'credentials.csv', mimeType: 'text/csv', buffer: Buffer.from('user,profile,username,password\nsso.nurse,Epic Rover,FILE1,file-secret-1\n'),
+  });
+  r = await submit(() => page.click('#import-credentials button[type="submit"]'));
+  assert.equal(r.status(), 200);
+  assert.ok(!(await r.text()).includes('file-secret-1'), 'the password is never shown');
+  await page.goto(`${base}/console/devices/users`);
+  await submit(() => page.locator('#device-users tr[data-username="sso.nurse"] a.credentials-link').click());
+  assert.equal(await page.locator('#credentials tr.credential').count(), 1);
+  assert.match(await page.locator('#credentials tr.credential').textContent(), /FILE1/);
+});

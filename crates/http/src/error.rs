@@ -316,3 +316,59 @@ pub async fn method_not_allowed_fallback() -> ApiError {
         "This route exists but not with this HTTP method.",
     )
 }
+
+/// A console form that may carry a file: `multipart/form-data` (a file field's content is taken
+/// as text; of several fields with one name the last non-empty one wins, so a chosen file
+/// replaces an empty textarea of the same name) or a plain URL-encoded form.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UploadForm<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for UploadForm<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let multipart = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("multipart/form-data"));
+        if !multipart {
+            let Form(t) = Form::<T>::from_request(req, state).await?;
+            return Ok(Self(t));
+        }
+        let bad = |message: String| ApiError {
+            errors: vec![FieldError {
+                field: "form".to_owned(),
+                message,
+            }],
+            ..ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_form",
+                "Invalid form",
+                "The form could not be read.",
+            )
+        };
+        let mut parts = axum::extract::Multipart::from_request(req, state)
+            .await
+            .map_err(|e| bad(e.body_text()))?;
+        let mut fields = serde_json::Map::new();
+        while let Some(field) = parts.next_field().await.map_err(|e| bad(e.body_text()))? {
+            let Some(name) = field.name().map(str::to_owned) else {
+                continue;
+            };
+            let bytes = field.bytes().await.map_err(|e| bad(e.body_text()))?;
+            let text = String::from_utf8(bytes.to_vec())
+                .map_err(|_| bad(format!("`{name}` is not UTF-8 text")))?;
+            if !text.is_empty() || !fields.contains_key(&name) {
+                fields.insert(name, serde_json::Value::String(text));
+            }
+        }
+        serde_json::from_value(serde_json::Value::Object(fields))
+            .map(Self)
+            .map_err(|e| bad(e.to_string()))
+    }
+}

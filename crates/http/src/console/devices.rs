@@ -5,7 +5,7 @@
 
 use super::{Chrome, Console, app_error, fmt_time, query_string, render};
 use crate::AppState;
-use crate::error::{Form, Query};
+use crate::error::{Form, Query, UploadForm};
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -1513,7 +1513,7 @@ struct ImportForm {
 async fn import_users(
     State(s): State<AppState>,
     c: Console,
-    Form(f): Form<ImportForm>,
+    UploadForm(f): UploadForm<ImportForm>,
 ) -> Response {
     if let Some(r) = c.form_guard(&f.csrf, Permission::Administer, CURRENT) {
         return r;

@@ -4,7 +4,7 @@
 use super::{CURRENT, Choice, CsrfForm, ImportForm, Outcome, UsersExtra, users_with};
 use crate::AppState;
 use crate::console::{Chrome, Console, app_error, fmt_time, render};
-use crate::error::Form;
+use crate::error::{Form, UploadForm};
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -119,7 +119,11 @@ fn apps_summary(apps: &[ProfileApp]) -> String {
     )
 }
 
-async fn import_profile(State(s): State<AppState>, c: Console, Form(f): Form<XmlForm>) -> Response {
+async fn import_profile(
+    State(s): State<AppState>,
+    c: Console,
+    UploadForm(f): UploadForm<XmlForm>,
+) -> Response {
     if let Some(r) = c.form_guard(&f.csrf, Permission::Administer, CURRENT) {
         return r;
     }
@@ -213,7 +217,7 @@ async fn replace_profile(
     State(s): State<AppState>,
     c: Console,
     Path(id): Path<String>,
-    Form(f): Form<XmlForm>,
+    UploadForm(f): UploadForm<XmlForm>,
 ) -> Response {
     if let Some(r) = c.form_guard(&f.csrf, Permission::Administer, CURRENT) {
         return r;
@@ -454,7 +458,7 @@ async fn delete_credential(
 async fn import_credentials(
     State(s): State<AppState>,
     c: Console,
-    Form(f): Form<ImportForm>,
+    UploadForm(f): UploadForm<ImportForm>,
 ) -> Response {
     if let Some(r) = c.form_guard(&f.csrf, Permission::Administer, CURRENT) {
         return r;
