@@ -221,13 +221,15 @@ fn check_credential(input: &CredentialInput) -> Result<(), AppError> {
 }
 
 impl App {
+    /// Seals and stores a user's credential for a profile; answers it and whether it replaced
+    /// one (whose sealed password is deleted).
     async fn store_credential(
         &self,
         tx: &mut dyn switchboard_store::Tx,
         user_id: &str,
         input: &CredentialInput,
         source: &str,
-    ) -> Result<Credential, AppError> {
+    ) -> Result<(Credential, bool), AppError> {
         let profile = tx
             .get_sso_profile(&input.profile_id)
             .await?
@@ -253,16 +255,18 @@ impl App {
             source: source.to_owned(),
             updated_at: now_ms(),
         };
-        if let Some(old) = tx.put_sso_credential(&row).await? {
-            tx.delete_secret(&old).await?;
+        let replaced = tx.put_sso_credential(&row).await?;
+        if let Some(old) = &replaced {
+            tx.delete_secret(old).await?;
         }
-        Ok(Credential {
+        let c = Credential {
             profile_id: profile.id,
             profile_name: profile.name,
             username: row.username,
             source: row.source,
             updated_at: row.updated_at,
-        })
+        };
+        Ok((c, replaced.is_some()))
     }
 
     /// An administrator sets a device user's credential for a profile.
@@ -279,7 +283,7 @@ impl App {
             .get_device_user(user)
             .await?
             .ok_or_else(|| AppError::NotFound(format!("device user {user}")))?;
-        let c = self
+        let (c, _) = self
             .store_credential(&mut *tx, &u.id, &input, "admin")
             .await?;
         let ev = AuditEvent::new("", "sso.credential_set", format!("device_user:{}", u.id))
@@ -419,14 +423,10 @@ impl App {
                 }
                 continue;
             }
-            let existed = tx
-                .sso_credentials_of(&u.id)
-                .await?
-                .iter()
-                .any(|c| c.profile_id == input.profile_id);
-            self.store_credential(&mut *tx, &u.id, &input, "admin")
+            let (_, replaced) = self
+                .store_credential(&mut *tx, &u.id, &input, "admin")
                 .await?;
-            if existed {
+            if replaced {
                 updated += 1;
             } else {
                 created += 1;
@@ -491,7 +491,7 @@ impl App {
         let mut tx = self.store().begin().await?;
         let d = self.holder_of(&mut *tx, device).await?;
         let user = d.holder_id.clone().unwrap_or_default();
-        let c = self
+        let (c, _) = self
             .store_credential(&mut *tx, &user, &input, "device")
             .await?;
         let ev = AuditEvent::new(

@@ -361,7 +361,7 @@ where
                 continue;
             };
             let bytes = field.bytes().await.map_err(|e| bad(e.body_text()))?;
-            let text = String::from_utf8(bytes.to_vec())
+            let text = String::from_utf8(bytes.into())
                 .map_err(|_| bad(format!("`{name}` is not UTF-8 text")))?;
             if !text.is_empty() || !fields.contains_key(&name) {
                 fields.insert(name, serde_json::Value::String(text));
