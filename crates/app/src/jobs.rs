@@ -49,6 +49,38 @@ pub async fn enqueue(
     Ok(tx.enqueue_job(&job).await?)
 }
 
+/// A job to run now, for [`enqueue_all`].
+#[must_use]
+pub fn new_job(kind: &str, payload: serde_json::Value, now: i64, max_attempts: u32) -> NewJob {
+    NewJob {
+        kind: kind.to_owned(),
+        payload,
+        dedupe_key: None,
+        run_at: now,
+        max_attempts: i32::try_from(max_attempts).unwrap_or(i32::MAX),
+        now,
+    }
+}
+
+/// Enqueues several jobs without dedupe keys in `tx`, in one statement.
+pub async fn enqueue_all(tx: &mut dyn Tx, jobs: &[NewJob]) -> Result<(), AppError> {
+    if let Some(bad) = jobs.iter().find(|j| !is_valid_kind(&j.kind)) {
+        return Err(AppError::Internal(format!(
+            "invalid job kind `{}`",
+            bad.kind
+        )));
+    }
+    if jobs.iter().any(|j| j.dedupe_key.is_some()) {
+        return Err(AppError::Internal(
+            "enqueue_all takes no dedupe keys".to_owned(),
+        ));
+    }
+    if !jobs.is_empty() {
+        tx.enqueue_jobs(jobs).await?;
+    }
+    Ok(())
+}
+
 /// Settings of the worker loop.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {

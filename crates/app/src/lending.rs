@@ -592,6 +592,18 @@ fn receipt_view(
     }
 }
 
+/// A check-in's status from its steps: finished (with the time) once every step is final.
+fn checkin_status(steps: &[CheckinStepRow], now: i64) -> (&'static str, Option<i64>) {
+    let status = |s: &CheckinStepRow| StepStatus::parse(&s.status).unwrap_or(StepStatus::Pending);
+    if !steps.iter().all(|s| status(s).is_final()) {
+        ("in_progress", None)
+    } else if steps.iter().any(|s| status(s) == StepStatus::Failed) {
+        ("complete_with_problems", Some(now))
+    } else {
+        ("complete", Some(now))
+    }
+}
+
 fn command_row(device_id: &str, kind: &str, params: &Value, now: i64, ttl_ms: i64) -> CommandRow {
     CommandRow {
         id: new_id("cmd_"),
@@ -1119,14 +1131,11 @@ impl App {
                     .await?;
             }
         }
-        if c.completed_at.is_none() && steps.iter().all(|s| status(s).is_final()) {
-            c.completed_at = Some(now);
-            c.status = if steps.iter().any(|s| status(s) == StepStatus::Failed) {
-                "complete_with_problems"
-            } else {
-                "complete"
-            }
-            .to_owned();
+        if c.completed_at.is_none()
+            && let (done, Some(at)) = checkin_status(&steps, now)
+        {
+            c.completed_at = Some(at);
+            c.status = done.to_owned();
             tx.update_checkin(&c).await?;
         }
         Ok(())
@@ -1461,7 +1470,6 @@ impl App {
         let (c, rows) = self
             .checkin_in_tx(&mut *tx, d.clone(), requested_by)
             .await?;
-        let c = tx.get_checkin(&c.id).await?.unwrap_or(c);
         let user = tx.get_device_user(&c.user_id).await?;
         let r = receipt_view(&c, &d, user.as_ref(), &rows);
         // The audit entry last: it holds an audit chain's head until commit.
@@ -1514,6 +1522,8 @@ impl App {
         }
         let mut warnings = Vec::new();
         let mut rows = Vec::new();
+        let mut commands = Vec::new();
+        let mut logouts = Vec::new();
         let mut seen: HashMap<String, i64> = HashMap::new();
         let ttl = self.command_ttl_ms();
         for (i, s) in steps.iter().enumerate() {
@@ -1547,7 +1557,7 @@ impl App {
                 c.position = Some(position);
                 row.command_id = Some(c.id.clone());
                 row.detail = "sent to the device".to_owned();
-                tx.insert_command(&c).await?;
+                commands.push(c);
             } else {
                 let (env_id, app, install) = match s {
                     StepSpec::EpicLogout {
@@ -1581,15 +1591,12 @@ impl App {
                     InstallId::Known(id) => {
                         seen.insert(id.clone(), position);
                         row.detail = format!("queued: sign the user out of {app} in Epic");
-                        jobs::enqueue(
-                            tx,
+                        logouts.push(jobs::new_job(
                             JOB_LOGOUT,
                             json!({"checkin_id": checkin_id, "position": position, "environment_id": env_id, "app": app, "install_id": id}),
-                            None,
-                            Duration::ZERO,
+                            now,
                             LOGOUT_MAX_ATTEMPTS,
-                        )
-                        .await?;
+                        ));
                         row.install_id = Some(id);
                     }
                     InstallId::Unavailable(why) => {
@@ -1598,20 +1605,24 @@ impl App {
                     }
                 }
             }
-            tx.insert_checkin_step(&row).await?;
             rows.push(row);
         }
+        // One statement each for the commands, the steps and the logout jobs.
+        tx.insert_commands(&commands).await?;
+        tx.insert_checkin_steps(&rows).await?;
+        jobs::enqueue_all(tx, &logouts).await?;
         let mandatory_left = rows.iter().any(|r| r.on_device && r.mandatory);
+        let (status, completed_at) = checkin_status(&rows, now);
         let c = CheckinRow {
             id: checkin_id.clone(),
             device_id: d.id.clone(),
             checkout_id: checkout_id.clone(),
             user_id,
             requested_by: requested_by.to_owned(),
-            status: "in_progress".to_owned(),
+            status: status.to_owned(),
             warnings: to_json(&warnings)?,
             started_at: now,
-            completed_at: None,
+            completed_at,
         };
         tx.insert_checkin(&c).await?;
         tx.end_checkout(&checkout_id, now, &checkin_id).await?;
@@ -1633,7 +1644,6 @@ impl App {
             json!({"checkin": checkin_id, "requested_by": requested_by, "steps": rows.len()}),
         )
         .await?;
-        self.settle_checkin(tx, &checkin_id).await?;
         metrics::counter!("switchboard_device_checkins_total").increment(1);
         Ok((c, rows))
     }

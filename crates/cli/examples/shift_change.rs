@@ -8,6 +8,8 @@
 //!
 //! `faults` makes the simulator answer 20 % of logouts with 503 and time out 5 % of them;
 //! `normal` runs SQLite with synchronous=NORMAL (a power cut may lose the last commits).
+//! With `SB_EMPTY_WORKFLOW=1` the group has no check-in steps: the check-in API alone, with no
+//! device commands and no Epic jobs competing for the machine.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -120,11 +122,15 @@ async fn main() {
     );
     let (st, group) = post(
         api("/devices/groups"),
-        json!({"name": "ICU phones", "lending_minutes": 780, "workflows": {"ios": [
-            {"action": "force_quit", "app_id": "com.epic.rover"},
-            {"action": "force_quit", "app_id": "com.epic.haiku"},
-            {"action": "epic_logout", "environment_id": env_id, "app": "Rover"},
-            {"action": "epic_logout", "environment_id": env_id, "app": "Haiku"}]}}),
+        if std::env::var("SB_EMPTY_WORKFLOW").is_ok() {
+            json!({"name": "ICU phones", "lending_minutes": 780, "workflows": {"ios": []}})
+        } else {
+            json!({"name": "ICU phones", "lending_minutes": 780, "workflows": {"ios": [
+                {"action": "force_quit", "app_id": "com.epic.rover"},
+                {"action": "force_quit", "app_id": "com.epic.haiku"},
+                {"action": "epic_logout", "environment_id": env_id, "app": "Rover"},
+                {"action": "epic_logout", "environment_id": env_id, "app": "Haiku"}]}})
+        },
     )
     .await;
     assert_eq!(st, 201, "{group}");

@@ -5,6 +5,7 @@
 
 mod device_models;
 mod error;
+mod handle;
 pub mod models;
 pub mod postgres;
 mod sql_impl;
@@ -114,7 +115,9 @@ pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> Backend;
     /// A transaction that will write (SQLite: `BEGIN IMMEDIATE`, so it never fails to upgrade).
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError>;
-    /// A transaction for reading only.
+    /// A handle for reading only. SQLite: one snapshot for all its statements. PostgreSQL: no
+    /// transaction at all (autocommit), so each statement sees the latest commits, as it would
+    /// under READ COMMITTED anyway; never write through it.
     async fn read(&self) -> Result<Box<dyn Tx>, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
     async fn migrate(&self) -> Result<(), StoreError>;
@@ -411,7 +414,8 @@ pub trait Tx: Send {
         device_id: &str,
         limit: i64,
     ) -> Result<Vec<CheckinRow>, StoreError>;
-    async fn insert_checkin_step(&mut self, s: &CheckinStepRow) -> Result<(), StoreError>;
+    /// Inserts a check-in's steps in one statement (a chunk per 100 rows).
+    async fn insert_checkin_steps(&mut self, steps: &[CheckinStepRow]) -> Result<(), StoreError>;
     async fn update_checkin_step(&mut self, s: &CheckinStepRow) -> Result<(), StoreError>;
     async fn checkin_steps(&mut self, checkin_id: &str) -> Result<Vec<CheckinStepRow>, StoreError>;
     async fn get_checkin_step(
@@ -421,7 +425,11 @@ pub trait Tx: Send {
     ) -> Result<Option<CheckinStepRow>, StoreError>;
     /// Totals over the server-side steps of check-ins started at or after `since`.
     async fn step_totals(&mut self, since: i64) -> Result<StepTotals, StoreError>;
-    async fn insert_command(&mut self, c: &CommandRow) -> Result<(), StoreError>;
+    async fn insert_command(&mut self, c: &CommandRow) -> Result<(), StoreError> {
+        self.insert_commands(std::slice::from_ref(c)).await
+    }
+    /// Inserts commands in one statement (a chunk per 100 rows).
+    async fn insert_commands(&mut self, commands: &[CommandRow]) -> Result<(), StoreError>;
     async fn update_command(&mut self, c: &CommandRow) -> Result<(), StoreError>;
     async fn get_command(&mut self, id: &str) -> Result<Option<CommandRow>, StoreError>;
     /// Commands to hand to a device: queued ones, and delivered ones with no result since
@@ -491,6 +499,9 @@ pub trait Tx: Send {
     // --- job queue
     /// Enqueues a job; with a `dedupe_key` that is already queued, returns `None` and adds nothing.
     async fn enqueue_job(&mut self, job: &NewJob) -> Result<Option<i64>, StoreError>;
+    /// Enqueues jobs without dedupe keys in one statement (a chunk per 100 rows); returns how
+    /// many were added.
+    async fn enqueue_jobs(&mut self, jobs: &[NewJob]) -> Result<u64, StoreError>;
     /// Leases up to `limit` due jobs to `owner` until `now + lease_ms`, counting an attempt each.
     async fn claim_jobs(
         &mut self,

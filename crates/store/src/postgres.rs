@@ -46,7 +46,7 @@ impl PgStore {
         })
     }
 
-    fn tx(&self, inner: sqlx::Transaction<'static, Postgres>) -> Box<dyn Tx> {
+    fn tx(&self, inner: crate::handle::Handle<Postgres>) -> Box<dyn Tx> {
         Box::new(PgTx {
             inner,
             enqueued: false,
@@ -84,11 +84,11 @@ impl Store for PgStore {
     }
 
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
-        Ok(self.tx(self.pool.begin().await?))
+        Ok(self.tx(crate::handle::Handle::Tx(self.pool.begin().await?)))
     }
 
     async fn read(&self) -> Result<Box<dyn Tx>, StoreError> {
-        Ok(self.tx(self.pool.begin().await?))
+        Ok(self.tx(crate::handle::Handle::Plain(self.pool.acquire().await?)))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -8,7 +8,7 @@
 macro_rules! impl_tx {
     ($tx:ident, $db:ty, for_update = $for_update:literal, skip_locked = $skip_locked:literal, notify = $notify:literal, batch_rows = $batch_rows:literal, numbered_params = $numbered:literal) => {
         pub struct $tx {
-            pub(crate) inner: sqlx::Transaction<'static, $db>,
+            pub(crate) inner: $crate::handle::Handle<$db>,
             pub(crate) enqueued: bool,
             pub(crate) signal: std::sync::Arc<tokio::sync::Notify>,
             /// SQLite: this process's writer turn, held until commit or rollback (declared after
@@ -1016,16 +1016,8 @@ macro_rules! impl_tx {
 
             async fn insert_gateway_requests(&mut self, rows: &[$crate::GatewayRequestRow]) -> Result<(), $crate::StoreError> {
                 for chunk in rows.chunks($batch_rows) {
-                    let mut sql = String::from("INSERT INTO gateway_requests (at, app_id, gateway_id, kind, interaction, resource_type, resource_id, status, latency_us, request_id) VALUES ");
-                    for (i, _) in chunk.iter().enumerate() {
-                        let b = i * 10;
-                        if i > 0 { sql.push_str(", "); }
-                        if $numbered {
-                            sql.push_str(&format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10));
-                        } else {
-                            sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
-                        }
-                    }
+                    let sql = format!("INSERT INTO gateway_requests (at, app_id, gateway_id, kind, interaction, resource_type, resource_id, status, latency_us, request_id) VALUES {}",
+                                      $crate::sql_impl::values_list(10, chunk.len(), $numbered));
                     let mut q = sqlx::query(&sql);
                     for r in chunk {
                         q = q.bind(r.at).bind(&r.app_id).bind(&r.gateway_id).bind(&r.kind).bind(&r.interaction)
@@ -1250,12 +1242,17 @@ macro_rules! impl_tx {
                     .bind(device_id).bind(limit).fetch_all(&mut *self.inner).await?)
             }
 
-            async fn insert_checkin_step(&mut self, s: &$crate::CheckinStepRow) -> Result<(), $crate::StoreError> {
-                sqlx::query(&format!("INSERT INTO checkin_steps ({STEP_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"))
-                    .bind(&s.checkin_id).bind(s.position).bind(&s.action).bind(&s.spec).bind(s.on_device).bind(s.mandatory).bind(&s.status)
-                    .bind(&s.detail).bind(&s.install_id).bind(s.attempts).bind(s.outcome_unknown).bind(s.repeats)
-                    .bind(&s.command_id).bind(s.updated_at)
-                    .execute(&mut *self.inner).await?;
+            async fn insert_checkin_steps(&mut self, steps: &[$crate::CheckinStepRow]) -> Result<(), $crate::StoreError> {
+                for chunk in steps.chunks($batch_rows) {
+                    let sql = format!("INSERT INTO checkin_steps ({STEP_COLS}) VALUES {}", $crate::sql_impl::values_list(14, chunk.len(), $numbered));
+                    let mut q = sqlx::query(&sql);
+                    for s in chunk {
+                        q = q.bind(&s.checkin_id).bind(s.position).bind(&s.action).bind(&s.spec).bind(s.on_device).bind(s.mandatory).bind(&s.status)
+                            .bind(&s.detail).bind(&s.install_id).bind(s.attempts).bind(s.outcome_unknown).bind(s.repeats)
+                            .bind(&s.command_id).bind(s.updated_at);
+                    }
+                    q.execute(&mut *self.inner).await?;
+                }
                 Ok(())
             }
 
@@ -1296,11 +1293,16 @@ macro_rules! impl_tx {
                 })
             }
 
-            async fn insert_command(&mut self, c: &$crate::CommandRow) -> Result<(), $crate::StoreError> {
-                sqlx::query(&format!("INSERT INTO device_commands ({COMMAND_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"))
-                    .bind(&c.id).bind(&c.device_id).bind(&c.kind).bind(&c.params).bind(&c.secret_ref).bind(&c.state).bind(&c.checkin_id)
-                    .bind(c.position).bind(c.created_at).bind(c.expires_at).bind(c.delivered_at).bind(c.finished_at).bind(&c.result)
-                    .execute(&mut *self.inner).await?;
+            async fn insert_commands(&mut self, commands: &[$crate::CommandRow]) -> Result<(), $crate::StoreError> {
+                for chunk in commands.chunks($batch_rows) {
+                    let sql = format!("INSERT INTO device_commands ({COMMAND_COLS}) VALUES {}", $crate::sql_impl::values_list(13, chunk.len(), $numbered));
+                    let mut q = sqlx::query(&sql);
+                    for c in chunk {
+                        q = q.bind(&c.id).bind(&c.device_id).bind(&c.kind).bind(&c.params).bind(&c.secret_ref).bind(&c.state).bind(&c.checkin_id)
+                            .bind(c.position).bind(c.created_at).bind(c.expires_at).bind(c.delivered_at).bind(c.finished_at).bind(&c.result);
+                    }
+                    q.execute(&mut *self.inner).await?;
+                }
                 Ok(())
             }
 
@@ -1421,6 +1423,26 @@ macro_rules! impl_tx {
                 Ok(id)
             }
 
+            async fn enqueue_jobs(&mut self, jobs: &[$crate::NewJob]) -> Result<u64, $crate::StoreError> {
+                let mut added = 0;
+                for chunk in jobs.chunks($batch_rows) {
+                    let sql = format!(
+                        "INSERT INTO jobs (kind, payload, dedupe_key, state, run_at, attempts, max_attempts, created_at, updated_at) \
+                         VALUES {} ON CONFLICT (dedupe_key) DO NOTHING",
+                        $crate::sql_impl::values_list(9, chunk.len(), $numbered));
+                    let mut q = sqlx::query(&sql);
+                    for j in chunk {
+                        q = q.bind(&j.kind).bind(j.payload.to_string()).bind(&j.dedupe_key).bind("queued").bind(j.run_at).bind(0_i32)
+                            .bind(j.max_attempts).bind(j.now).bind(j.now);
+                    }
+                    added += q.execute(&mut *self.inner).await?.rows_affected();
+                }
+                if added > 0 {
+                    self.mark_enqueued().await?;
+                }
+                Ok(added)
+            }
+
             async fn claim_jobs(&mut self, owner: &str, now: i64, lease_ms: i64, limit: i64) -> Result<Vec<$crate::JobRow>, $crate::StoreError> {
                 let rows = sqlx::query(&format!(
                     "UPDATE jobs SET lease_owner = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3 \
@@ -1525,3 +1547,24 @@ macro_rules! impl_tx {
 }
 
 pub(crate) use impl_tx;
+
+/// The placeholders of a multi-row `VALUES`: `($1, $2), ($3, $4)` (or `(?, ?), (?, ?)`).
+pub(crate) fn values_list(cols: usize, rows: usize, numbered: bool) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            if numbered {
+                let _ = write!(sql, "${}", r * cols + c + 1);
+            } else {
+                sql.push('?');
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}

@@ -1,9 +1,10 @@
 //! The embedded default: SQLite in WAL mode, `synchronous=FULL` unless told otherwise.
 
+use crate::handle::{GroupTurn, Handle, Writer};
 use crate::{ConnectOptions, MigrationStatus, PoolStats, Store, StoreError, Tx};
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool};
+use sqlx::{ConnectOptions as _, Sqlite, SqliteConnection, SqlitePool};
 use std::str::FromStr;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -28,8 +29,29 @@ pub struct SqliteStore {
     signal: Arc<Notify>,
     /// SQLite has one writer at a time. Writers of this process queue here, first come first
     /// served, instead of in SQLite's busy handler, whose growing sleeps starve some of them.
-    writer: Arc<tokio::sync::Mutex<()>>,
+    writer: Turn,
     busy_timeout: std::time::Duration,
+}
+
+/// How this process takes its turn to write.
+enum Turn {
+    /// A file database: one writer connection, its transactions committed in groups.
+    Grouped {
+        writer: Arc<tokio::sync::Mutex<Writer<SqliteConnection>>>,
+        flush: Arc<Notify>,
+        flusher: tokio::task::JoinHandle<()>,
+    },
+    /// An in-memory database lives in its pool's only connection: one transaction at a time.
+    Single(Arc<tokio::sync::Mutex<()>>),
+}
+
+/// Commits the writer's open group each time a write transaction has released its savepoint,
+/// queueing for the writer behind the transactions already waiting (they join the group).
+async fn flusher(writer: Arc<tokio::sync::Mutex<Writer<SqliteConnection>>>, flush: Arc<Notify>) {
+    loop {
+        flush.notified().await;
+        writer.lock().await.flush().await;
+    }
 }
 
 impl SqliteStore {
@@ -55,20 +77,32 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
             .acquire_timeout(o.acquire_timeout)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
+        let writer = if url.contains(":memory:") {
+            Turn::Single(Arc::new(tokio::sync::Mutex::new(())))
+        } else {
+            let writer = Arc::new(tokio::sync::Mutex::new(Writer::new(opts.connect().await?)));
+            let flush = Arc::new(Notify::new());
+            let flusher = tokio::spawn(flusher(Arc::clone(&writer), Arc::clone(&flush)));
+            Turn::Grouped {
+                writer,
+                flush,
+                flusher,
+            }
+        };
         Ok(Self {
             pool,
             max,
             signal: Arc::new(Notify::new()),
-            writer: Arc::new(tokio::sync::Mutex::new(())),
+            writer,
             busy_timeout: o.sqlite_busy_timeout,
         })
     }
 
     fn tx(
         &self,
-        inner: sqlx::Transaction<'static, Sqlite>,
+        inner: Handle<Sqlite>,
         writer: Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Box<dyn Tx> {
         Box::new(SqliteTx {
@@ -87,18 +121,36 @@ impl Store for SqliteStore {
     }
 
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
-        let turn = tokio::time::timeout(self.busy_timeout, Arc::clone(&self.writer).lock_owned())
-            .await
-            .map_err(|_| {
-                StoreError::Unavailable(
-                    "timed out waiting for the database's write lock".to_owned(),
-                )
-            })?;
-        Ok(self.tx(self.pool.begin_with("BEGIN IMMEDIATE").await?, Some(turn)))
+        let waited = |_| {
+            StoreError::Unavailable("timed out waiting for the database's write lock".to_owned())
+        };
+        match &self.writer {
+            Turn::Grouped { writer, flush, .. } => {
+                let mut w =
+                    tokio::time::timeout(self.busy_timeout, Arc::clone(writer).lock_owned())
+                        .await
+                        .map_err(waited)?;
+                w.start().await?;
+                let turn = GroupTurn {
+                    writer: w,
+                    flush: Arc::clone(flush),
+                };
+                Ok(self.tx(Handle::Grouped(turn), None))
+            }
+            Turn::Single(turn) => {
+                let turn = tokio::time::timeout(self.busy_timeout, Arc::clone(turn).lock_owned())
+                    .await
+                    .map_err(waited)?;
+                Ok(self.tx(
+                    Handle::Tx(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+                    Some(turn),
+                ))
+            }
+        }
     }
 
     async fn read(&self) -> Result<Box<dyn Tx>, StoreError> {
-        Ok(self.tx(self.pool.begin().await?, None))
+        Ok(self.tx(Handle::Tx(self.pool.begin().await?), None))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -136,7 +188,23 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        if let Turn::Grouped {
+            writer, flusher, ..
+        } = &self.writer
+        {
+            let mut w = writer.lock().await;
+            w.flush().await;
+            flusher.abort();
+        }
         self.pool.close().await;
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Turn::Grouped { flusher, .. } = &self.writer {
+            flusher.abort();
+        }
     }
 }
 

@@ -945,3 +945,101 @@ store_test!(
         assert!(tx.sso_credentials_of("u2").await.unwrap().is_empty());
     }
 );
+
+store_test!(
+    concurrent_writers_each_see_their_commit_and_a_dropped_one_leaves_nothing,
+    |store: Arc<dyn Store>| async move {
+        // Forty writers at once (SQLite commits them in groups): every commit that returned is
+        // visible to a fresh read at once, and the writers that dropped their transaction
+        // (every fifth) left nothing behind, whichever group they fell in.
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                let mut tx = store.begin().await.unwrap();
+                tx.insert_user(&user(&format!("u{i}"), &format!("user{i}"), "auditor"))
+                    .await
+                    .unwrap();
+                tx.enqueue_jobs(&[job("a.b", None, i), job("a.b", None, i)])
+                    .await
+                    .unwrap();
+                if i % 5 == 4 {
+                    drop(tx);
+                    return false;
+                }
+                tx.commit().await.unwrap();
+                let mut r = store.read().await.unwrap();
+                assert!(
+                    r.get_user(&format!("u{i}")).await.unwrap().is_some(),
+                    "commit {i} returned but is not visible"
+                );
+                true
+            }));
+        }
+        let mut committed = 0;
+        for t in tasks {
+            committed += usize::from(t.await.unwrap());
+        }
+        assert_eq!(committed, 32);
+        let mut r = store.read().await.unwrap();
+        let users = r.list_users().await.unwrap();
+        assert_eq!(users.len(), 32);
+        assert!(users.iter().all(|u| u.username != "user4"));
+        assert_eq!(r.job_counts(1_000).await.unwrap().queued, 64);
+        drop(r);
+        // A failed statement inside a transaction fails only that transaction.
+        let mut tx = store.begin().await.unwrap();
+        assert!(matches!(
+            tx.insert_user(&user("dup", "user0", "auditor")).await,
+            Err(StoreError::Conflict(_))
+        ));
+        drop(tx);
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_user(&user("after", "after", "auditor"))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let mut r = store.read().await.unwrap();
+        assert_eq!(r.list_users().await.unwrap().len(), 33);
+        assert!(r.get_user("dup").await.unwrap().is_none());
+    }
+);
+
+/// SQLite: a transaction dropped without committing must not leave the writer's physical
+/// transaction open when no other writer follows (another process could not write at all).
+#[tokio::test]
+async fn a_dropped_sqlite_write_frees_the_file_for_other_processes() {
+    let db = switchboard_store::testing::sqlite().await;
+    let mut tx = db.store.begin().await.unwrap();
+    tx.insert_user(&user("u1", "one", "auditor")).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = db.store.begin().await.unwrap();
+    tx.insert_user(&user("u2", "two", "auditor")).await.unwrap();
+    drop(tx);
+    // Another process's store on the same file, with a short wait for the lock.
+    let other = switchboard_store::connect(
+        &db.url,
+        &switchboard_store::ConnectOptions {
+            sqlite_busy_timeout: std::time::Duration::from_secs(2),
+            ..switchboard_store::ConnectOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut tx = other.begin().await.unwrap();
+    tx.insert_user(&user("u3", "three", "auditor"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    other.close().await;
+    let mut r = db.store.read().await.unwrap();
+    let mut names: Vec<String> = r
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["one", "three"]);
+}

@@ -1,0 +1,219 @@
+//! What a `Tx` runs its statements on.
+
+use std::ops::{Deref, DerefMut};
+
+/// A transaction, a pooled connection in autocommit mode, or SQLite's group-committing writer.
+/// PostgreSQL reads take the second: under READ COMMITTED every statement sees a fresh snapshot
+/// anyway, so a read transaction bought nothing but a `BEGIN` and a `ROLLBACK` round trip.
+pub(crate) enum Handle<DB: sqlx::Database>
+where
+    DB::Connection: RawExec,
+{
+    Tx(sqlx::Transaction<'static, DB>),
+    Plain(sqlx::pool::PoolConnection<DB>),
+    /// SQLite writes: the writer connection, held until commit.
+    Grouped(GroupTurn<DB::Connection>),
+}
+
+impl<DB: sqlx::Database> Handle<DB>
+where
+    DB::Connection: RawExec,
+{
+    /// Commits: a transaction at once; a grouped one when its group commits (durable when this
+    /// returns). Nothing to do for a plain connection, whose statements commit one by one.
+    pub(crate) async fn commit(self) -> Result<(), crate::StoreError> {
+        match self {
+            Self::Tx(t) => Ok(t.commit().await?),
+            Self::Plain(_) => Ok(()),
+            Self::Grouped(mut turn) => {
+                let wait = turn.writer.release().await?;
+                drop(turn);
+                match wait.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(why)) => Err(crate::StoreError::Unavailable(format!(
+                        "the database could not commit: {why}"
+                    ))),
+                    Err(_) => Err(crate::StoreError::Unavailable(
+                        "the database writer stopped before committing".to_owned(),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+impl<DB: sqlx::Database> Deref for Handle<DB>
+where
+    DB::Connection: RawExec,
+{
+    type Target = DB::Connection;
+
+    fn deref(&self) -> &DB::Connection {
+        match self {
+            Self::Tx(t) => t,
+            Self::Plain(c) => c,
+            Self::Grouped(t) => &t.writer.conn,
+        }
+    }
+}
+
+impl<DB: sqlx::Database> DerefMut for Handle<DB>
+where
+    DB::Connection: RawExec,
+{
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        match self {
+            Self::Tx(t) => t,
+            Self::Plain(c) => c,
+            Self::Grouped(t) => &mut t.writer.conn,
+        }
+    }
+}
+
+type ExecFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'a>>;
+
+/// Runs a fixed statement (transaction control) on a backend's connection.
+pub(crate) trait RawExec: Send {
+    fn exec(&mut self, sql: &'static str) -> ExecFuture<'_>;
+}
+
+macro_rules! raw_exec {
+    ($($conn:ty),*) => {$(
+        impl RawExec for $conn {
+            fn exec(&mut self, sql: &'static str) -> ExecFuture<'_> {
+                Box::pin(async move { sqlx::query(sql).execute(&mut *self).await.map(|_| ()) })
+            }
+        }
+    )*};
+}
+raw_exec!(sqlx::SqliteConnection, sqlx::PgConnection);
+
+/// A write transaction waiting for the group's commit learns its outcome through this.
+type Waiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// A write transaction's hold on the writer. Letting go while a physical transaction is open
+/// (a commit waiting for its group, or a transaction dropped without committing) rings the
+/// flusher, so the open transaction never outlives the work in it.
+pub(crate) struct GroupTurn<C: RawExec> {
+    pub(crate) writer: tokio::sync::OwnedMutexGuard<Writer<C>>,
+    pub(crate) flush: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl<C: RawExec> Drop for GroupTurn<C> {
+    fn drop(&mut self) {
+        if self.writer.open {
+            self.flush.notify_one();
+        }
+    }
+}
+
+/// SQLite's one writer connection, shared by consecutive write transactions (group commit).
+///
+/// SQLite commits one transaction at a time, each with an fsync of the log. Instead, write
+/// transactions follow one another inside one physical transaction, each as a savepoint: a
+/// commit releases the savepoint and waits; the flusher, which queues for the writer like
+/// everyone else, commits the physical transaction once the writers queued before it are done
+/// and tells them all. A commit still returns only once its data is durable, and a failed
+/// physical commit fails every transaction in it (their callers see the error; nothing half
+/// done survives).
+pub(crate) struct Writer<C> {
+    pub(crate) conn: C,
+    /// A physical transaction is open.
+    open: bool,
+    /// A write transaction holds its savepoint. Still true when the next one starts, it was
+    /// dropped without committing: its savepoint is rolled back first.
+    in_tx: bool,
+    waiting: Vec<Waiter>,
+}
+
+impl<C: RawExec> Writer<C> {
+    pub(crate) const fn new(conn: C) -> Self {
+        Self {
+            conn,
+            open: false,
+            in_tx: false,
+            waiting: Vec::new(),
+        }
+    }
+
+    async fn exec(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
+        self.conn.exec(sql).await
+    }
+
+    /// Starts a write transaction: its savepoint inside the open physical transaction, opened
+    /// first when there is none.
+    pub(crate) async fn start(&mut self) -> Result<(), sqlx::Error> {
+        self.undo_abandoned().await;
+        if !self.open {
+            self.exec("BEGIN IMMEDIATE").await?;
+            self.open = true;
+        }
+        if let Err(e) = self.exec("SAVEPOINT sb_tx").await {
+            self.abort(&e.to_string()).await;
+            return Err(e);
+        }
+        self.in_tx = true;
+        Ok(())
+    }
+
+    /// Ends the current write transaction into the physical one; the receiver answers once that
+    /// is committed (or failed).
+    pub(crate) async fn release(
+        &mut self,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), String>>, sqlx::Error> {
+        self.in_tx = false;
+        if let Err(e) = self.exec("RELEASE sb_tx").await {
+            // SQLite may have rolled the physical transaction back on its own (I/O errors, a
+            // full disk): every transaction in it has failed.
+            self.abort(&e.to_string()).await;
+            return Err(e);
+        }
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.waiting.push(done);
+        Ok(wait)
+    }
+
+    /// Commits the physical transaction and answers everyone waiting for it.
+    pub(crate) async fn flush(&mut self) {
+        self.undo_abandoned().await;
+        if !self.open {
+            return;
+        }
+        match self.exec("COMMIT").await {
+            Ok(()) => {
+                self.open = false;
+                for w in self.waiting.drain(..) {
+                    let _ = w.send(Ok(()));
+                }
+            }
+            Err(e) => self.abort(&e.to_string()).await,
+        }
+    }
+
+    /// Rolls back the savepoint of a write transaction that was dropped without committing.
+    async fn undo_abandoned(&mut self) {
+        if !self.in_tx {
+            return;
+        }
+        self.in_tx = false;
+        let undone = match self.exec("ROLLBACK TO sb_tx").await {
+            Ok(()) => self.exec("RELEASE sb_tx").await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = undone {
+            self.abort(&e.to_string()).await;
+        }
+    }
+
+    /// Gives up the physical transaction: everyone waiting on it learns it failed.
+    async fn abort(&mut self, why: &str) {
+        // SQLite may already have rolled back; then this fails, harmlessly.
+        let _ = self.exec("ROLLBACK").await;
+        self.open = false;
+        self.in_tx = false;
+        for w in self.waiting.drain(..) {
+            let _ = w.send(Err(why.to_owned()));
+        }
+    }
+}
