@@ -41,6 +41,7 @@ async fn main() {
     } else {
         switchboard_app::config::SqliteSync::Full
     };
+    let empty_workflow = std::env::var("SB_EMPTY_WORKFLOW").is_ok();
     let dir = tempfile::tempdir().unwrap();
     let db_url = if backend == "postgres" {
         let server = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
@@ -122,7 +123,7 @@ async fn main() {
     );
     let (st, group) = post(
         api("/devices/groups"),
-        if std::env::var("SB_EMPTY_WORKFLOW").is_ok() {
+        if empty_workflow {
             json!({"name": "ICU phones", "lending_minutes": 780, "workflows": {"ios": []}})
         } else {
             json!({"name": "ICU phones", "lending_minutes": 780, "workflows": {"ios": [
@@ -266,7 +267,8 @@ async fn main() {
     let deadline = Instant::now() + Duration::from_secs(limit);
     let totals = loop {
         let t = server.app.logout_totals(since).await.unwrap();
-        if t.open == 0 && t.server_steps as usize >= want {
+        // Without steps there is nothing to deliver.
+        if t.open == 0 && (empty_workflow || t.server_steps as usize >= want) {
             break t;
         }
         assert!(Instant::now() < deadline, "logouts not delivered: {t:?}");
