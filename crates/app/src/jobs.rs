@@ -34,19 +34,19 @@ pub async fn enqueue(
     delay: Duration,
     max_attempts: u32,
 ) -> Result<Option<i64>, AppError> {
-    if !is_valid_kind(kind) {
-        return Err(AppError::Internal(format!("invalid job kind `{kind}`")));
-    }
-    let now = now_ms();
-    let job = NewJob {
-        kind: kind.to_owned(),
-        payload,
-        dedupe_key,
-        run_at: now + i64::try_from(delay.as_millis()).unwrap_or(0),
-        max_attempts: i32::try_from(max_attempts).unwrap_or(i32::MAX),
-        now,
-    };
+    check_kind(kind)?;
+    let mut job = new_job(kind, payload, now_ms(), max_attempts);
+    job.dedupe_key = dedupe_key;
+    job.run_at += i64::try_from(delay.as_millis()).unwrap_or(0);
     Ok(tx.enqueue_job(&job).await?)
+}
+
+fn check_kind(kind: &str) -> Result<(), AppError> {
+    if is_valid_kind(kind) {
+        Ok(())
+    } else {
+        Err(AppError::Internal(format!("invalid job kind `{kind}`")))
+    }
 }
 
 /// A job to run now, for [`enqueue_all`].
@@ -62,22 +62,12 @@ pub fn new_job(kind: &str, payload: serde_json::Value, now: i64, max_attempts: u
     }
 }
 
-/// Enqueues several jobs without dedupe keys in `tx`, in one statement.
+/// Enqueues several jobs in `tx`, in one statement.
 pub async fn enqueue_all(tx: &mut dyn Tx, jobs: &[NewJob]) -> Result<(), AppError> {
-    if let Some(bad) = jobs.iter().find(|j| !is_valid_kind(&j.kind)) {
-        return Err(AppError::Internal(format!(
-            "invalid job kind `{}`",
-            bad.kind
-        )));
+    for j in jobs {
+        check_kind(&j.kind)?;
     }
-    if jobs.iter().any(|j| j.dedupe_key.is_some()) {
-        return Err(AppError::Internal(
-            "enqueue_all takes no dedupe keys".to_owned(),
-        ));
-    }
-    if !jobs.is_empty() {
-        tx.enqueue_jobs(jobs).await?;
-    }
+    tx.enqueue_jobs(jobs).await?;
     Ok(())
 }
 

@@ -499,8 +499,8 @@ pub trait Tx: Send {
     // --- job queue
     /// Enqueues a job; with a `dedupe_key` that is already queued, returns `None` and adds nothing.
     async fn enqueue_job(&mut self, job: &NewJob) -> Result<Option<i64>, StoreError>;
-    /// Enqueues jobs without dedupe keys in one statement (a chunk per 100 rows); returns how
-    /// many were added.
+    /// Enqueues jobs in one statement (a chunk per 100 rows), skipping those whose
+    /// `dedupe_key` is already queued; returns how many were added.
     async fn enqueue_jobs(&mut self, jobs: &[NewJob]) -> Result<u64, StoreError>;
     /// Leases up to `limit` due jobs to `owner` until `now + lease_ms`, counting an attempt each.
     async fn claim_jobs(
