@@ -67,6 +67,8 @@ pub struct Config {
     pub job_backoff_cap_ms: u64,
     /// Timeout of outbound HTTP calls made by jobs (webhooks).
     pub outbound_timeout_ms: u64,
+    /// Event loops accepting connections and proxying gateway reads (0: one per core).
+    pub event_loops: u32,
     /// Days to keep ended telehealth conferences (0 keeps them forever).
     pub telehealth_retention_days: u32,
     /// Devices one clinician may hold at once (a user's own limit overrides it).
@@ -119,6 +121,7 @@ impl Default for Config {
             job_backoff_base_ms: 2_000,
             job_backoff_cap_ms: 600_000,
             outbound_timeout_ms: 10_000,
+            event_loops: 0,
             telehealth_retention_days: 90,
             device_limit_per_user: 1,
             device_heartbeat_fresh_secs: 600,
@@ -161,6 +164,7 @@ pub const KEYS: &[&str] = &[
     "job_backoff_base_ms",
     "job_backoff_cap_ms",
     "outbound_timeout_ms",
+    "event_loops",
     "telehealth_retention_days",
     "device_limit_per_user",
     "device_heartbeat_fresh_secs",
@@ -256,6 +260,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "audit_chains",
                 reason: format!("{n} is outside 1–16"),
+            });
+        }
+        if self.event_loops > 64 {
+            return Err(ConfigError::Invalid {
+                key: "event_loops",
+                reason: format!("{} is more than 64", self.event_loops),
             });
         }
         if let Some(public) = &self.public_url {

@@ -1524,6 +1524,12 @@ impl App {
                         gateway.name
                     ),
                     upstream_r4: settings.epic_r4_endpoint.trim_end_matches('/').to_owned(),
+                    upstream: UpstreamTarget::new(settings.epic_r4_endpoint.trim_end_matches('/')),
+                    public_r4: format!(
+                        "{}/gateways/{}/fhir/R4",
+                        self.config().public_url(),
+                        gateway.name
+                    ),
                     settings,
                     external_basic,
                     http,
@@ -1635,11 +1641,17 @@ impl App {
     /// Records one request through a gateway. Written in batches by a background task (and on
     /// shutdown); each batch adds an audit entry with the batch's digest.
     pub fn record_gateway_request(&self, row: GatewayRequestRow) {
+        lock(&self.gateway_state().pending).push(row);
+        self.start_gateway_request_writer();
+    }
+
+    /// Starts the task that writes access records every 200 ms, on the calling runtime (once).
+    /// The server starts it on its main runtime, so the writer outlives the front door's loops.
+    pub fn start_gateway_request_writer(&self) {
+        use std::sync::atomic::Ordering;
         let state = self.gateway_state();
-        lock(&state.pending).push(row);
-        if !state
-            .writer_started
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        if !state.writer_started.load(Ordering::Relaxed)
+            && !state.writer_started.swap(true, Ordering::SeqCst)
         {
             let app = self.clone();
             tokio::spawn(async move {
@@ -1662,7 +1674,7 @@ impl App {
         let result: Result<(), AppError> = async {
             let mut tx = self.store().begin().await?;
             tx.insert_gateway_requests(&rows).await?;
-            let digest_input = serde_json::to_string(&rows).map_err(|e| AppError::Internal(e.to_string()))?;
+            let digest_input = access_lines(&rows);
             let ev = AuditEvent::new("system", "gateway.requests.recorded", "gateway")
                 .with_details(json!({"count": rows.len(), "first_at": rows.first().map(|r| r.at), "last_at": rows.last().map(|r| r.at),
                                      "sha256": hex::encode(crypto::sha256(digest_input.as_bytes()))}));
@@ -1696,6 +1708,33 @@ impl App {
             .list_gateway_requests(gateway_id, app_id, before, limit.clamp(1, 1000))
             .await?)
     }
+}
+
+/// Access records as the lines their audited SHA-256 covers: one per record, its fields in
+/// column order, tab-separated, absent ones empty.
+fn access_lines(rows: &[GatewayRequestRow]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(rows.len() * 128);
+    fn o(v: &Option<String>) -> &str {
+        v.as_deref().unwrap_or_default()
+    }
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            r.at,
+            o(&r.app_id),
+            r.gateway_id,
+            r.kind,
+            o(&r.interaction),
+            o(&r.resource_type),
+            o(&r.resource_id),
+            r.status,
+            r.latency_us,
+            o(&r.request_id)
+        );
+    }
+    out
 }
 
 /// A resolved app: its row and parsed scopes.
@@ -1740,6 +1779,11 @@ pub struct GatewaySnapshot {
     pub settings: AdapterSettings,
     /// Epic's FHIR R4 base, without a trailing `/`.
     pub upstream_r4: String,
+    /// The same, parsed (`None` when it is not a URL).
+    pub upstream: Option<UpstreamTarget>,
+    /// This gateway's FHIR R4 base (`…/gateways/{name}/fhir/R4`), what Epic's base becomes in
+    /// answers.
+    pub public_r4: String,
     /// This gateway's base URL (`…/gateways/{name}`).
     pub public_base: String,
     /// The Basic header value for private APIs.
@@ -1747,6 +1791,38 @@ pub struct GatewaySnapshot {
     pub http: reqwest::Client,
     /// Extra trusted CA certificates (PEM) of the linked Epic environment.
     pub ca_bundle: Option<String>,
+}
+
+/// Epic's FHIR base as the gateway's HTTP/1.1 client uses it, worked out once per snapshot.
+#[derive(Debug)]
+pub struct UpstreamTarget {
+    pub url: url::Url,
+    /// `scheme://host:port`: the connection pool's key.
+    pub origin: String,
+    /// The `Host` header: the host, and the port when the URL names one.
+    pub host: String,
+    /// The base path without a trailing `/` (empty for the root).
+    pub path: String,
+}
+
+impl UpstreamTarget {
+    fn new(base: &str) -> Option<Self> {
+        let url = url::Url::parse(base).ok()?;
+        let host = url.host_str()?.to_owned();
+        Some(Self {
+            origin: format!(
+                "{}://{host}:{}",
+                url.scheme(),
+                url.port_or_known_default().unwrap_or(0)
+            ),
+            host: match url.port() {
+                Some(p) => format!("{host}:{p}"),
+                None => host,
+            },
+            path: url.path().trim_end_matches('/').to_owned(),
+            url,
+        })
+    }
 }
 
 #[derive(Default)]

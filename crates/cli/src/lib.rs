@@ -116,9 +116,12 @@ pub async fn start(mut config: Config, registry: Registry) -> anyhow::Result<Run
     let stop = CancellationToken::new();
     let router = switchboard_http::router(app.clone(), switchboard_http::metrics_layer::handle());
     let server_stop = stop.clone();
-    let server = tokio::spawn(switchboard_http::serve(listener, router, async move {
-        server_stop.cancelled().await
-    }));
+    let server = tokio::spawn(switchboard_http::serve(
+        listener,
+        app.clone(),
+        router,
+        async move { server_stop.cancelled().await },
+    ));
     let workers = run_workers_here.then(|| {
         let settings = WorkerSettings::from_config(app.config());
         tokio::spawn(run_workers(app.clone(), registry, settings, stop.clone()))

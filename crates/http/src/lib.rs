@@ -4,6 +4,8 @@
 pub mod auth;
 pub mod console;
 pub mod error;
+pub mod front;
+pub mod h1;
 pub mod metrics_layer;
 pub mod openapi;
 pub mod routes;
@@ -95,7 +97,7 @@ pub fn router(app: App, metrics: PrometheusHandle) -> Router {
 /// Request ids: a random per-process prefix and a counter (unique, and no system call per
 /// request as a random UUID would cost).
 #[derive(Clone)]
-struct CounterRequestId {
+pub(crate) struct CounterRequestId {
     prefix: Arc<str>,
     next: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -109,10 +111,16 @@ impl Default for CounterRequestId {
     }
 }
 
+impl CounterRequestId {
+    pub(crate) fn next_id(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{n:x}", self.prefix)
+    }
+}
+
 impl MakeRequestId for CounterRequestId {
     fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{}-{n:x}", self.prefix))
+        HeaderValue::from_str(&self.next_id())
             .ok()
             .map(RequestId::new)
     }
@@ -129,13 +137,4 @@ async fn scope_request_id(req: Request, next: Next) -> Response {
     error::REQUEST_ID.scope(id, next.run(req)).await
 }
 
-/// Serves until `shutdown` completes, then finishes in-flight requests.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
+pub use front::serve;

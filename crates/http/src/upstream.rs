@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
-type Stream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
+pub(crate) type Stream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// Answers up to this size are read whole.
 pub const SMALL_BODY: u64 = 64 * 1024;
@@ -96,7 +96,10 @@ pub enum Body {
     Streaming(hyper::body::Incoming),
 }
 
-async fn connect(url: &url::Url, ca_bundle: Option<&str>) -> Result<Stream, UpstreamError> {
+pub(crate) async fn connect(
+    url: &url::Url,
+    ca_bundle: Option<&str>,
+) -> Result<Stream, UpstreamError> {
     let host = url
         .host_str()
         .ok_or_else(|| UpstreamError::Unreachable("no host".to_owned()))?;
@@ -148,18 +151,18 @@ async fn send_inner(
             idle: Mutex::default(),
         })
     }));
-    // A pooled connection may have been closed by Epic meanwhile: one retry on a fresh one for
-    // requests that are safe to repeat.
+    // A pooled connection may have been closed by Epic meanwhile (seen as a close, a reset or a
+    // broken pipe): one retry on a fresh one for requests that are safe to repeat.
     let reused = lock(&pool.idle).pop();
     let retry_safe = matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD);
     match reused {
         Some(c) if retry_safe => {
             let copy = clone_request(&req);
             match exchange(&pool, c, req).await {
-                Err(Failure::Closed) => exchange(&pool, open(url, ca_bundle).await?, copy)
+                Err(_) => exchange(&pool, open(url, ca_bundle).await?, copy)
                     .await
                     .map_err(Failure::into_error),
-                other => other.map_err(Failure::into_error),
+                Ok(answer) => Ok(answer),
             }
         }
         Some(c) => exchange(&pool, c, req).await.map_err(Failure::into_error),
@@ -225,37 +228,58 @@ async fn exchange(
         r = &mut c.conn => return Err(r.map_or_else(|e| closed(&e), |()| Failure::Closed)),
     }
     let mut sending = std::pin::pin!(c.sender.send_request(req));
-    let resp = tokio::select! {
+    let (resp, mut open) = tokio::select! {
         biased;
-        r = &mut sending => r.map_err(|e| closed(&e))?,
-        r = &mut c.conn => return Err(r.map_or_else(|e| closed(&e), |()| Failure::Closed)),
+        r = &mut sending => (r.map_err(|e| closed(&e))?, true),
+        r = &mut c.conn => {
+            // The connection ended; an answer it read before closing still counts.
+            r.map_err(|e| closed(&e))?;
+            (sending.await.map_err(|e| closed(&e))?, false)
+        }
     };
     let (parts, body) = resp.into_parts();
     let small = hyper::body::Body::size_hint(&body)
         .exact()
         .is_some_and(|n| n <= SMALL_BODY);
     if !small {
-        // Large or unsized: the connection goes to its own task and the body streams.
-        let conn = c.conn;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        // Large or unsized: the connection goes to its own task (if it is still open) and the
+        // body streams.
+        if open {
+            let conn = c.conn;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
         return Ok(Answer {
             parts,
             body: Body::Streaming(body),
         });
     }
     let mut collecting = std::pin::pin!(body.collect());
-    let bytes = tokio::select! {
-        biased;
-        b = &mut collecting => b.map_err(|e| Failure::Other(e.to_string()))?.to_bytes(),
-        r = &mut c.conn => return Err(r.map_or_else(|e| closed(&e), |()| Failure::Closed)),
+    let bytes = if open {
+        tokio::select! {
+            biased;
+            b = &mut collecting => b.map_err(|e| Failure::Other(e.to_string()))?.to_bytes(),
+            r = &mut c.conn => {
+                // The connection ended, possibly right after a complete answer (a server that
+                // closes after answering): the body says which.
+                r.map_err(|e| closed(&e))?;
+                open = false;
+                collecting.await.map_err(|e| Failure::Other(e.to_string()))?.to_bytes()
+            }
+        }
+    } else {
+        collecting
+            .await
+            .map_err(|e| Failure::Other(e.to_string()))?
+            .to_bytes()
     };
-    let keep = !parts
-        .headers
-        .get(hyper::header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    let keep = open
+        && !parts
+            .headers
+            .get(hyper::header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
     if keep {
         let mut idle = lock(&pool.idle);
         if idle.len() < MAX_IDLE {

@@ -1015,13 +1015,17 @@ macro_rules! impl_tx {
             }
 
             async fn insert_gateway_requests(&mut self, rows: &[$crate::GatewayRequestRow]) -> Result<(), $crate::StoreError> {
-                for chunk in rows.chunks($batch_rows) {
+                // Up to a thousand records a statement (10,000 parameters: under both backends'
+                // limits); the gateway writes thousands at a time under load.
+                for chunk in rows.chunks(1000) {
                     let sql = format!("INSERT INTO gateway_requests (at, app_id, gateway_id, kind, interaction, resource_type, resource_id, status, latency_us, request_id) VALUES {}",
                                       $crate::sql_impl::values_list(10, chunk.len(), $numbered));
                     let mut q = sqlx::query(&sql);
                     for r in chunk {
-                        q = q.bind(r.at).bind(&r.app_id).bind(&r.gateway_id).bind(&r.kind).bind(&r.interaction)
-                            .bind(&r.resource_type).bind(&r.resource_id).bind(r.status).bind(r.latency_us).bind(&r.request_id);
+                        // Borrowed strings: binding a `&String` would copy it.
+                        q = q.bind(r.at).bind(r.app_id.as_deref()).bind(r.gateway_id.as_str()).bind(r.kind.as_str())
+                            .bind(r.interaction.as_deref()).bind(r.resource_type.as_deref()).bind(r.resource_id.as_deref())
+                            .bind(r.status).bind(r.latency_us).bind(r.request_id.as_deref());
                     }
                     q.execute(&mut *self.inner).await?;
                 }

@@ -3,6 +3,7 @@
 //! endpoint); every request leaves one access record (no bodies).
 
 use crate::AppState;
+use crate::upstream::UpstreamError;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
@@ -17,6 +18,7 @@ use switchboard_app::App;
 use switchboard_app::gateway::{Caller, GatewaySnapshot, TokenRequest};
 use switchboard_domain::gateway::{FhirRequest, allowed, classify};
 use switchboard_store::{ActivationRow, GatewayRequestRow};
+use tokio::io::AsyncWriteExt;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -28,6 +30,7 @@ pub fn router() -> Router<AppState> {
 }
 
 const FHIR_JSON: &str = "application/fhir+json";
+const USER_AGENT: &str = concat!("switchboard/", env!("CARGO_PKG_VERSION"));
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// A FHIR `OperationOutcome` answer.
@@ -251,7 +254,7 @@ struct Admitted {
 async fn admit(
     app: &App,
     gateway: &str,
-    headers: &HeaderMap,
+    token: Option<&str>,
     rec: &mut GatewayRequestRow,
 ) -> Result<Admitted, Response> {
     let snap = match app.gateway_snapshot(gateway).await {
@@ -273,7 +276,7 @@ async fn admit(
         }
     };
     rec.gateway_id.clone_from(&snap.gateway.id);
-    let Some(token) = bearer(headers) else {
+    let Some(token) = token else {
         let mut r = outcome(
             StatusCode::UNAUTHORIZED,
             "login",
@@ -353,7 +356,8 @@ async fn epic_bearer(app: &App, a: &Admitted) -> Result<Option<Arc<str>>, Respon
     }
 }
 
-const FORWARDED_REQUEST_HEADERS: [HeaderName; 7] = [
+/// Request headers passed on to Epic.
+pub(crate) const FORWARDED_REQUEST_HEADERS: [HeaderName; 7] = [
     header::ACCEPT,
     header::CONTENT_TYPE,
     header::IF_MATCH,
@@ -447,6 +451,10 @@ fn rewrite_header(v: &HeaderValue, from: &str, to: &str) -> Option<HeaderValue> 
 }
 
 fn new_record(gateway: &str, kind: &str, headers: &HeaderMap) -> GatewayRequestRow {
+    record_of(gateway, kind, request_id(headers))
+}
+
+fn record_of(gateway: &str, kind: &str, request_id: Option<String>) -> GatewayRequestRow {
     GatewayRequestRow {
         seq: 0,
         at: switchboard_app::now_ms(),
@@ -458,7 +466,7 @@ fn new_record(gateway: &str, kind: &str, headers: &HeaderMap) -> GatewayRequestR
         resource_id: None,
         status: 0,
         latency_us: 0,
-        request_id: request_id(headers),
+        request_id,
     }
 }
 
@@ -467,6 +475,66 @@ fn finish(app: &App, mut rec: GatewayRequestRow, started: Instant, r: Response) 
     rec.latency_us = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
     app.record_gateway_request(rec);
     r
+}
+
+/// Classifies a FHIR request into `rec` and checks the token's scopes allow it.
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the answer itself, built only when a request is refused"
+)]
+fn check_fhir(
+    a: &Admitted,
+    method: &str,
+    path: &str,
+    rec: &mut GatewayRequestRow,
+) -> Result<(), Response> {
+    let Some(req) = classify(method, path) else {
+        return Err(outcome(
+            StatusCode::BAD_REQUEST,
+            "not-supported",
+            "not a FHIR R4 request this gateway forwards",
+        ));
+    };
+    if let FhirRequest::Resource {
+        resource,
+        id,
+        interaction,
+    } = &req
+    {
+        rec.resource_type = Some(resource.clone());
+        rec.resource_id.clone_from(id);
+        rec.interaction = Some(interaction.as_str().to_owned());
+        if !allowed(&a.caller.scopes, resource, *interaction) {
+            let mut r = outcome(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!(
+                    "the token's scopes do not allow {} on {resource}",
+                    interaction.as_str()
+                ),
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
+            );
+            return Err(r);
+        }
+    } else {
+        rec.interaction = Some("capabilities".to_owned());
+    }
+    Ok(())
+}
+
+/// What Epic is told of the caller on a FHIR request: the activation's token and client id.
+fn epic_headers(a: &Admitted, token: Option<&str>) -> Vec<(HeaderName, String)> {
+    let mut extra = Vec::new();
+    if let Some(t) = token {
+        extra.push((header::AUTHORIZATION, format!("Bearer {t}")));
+    }
+    if let Some(c) = &a.activation.epic_client_id {
+        extra.push((HeaderName::from_static("epic-client-id"), c.clone()));
+    }
+    extra
 }
 
 /// `/gateways/{gateway}/fhir/R4/...`
@@ -508,43 +576,12 @@ async fn fhir_inner(
     body: Body,
     rec: &mut GatewayRequestRow,
 ) -> Response {
-    let a = match admit(app, gateway, headers, rec).await {
+    let a = match admit(app, gateway, bearer(headers), rec).await {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let Some(req) = classify(method.as_str(), path) else {
-        return outcome(
-            StatusCode::BAD_REQUEST,
-            "not-supported",
-            "not a FHIR R4 request this gateway forwards",
-        );
-    };
-    if let FhirRequest::Resource {
-        resource,
-        id,
-        interaction,
-    } = &req
-    {
-        rec.resource_type = Some(resource.clone());
-        rec.resource_id.clone_from(id);
-        rec.interaction = Some(interaction.as_str().to_owned());
-        if !allowed(&a.caller.scopes, resource, *interaction) {
-            let mut r = outcome(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                &format!(
-                    "the token's scopes do not allow {} on {resource}",
-                    interaction.as_str()
-                ),
-            );
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
-            );
-            return r;
-        }
-    } else {
-        rec.interaction = Some("capabilities".to_owned());
+    if let Err(r) = check_fhir(&a, method.as_str(), path, rec) {
+        return r;
     }
     let body = match read_body(app, body).await {
         Ok(b) => b,
@@ -563,12 +600,7 @@ async fn fhir_inner(
     if !headers.contains_key(header::ACCEPT) {
         extra.push((header::ACCEPT, FHIR_JSON.to_owned()));
     }
-    if let Some(t) = &token {
-        extra.push((header::AUTHORIZATION, format!("Bearer {t}")));
-    }
-    if let Some(c) = &a.activation.epic_client_id {
-        extra.push((HeaderName::from_static("epic-client-id"), c.clone()));
-    }
+    extra.extend(epic_headers(&a, token.as_deref()));
     forward(
         app,
         &a.gateway,
@@ -626,10 +658,7 @@ async fn forward(
         .method(out.method.clone())
         .uri(target)
         .header(header::HOST, host)
-        .header(
-            header::USER_AGENT,
-            concat!("switchboard/", env!("CARGO_PKG_VERSION")),
-        );
+        .header(header::USER_AGENT, USER_AGENT);
     for h in out.pass {
         if let Some(v) = out.incoming.get(h) {
             up = up.header(h, v);
@@ -725,6 +754,235 @@ fn relay_answer(answer: crate::upstream::Answer, from: &str, to: &str) -> Respon
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
 
+/// The front door's path for a FHIR read (`GET`, no body): the same checks, Epic request and
+/// URL rewriting as `fhir`, with the answer written straight to the app's connection. Returns
+/// whether the connection can serve another request.
+pub(crate) async fn serve_read(
+    app: &App,
+    ids: &crate::CounterRequestId,
+    read: &crate::front::FhirRead,
+    io: &mut tokio::net::TcpStream,
+    out: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    let started = Instant::now();
+    let request_id = read
+        .request_id()
+        .map_or_else(|| ids.next_id(), str::to_owned);
+    let mut rec = record_of(read.gateway(), "fhir", Some(request_id));
+    let (a, answer) = match ask_epic(app, read, &mut rec, out).await {
+        Ok(x) => x,
+        Err(r) => {
+            rec.status = i64::from(r.status().as_u16());
+            rec.latency_us = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
+            let written = crate::front::write_response(
+                io,
+                out,
+                r,
+                rec.request_id.as_deref().unwrap_or_default(),
+                read.close,
+            )
+            .await;
+            app.record_gateway_request(rec);
+            return written.map(|()| true);
+        }
+    };
+    let (mut conn, head, body) = answer;
+    let origin = a
+        .gateway
+        .upstream
+        .as_ref()
+        .map_or("", |t| t.origin.as_str());
+    let from = a.gateway.upstream_r4.as_str();
+    let to = a.gateway.public_r4.as_str();
+    out.clear();
+    crate::h1::status_line(out, head.status);
+    for (i, name) in RETURNED_HEADERS.iter().enumerate() {
+        let Some(v) = head.wanted(i) else { continue };
+        if matches!(*name, header::LOCATION | header::CONTENT_LOCATION)
+            && memchr::memmem::find(v, from.as_bytes()).is_some()
+        {
+            let v = String::from_utf8_lossy(v).replace(from, to);
+            crate::h1::header(out, name.as_str(), v.as_bytes());
+        } else {
+            crate::h1::header(out, name.as_str(), v);
+        }
+    }
+    crate::front::finish_head(
+        out,
+        rec.request_id.as_deref().unwrap_or_default(),
+        read.close,
+    );
+    rec.status = i64::from(head.status);
+    rec.latency_us = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
+    app.record_gateway_request(rec);
+    let textual = head.textual();
+    let mut reader = match body {
+        ReadBody::Whole(bytes) => {
+            let bytes = if textual && memchr::memmem::find(&bytes, from.as_bytes()).is_some() {
+                Rewriter::new(from, to).feed(&bytes, true)
+            } else {
+                bytes
+            };
+            crate::h1::content_length(out, bytes.len());
+            out.extend_from_slice(&bytes);
+            io.write_all(out).await?;
+            if head.keep_alive {
+                crate::h1::release(origin, conn);
+            }
+            return Ok(true);
+        }
+        ReadBody::Empty => {
+            out.extend_from_slice(b"\r\n");
+            io.write_all(out).await?;
+            if head.keep_alive {
+                crate::h1::release(origin, conn);
+            }
+            return Ok(true);
+        }
+        ReadBody::Streaming(reader) => reader,
+    };
+    // Large or unsized: relayed in chunks as it arrives.
+    crate::h1::header(out, "transfer-encoding", b"chunked");
+    out.extend_from_slice(b"\r\n");
+    io.write_all(out).await?;
+    let mut rewriter = textual.then(|| Rewriter::new(from, to));
+    let timeout = std::time::Duration::from_millis(app.config().outbound_timeout_ms);
+    loop {
+        let piece = match tokio::time::timeout(timeout, reader.next(&mut conn)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::warn!(gateway = %a.gateway.gateway.name, error = %e, "Epic's answer broke off");
+                return Ok(false);
+            }
+            Err(_) => {
+                tracing::warn!(gateway = %a.gateway.gateway.name, "Epic's answer stalled");
+                return Ok(false);
+            }
+        };
+        out.clear();
+        match piece {
+            Some(p) => {
+                let p = match rewriter.as_mut() {
+                    Some(rw) => rw.feed(&p, false),
+                    None => p,
+                };
+                crate::h1::chunk(out, &p);
+            }
+            None => {
+                if let Some(rw) = rewriter.as_mut() {
+                    crate::h1::chunk(out, &rw.feed(&[], true));
+                }
+                out.extend_from_slice(crate::h1::LAST_CHUNK);
+                io.write_all(out).await?;
+                break;
+            }
+        }
+        io.write_all(out).await?;
+    }
+    if head.keep_alive && reader.finished() {
+        crate::h1::release(origin, conn);
+    }
+    Ok(true)
+}
+
+/// An Epic answer's body as the front door relays it.
+enum ReadBody {
+    Empty,
+    Whole(Bytes),
+    Streaming(crate::h1::BodyReader),
+}
+
+type EpicAnswer = (crate::h1::Conn, crate::h1::Head, ReadBody);
+
+/// Admits a front-door read and sends it to Epic; the answer's head, and its body when small.
+async fn ask_epic(
+    app: &App,
+    read: &crate::front::FhirRead,
+    rec: &mut GatewayRequestRow,
+    out: &mut Vec<u8>,
+) -> Result<(Admitted, EpicAnswer), Response> {
+    let a = admit(app, read.gateway(), read.bearer(), rec).await?;
+    check_fhir(&a, "GET", read.path(), rec)?;
+    let token = epic_bearer(app, &a).await?;
+    let Some(target) = a.gateway.upstream.as_ref() else {
+        return Err(outcome(
+            StatusCode::BAD_GATEWAY,
+            "exception",
+            "the adapter's Epic URL is not a URL",
+        ));
+    };
+    out.clear();
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(target.path.as_bytes());
+    out.push(b'/');
+    out.extend_from_slice(read.path().as_bytes());
+    if let Some(q) = read.query() {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    crate::h1::header(out, "host", target.host.as_bytes());
+    crate::h1::header(out, "user-agent", USER_AGENT.as_bytes());
+    for (i, name) in FORWARDED_REQUEST_HEADERS.iter().enumerate() {
+        if let Some(v) = read.forwarded(i) {
+            crate::h1::header(out, name.as_str(), v);
+        } else if *name == header::ACCEPT {
+            crate::h1::header(out, "accept", FHIR_JSON.as_bytes());
+        }
+    }
+    for (name, v) in epic_headers(&a, token.as_deref()) {
+        if !crate::h1::safe_value(v.as_bytes()) {
+            return Err(outcome(
+                StatusCode::BAD_GATEWAY,
+                "exception",
+                "the request could not be forwarded",
+            ));
+        }
+        crate::h1::header(out, name.as_str(), v.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    let timeout = std::time::Duration::from_millis(app.config().outbound_timeout_ms);
+    let asked = async {
+        let (mut conn, head) = crate::h1::exchange(
+            &target.origin,
+            &target.url,
+            a.gateway.ca_bundle.as_deref(),
+            out,
+            &RETURNED_HEADERS,
+        )
+        .await?;
+        let body = match head.framing {
+            crate::h1::Framing::Empty => ReadBody::Empty,
+            crate::h1::Framing::Length(n) if n <= crate::upstream::SMALL_BODY => {
+                let n = usize::try_from(n).unwrap_or(usize::MAX);
+                ReadBody::Whole(
+                    crate::h1::read_exact(&mut conn, n)
+                        .await
+                        .map_err(|e| UpstreamError::Unreachable(e.kind().to_string()))?,
+                )
+            }
+            f => ReadBody::Streaming(crate::h1::BodyReader::new(f)),
+        };
+        Ok::<_, UpstreamError>((conn, head, body))
+    };
+    match tokio::time::timeout(timeout, asked).await {
+        Ok(Ok((conn, head, body))) => Ok((a, (conn, head, body))),
+        Ok(Err(UpstreamError::Unreachable(why))) => {
+            tracing::warn!(gateway = %a.gateway.gateway.name, %why, "Epic unreachable");
+            Err(outcome(
+                StatusCode::BAD_GATEWAY,
+                "transient",
+                "Epic could not be reached",
+            ))
+        }
+        Ok(Err(UpstreamError::Timeout)) | Err(_) => Err(outcome(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "Epic did not answer in time",
+        )),
+    }
+}
+
 fn safe_path(path: &str) -> bool {
     !path.is_empty()
         && !path.contains("..")
@@ -748,7 +1006,7 @@ async fn private_api(
     let mut rec = new_record(&gateway, "epic", &headers);
     rec.resource_type = Some(path.chars().take(120).collect());
     let r = async {
-        let a = match admit(&app, &gateway, &headers, &mut rec).await {
+        let a = match admit(&app, &gateway, bearer(&headers), &mut rec).await {
             Ok(a) => a,
             Err(r) => return r,
         };
@@ -828,7 +1086,7 @@ async fn hl7v2(
     let started = Instant::now();
     let mut rec = new_record(&gateway, "hl7v2", &headers);
     let r = async {
-        let a = match admit(&app, &gateway, &headers, &mut rec).await {
+        let a = match admit(&app, &gateway, bearer(&headers), &mut rec).await {
             Ok(a) => a,
             Err(r) => return r,
         };
