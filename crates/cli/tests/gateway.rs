@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::TestServer;
+use common::{TestServer, created};
 use reqwest::header::{CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -36,13 +36,6 @@ async fn start_sim() -> switchboard_epic_sim::RunningSim {
         password: "gateway-pw".into(),
     });
     switchboard_epic_sim::start(cfg).await.unwrap()
-}
-
-async fn created(r: reqwest::Response) -> Value {
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(status, 201, "{body}");
-    body
 }
 
 async fn fixture(s: &TestServer) -> Fixture {

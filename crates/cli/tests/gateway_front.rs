@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::TestServer;
+use common::{TestServer, created};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -124,13 +124,6 @@ async fn start_upstream() -> Upstream {
         heads,
         connections,
     }
-}
-
-async fn created(r: reqwest::Response) -> Value {
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(status, 201, "{body}");
-    body
 }
 
 /// A gateway `front` over the scripted upstream, an app allowed to read patients, its token.

@@ -120,6 +120,14 @@ impl TestServer {
     }
 }
 
+/// The body of a `201 Created` answer (failing loudly on any other status).
+pub async fn created(r: reqwest::Response) -> Value {
+    let status = r.status();
+    let body: Value = r.json().await.expect("a JSON body");
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
 pub fn uuid_like() -> String {
     use std::fmt::Write;
     switchboard_app::crypto::random_bytes::<16>()
