@@ -62,7 +62,7 @@ pub async fn serve(
     let (inboxes, mut receivers): (Vec<_>, Vec<_>) =
         (0..loops).map(|_| mpsc::unbounded_channel()).unzip();
     let front = Arc::new(Front {
-        app: app.clone(),
+        app,
         router,
         main: tokio::runtime::Handle::current(),
         connections: TaskTracker::new(),
@@ -237,9 +237,9 @@ impl FhirRead {
 
     /// The bearer token of the `Authorization` header.
     pub fn bearer(&self) -> Option<&str> {
-        let v = std::str::from_utf8(&self.head[self.authorization.clone()?]).ok()?;
-        let (scheme, t) = v.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| t.trim())
+        crate::routes::gateway::bearer_token(
+            std::str::from_utf8(&self.head[self.authorization.clone()?]).ok()?,
+        )
     }
 
     pub fn request_id(&self) -> Option<&str> {

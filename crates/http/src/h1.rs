@@ -94,12 +94,9 @@ impl Head {
             .map(|r| &self.raw[r.clone()])
     }
 
-    /// A JSON or XML answer, whose body may carry Epic's absolute URLs.
-    pub fn textual(&self) -> bool {
-        self.content_type.as_ref().is_some_and(|r| {
-            let v = &self.raw[r.clone()];
-            memchr::memmem::find(v, b"json").is_some() || memchr::memmem::find(v, b"xml").is_some()
-        })
+    /// The `Content-Type` value.
+    pub fn content_type(&self) -> Option<&[u8]> {
+        self.content_type.as_ref().map(|r| &self.raw[r.clone()])
     }
 }
 
@@ -234,31 +231,32 @@ pub async fn exchange(
     wanted: &[HeaderName],
 ) -> Result<(Conn, Head), UpstreamError> {
     if let Some(mut conn) = take_idle(origin) {
-        let sent = conn.io.write_all(request).await.and(conn.io.flush().await);
-        if sent.is_ok() {
-            match read_head(&mut conn, wanted).await {
-                Ok(head) => return Ok((conn, head)),
-                Err(HeadError::Bad(why)) => return Err(UpstreamError::Unreachable(why)),
-                Err(HeadError::Stale) => {}
-            }
+        match ask(&mut conn, request, wanted).await {
+            Ok(head) => return Ok((conn, head)),
+            Err(HeadError::Bad(why)) => return Err(UpstreamError::Unreachable(why)),
+            Err(HeadError::Stale) => {}
         }
     }
     let mut conn = Conn {
         io: connect(url, ca_bundle).await?,
         buf: BytesMut::with_capacity(READ_CHUNK),
     };
-    conn.io
-        .write_all(request)
-        .await
-        .and(conn.io.flush().await)
-        .map_err(|e| UpstreamError::Unreachable(e.kind().to_string()))?;
-    match read_head(&mut conn, wanted).await {
+    match ask(&mut conn, request, wanted).await {
         Ok(head) => Ok((conn, head)),
         Err(HeadError::Stale) => Err(UpstreamError::Unreachable(
             "connection closed before an answer".to_owned(),
         )),
         Err(HeadError::Bad(why)) => Err(UpstreamError::Unreachable(why)),
     }
+}
+
+/// Sends a request head on a connection and reads the answer's head. A connection that fails
+/// before any byte of the answer, sending included, is stale.
+async fn ask(conn: &mut Conn, request: &[u8], wanted: &[HeaderName]) -> Result<Head, HeadError> {
+    if conn.io.write_all(request).await.is_err() || conn.io.flush().await.is_err() {
+        return Err(HeadError::Stale);
+    }
+    read_head(conn, wanted).await
 }
 
 /// Reads a whole `Content-Length` body.

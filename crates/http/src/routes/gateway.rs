@@ -68,9 +68,29 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, t) = v.split_once(' ')?;
+    bearer_token(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The token of an `Authorization: Bearer …` value.
+pub(crate) fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, t) = authorization.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| t.trim())
+}
+
+/// A JSON or XML answer, whose body may carry Epic's absolute URLs.
+fn textual(content_type: Option<&[u8]>) -> bool {
+    content_type.is_some_and(|c| {
+        memchr::memmem::find(c, b"json").is_some() || memchr::memmem::find(c, b"xml").is_some()
+    })
+}
+
+/// A whole body with Epic's base replaced by the gateway's (only in JSON / XML answers).
+fn rewrite_whole(bytes: Bytes, textual: bool, from: &str, to: &str) -> Bytes {
+    if textual && memchr::memmem::find(&bytes, from.as_bytes()).is_some() {
+        Rewriter::new(from, to).feed(&bytes, true)
+    } else {
+        bytes
+    }
 }
 
 fn token_error(e: &switchboard_app::gateway::TokenError, basic: bool) -> Response {
@@ -612,10 +632,7 @@ async fn fhir_inner(
             extra,
             body,
         },
-        (
-            &a.gateway.upstream_r4,
-            &format!("{}/fhir/R4", a.gateway.public_base),
-        ),
+        (&a.gateway.upstream_r4, &a.gateway.public_r4),
     )
     .await
 }
@@ -698,12 +715,13 @@ async fn forward(
 fn relay_answer(answer: crate::upstream::Answer, from: &str, to: &str) -> Response {
     let status = answer.parts.status;
     let mut out = Response::builder().status(status);
-    let textual = answer
-        .parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.contains("json") || c.contains("xml"));
+    let textual = textual(
+        answer
+            .parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(HeaderValue::as_bytes),
+    );
     for h in RETURNED_HEADERS {
         if let Some(v) = answer.parts.headers.get(&h) {
             let v = if matches!(h, header::LOCATION | header::CONTENT_LOCATION) {
@@ -715,13 +733,7 @@ fn relay_answer(answer: crate::upstream::Answer, from: &str, to: &str) -> Respon
         }
     }
     let body = match answer.body {
-        crate::upstream::Body::Whole(bytes) => {
-            if textual && memchr::memmem::find(&bytes, from.as_bytes()).is_some() {
-                Body::from(Rewriter::new(from, to).feed(&bytes, true))
-            } else {
-                Body::from(bytes)
-            }
-        }
+        crate::upstream::Body::Whole(bytes) => Body::from(rewrite_whole(bytes, textual, from, to)),
         crate::upstream::Body::Streaming(incoming) => {
             let data = http_body_util::BodyExt::into_data_stream(incoming);
             if textual {
@@ -815,14 +827,10 @@ pub(crate) async fn serve_read(
     rec.status = i64::from(head.status);
     rec.latency_us = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
     app.record_gateway_request(rec);
-    let textual = head.textual();
+    let textual = textual(head.content_type());
     let mut reader = match body {
         ReadBody::Whole(bytes) => {
-            let bytes = if textual && memchr::memmem::find(&bytes, from.as_bytes()).is_some() {
-                Rewriter::new(from, to).feed(&bytes, true)
-            } else {
-                bytes
-            };
+            let bytes = rewrite_whole(bytes, textual, from, to);
             crate::h1::content_length(out, bytes.len());
             out.extend_from_slice(&bytes);
             io.write_all(out).await?;
