@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use switchboard_domain::ValidationErrors;
 use switchboard_domain::audit::AuditEvent;
 use switchboard_domain::gateway::{Scope, parse_scopes};
+use switchboard_store::access_log::{AccessBatch, SEQ_PER_BATCH};
 use switchboard_store::{ActivationRow, AdapterRow, GatewayAppRow, GatewayRequestRow, GatewayRow};
 
 /// How long configuration snapshots and the revocation list are trusted by a replica.
@@ -1524,6 +1525,10 @@ impl App {
                         gateway.name
                     ),
                     upstream_r4: settings.epic_r4_endpoint.trim_end_matches('/').to_owned(),
+                    upstream_finder: memchr::memmem::Finder::new(
+                        settings.epic_r4_endpoint.trim_end_matches('/'),
+                    )
+                    .into_owned(),
                     upstream: UpstreamTarget::new(settings.epic_r4_endpoint.trim_end_matches('/')),
                     public_r4: format!(
                         "{}/gateways/{}/fhir/R4",
@@ -1645,7 +1650,8 @@ impl App {
         self.start_gateway_request_writer();
     }
 
-    /// Starts the task that writes access records every 200 ms, on the calling runtime (once).
+    /// Starts the task that writes access records every [`ACCESS_FLUSH_EVERY`], on the calling
+    /// runtime (once).
     /// The server starts it on its main runtime, so the writer outlives the front door's loops.
     pub fn start_gateway_request_writer(&self) {
         use std::sync::atomic::Ordering;
@@ -1656,7 +1662,7 @@ impl App {
             let app = self.clone();
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(ACCESS_FLUSH_EVERY).await;
                     if let Err(e) = app.flush_gateway_requests().await {
                         tracing::warn!(error = %e, "writing gateway request records failed; will retry");
                     }
@@ -1665,35 +1671,53 @@ impl App {
         }
     }
 
-    /// Writes the pending request records now.
+    /// Writes the pending request records now: one stored batch (and one audit entry holding
+    /// the SHA-256 of the batch's stored lines) per [`SEQ_PER_BATCH`] records.
     pub async fn flush_gateway_requests(&self) -> Result<usize, AppError> {
-        let rows = std::mem::take(&mut *lock(&self.gateway_state().pending));
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let result: Result<(), AppError> = async {
-            let mut tx = self.store().begin().await?;
-            tx.insert_gateway_requests(&rows).await?;
-            let digest_input = access_lines(&rows);
-            let ev = AuditEvent::new("system", "gateway.requests.recorded", "gateway")
-                .with_details(json!({"count": rows.len(), "first_at": rows.first().map(|r| r.at), "last_at": rows.last().map(|r| r.at),
-                                     "sha256": hex::encode(crypto::sha256(digest_input.as_bytes()))}));
-            self.append_audit(&mut *tx, &ev).await?;
-            tx.commit().await?;
-            Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => Ok(rows.len()),
-            Err(e) => {
+        let mut written = 0;
+        loop {
+            let rows = {
+                let mut p = lock(&self.gateway_state().pending);
+                let cap = usize::try_from(SEQ_PER_BATCH).unwrap_or(usize::MAX);
+                if p.len() > cap {
+                    p.drain(..cap).collect::<Vec<_>>()
+                } else {
+                    std::mem::take(&mut *p)
+                }
+            };
+            if rows.is_empty() {
+                return Ok(written);
+            }
+            let batch = AccessBatch::new(&rows);
+            let result: Result<(), AppError> = async {
+                let mut tx = self.store().begin().await?;
+                let id = tx.insert_gateway_request_batch(&batch).await?;
+                let ev = AuditEvent::new("system", "gateway.requests.recorded", "gateway")
+                    .with_details(json!({"batch": id, "count": batch.count, "first_at": batch.first_at, "last_at": batch.last_at,
+                                         "sha256": hex::encode(crypto::sha256(batch.lines.as_bytes()))}));
+                self.append_audit(&mut *tx, &ev).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+            .await;
+            if let Err(e) = result {
                 // Put them back so nothing is lost while the database is away.
                 let mut p = lock(&self.gateway_state().pending);
                 let mut back = rows;
                 back.append(&mut p);
                 *p = back;
-                Err(e)
+                return Err(e);
             }
+            written += rows.len();
         }
+    }
+
+    /// A stored batch of access records, byte for byte what its audit entry's SHA-256 covers.
+    pub async fn gateway_request_batch(&self, id: i64) -> Result<String, AppError> {
+        let mut tx = self.store().read().await?;
+        tx.gateway_request_batch_lines(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("access record batch {id}")))
     }
 
     pub async fn list_gateway_requests(
@@ -1710,32 +1734,9 @@ impl App {
     }
 }
 
-/// Access records as the lines their audited SHA-256 covers: one per record, its fields in
-/// column order, tab-separated, absent ones empty.
-fn access_lines(rows: &[GatewayRequestRow]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(rows.len() * 128);
-    fn o(v: &Option<String>) -> &str {
-        v.as_deref().unwrap_or_default()
-    }
-    for r in rows {
-        let _ = writeln!(
-            out,
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-            r.at,
-            o(&r.app_id),
-            r.gateway_id,
-            r.kind,
-            o(&r.interaction),
-            o(&r.resource_type),
-            o(&r.resource_id),
-            r.status,
-            r.latency_us,
-            o(&r.request_id)
-        );
-    }
-    out
-}
+/// How often the gateway's access records are written (also on shutdown, and before they are
+/// listed). Each write is a commit with an fsync; under load a second's records cost one.
+pub const ACCESS_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// A resolved app: its row and parsed scopes.
 #[derive(Debug)]
@@ -1779,6 +1780,8 @@ pub struct GatewaySnapshot {
     pub settings: AdapterSettings,
     /// Epic's FHIR R4 base, without a trailing `/`.
     pub upstream_r4: String,
+    /// Finds `upstream_r4` in answers (built once, not per answer).
+    pub upstream_finder: memchr::memmem::Finder<'static>,
     /// The same, parsed (`None` when it is not a URL).
     pub upstream: Option<UpstreamTarget>,
     /// This gateway's FHIR R4 base (`…/gateways/{name}/fhir/R4`), what Epic's base becomes in
@@ -1834,8 +1837,12 @@ struct Revoked {
 
 /// Lookups (including "not found") trusted for [`SNAPSHOT_TTL`].
 struct Snapshots<T> {
-    map: RwLock<HashMap<String, Remembered<T>>>,
+    map: RwLock<FastMap<String, Remembered<T>>>,
 }
+
+/// A map read on every gateway request: a fast hash (its keys are names and tokens Switchboard
+/// issued, looked up, never chosen by a caller to collide).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// When a lookup was made, and what it found.
 type Remembered<T> = (Instant, Option<Arc<T>>);
@@ -1887,7 +1894,7 @@ pub(crate) struct GatewayState {
     pending: Mutex<Vec<GatewayRequestRow>>,
     writer_started: std::sync::atomic::AtomicBool,
     http: Mutex<Option<reqwest::Client>>,
-    verified: RwLock<HashMap<String, Arc<VerifiedToken>>>,
+    verified: RwLock<FastMap<String, Arc<VerifiedToken>>>,
     jwks: Mutex<HashMap<String, (Instant, switchboard_epic::jose::JwkSet)>>,
 }
 

@@ -285,13 +285,48 @@ server_test!(
             recs.iter()
                 .any(|r| r["kind"] == "token" && r["status"] == 200)
         );
+        // Each stored batch is byte for byte what its audit entry digests.
         let audit: Value = s
             .get(&s.admin_token, "/audit?action=gateway.requests.recorded")
             .await
             .json()
             .await
             .unwrap();
-        assert!(audit.to_string().contains("sha256"), "{audit}");
+        let entries = audit.as_array().unwrap();
+        assert!(!entries.is_empty(), "{audit}");
+        let mut records = 0;
+        for e in entries {
+            let d = &e["details"];
+            let lines = s
+                .get(
+                    &s.admin_token,
+                    &format!("/gateway/request-batches/{}", d["batch"]),
+                )
+                .await
+                .text()
+                .await
+                .unwrap();
+            assert_eq!(
+                d["sha256"].as_str().unwrap(),
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, lines.as_bytes())
+                    .as_ref()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+                "{e}"
+            );
+            assert_eq!(lines.lines().count() as u64, d["count"].as_u64().unwrap());
+            records += lines.lines().count();
+        }
+        assert!(
+            records >= recs.len(),
+            "{records} stored, {} listed",
+            recs.len()
+        );
+        let missing = s
+            .get(&s.admin_token, "/gateway/request-batches/999999999")
+            .await;
+        assert_eq!(missing.status(), 404);
         // Health report.
         let h: Value = s
             .post(
@@ -1233,7 +1268,7 @@ async fn an_epic_that_does_not_answer_in_time_gets_a_504() {
     s.stop().await;
 }
 
-/// The access records, once at least `fhir` FHIR ones are written (they are batched every 200 ms).
+/// The access records, once at least `fhir` FHIR ones are written (they are written in batches).
 async fn access_records(s: &TestServer, fhir: usize, limit: usize) -> Vec<Value> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {

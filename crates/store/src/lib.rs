@@ -3,6 +3,7 @@
 //! backends cannot drift. Use cases open a [`Tx`], change state, append the audit entry and
 //! enqueue the jobs they need, then commit once.
 
+pub mod access_log;
 mod device_models;
 mod error;
 mod handle;
@@ -323,10 +324,13 @@ pub trait Tx: Send {
         since: i64,
         now: i64,
     ) -> Result<Vec<(String, i64)>, StoreError>;
-    async fn insert_gateway_requests(
+    /// Stores one batch of access records; answers its id.
+    async fn insert_gateway_request_batch(
         &mut self,
-        rows: &[GatewayRequestRow],
-    ) -> Result<(), StoreError>;
+        batch: &access_log::AccessBatch,
+    ) -> Result<i64, StoreError>;
+    /// A batch's lines, exactly as its audit entry digested them.
+    async fn gateway_request_batch_lines(&mut self, id: i64) -> Result<Option<String>, StoreError>;
     /// Newest first; `before` is a `seq` cursor.
     async fn list_gateway_requests(
         &mut self,

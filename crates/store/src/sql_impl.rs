@@ -1014,31 +1014,42 @@ macro_rules! impl_tx {
                     .bind(since).bind(now).fetch_all(&mut *self.inner).await?)
             }
 
-            async fn insert_gateway_requests(&mut self, rows: &[$crate::GatewayRequestRow]) -> Result<(), $crate::StoreError> {
-                // Up to a thousand records a statement (10,000 parameters: under both backends'
-                // limits); the gateway writes thousands at a time under load.
-                for chunk in rows.chunks(1000) {
-                    let sql = format!("INSERT INTO gateway_requests (at, app_id, gateway_id, kind, interaction, resource_type, resource_id, status, latency_us, request_id) VALUES {}",
-                                      $crate::sql_impl::values_list(10, chunk.len(), $numbered));
-                    let mut q = sqlx::query(&sql);
-                    for r in chunk {
-                        // Borrowed strings: binding a `&String` would copy it.
-                        q = q.bind(r.at).bind(r.app_id.as_deref()).bind(r.gateway_id.as_str()).bind(r.kind.as_str())
-                            .bind(r.interaction.as_deref()).bind(r.resource_type.as_deref()).bind(r.resource_id.as_deref())
-                            .bind(r.status).bind(r.latency_us).bind(r.request_id.as_deref());
-                    }
-                    q.execute(&mut *self.inner).await?;
-                }
-                Ok(())
+            async fn insert_gateway_request_batch(&mut self, b: &$crate::access_log::AccessBatch) -> Result<i64, $crate::StoreError> {
+                Ok(sqlx::query_scalar("INSERT INTO gateway_request_batches (first_at, last_at, count, gateways, apps, lines) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id")
+                    .bind(b.first_at).bind(b.last_at).bind(b.count).bind(b.gateways.as_str()).bind(b.apps.as_str()).bind(b.lines.as_str())
+                    .fetch_one(&mut *self.inner).await?)
+            }
+
+            async fn gateway_request_batch_lines(&mut self, id: i64) -> Result<Option<String>, $crate::StoreError> {
+                Ok(sqlx::query_scalar("SELECT lines FROM gateway_request_batches WHERE id = $1").bind(id).fetch_optional(&mut *self.inner).await?)
             }
 
             async fn list_gateway_requests(&mut self, gateway_id: Option<&str>, app_id: Option<&str>, before: Option<i64>, limit: i64) -> Result<Vec<$crate::GatewayRequestRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(
-                    "SELECT seq, at, app_id, gateway_id, kind, interaction, resource_type, resource_id, status, latency_us, request_id FROM gateway_requests \
-                     WHERE ($1 IS NULL OR gateway_id = $1) AND ($2 IS NULL OR app_id = $2) AND ($3 IS NULL OR seq < $3) ORDER BY seq DESC LIMIT $4",
-                )
-                .bind(gateway_id).bind(app_id).bind(before).bind(limit)
-                .fetch_all(&mut *self.inner).await?)
+                // Batches newest first, a few at a time, until the page is full. The spaced id
+                // lists skip batches without the gateway or app (a LIKE match may be loose; the
+                // records are checked one by one).
+                const PAGE: i64 = 8;
+                let limit = usize::try_from(limit.max(0)).unwrap_or(0);
+                let gateway_like = gateway_id.map(|g| format!("% {g} %"));
+                let app_like = app_id.map(|a| format!("% {a} %"));
+                let mut upto = before.map(|b| (b - 1).div_euclid($crate::access_log::SEQ_PER_BATCH));
+                let mut out = Vec::new();
+                while out.len() < limit {
+                    let page: Vec<(i64, String)> = sqlx::query_as(
+                        "SELECT id, lines FROM gateway_request_batches WHERE ($1 IS NULL OR gateways LIKE $1) AND ($2 IS NULL OR apps LIKE $2) \
+                         AND ($3 IS NULL OR id <= $3) ORDER BY id DESC LIMIT $4",
+                    )
+                    .bind(gateway_like.as_deref()).bind(app_like.as_deref()).bind(upto).bind(PAGE)
+                    .fetch_all(&mut *self.inner).await?;
+                    for (id, lines) in &page {
+                        $crate::access_log::newest_first(*id, lines, gateway_id, app_id, before, limit, &mut out);
+                    }
+                    match page.last() {
+                        Some((id, _)) if i64::try_from(page.len()).unwrap_or(0) == PAGE => upto = Some(id - 1),
+                        _ => break,
+                    }
+                }
+                Ok(out)
             }
 
             // --- shared devices

@@ -1043,3 +1043,159 @@ async fn a_dropped_sqlite_write_frees_the_file_for_other_processes() {
     names.sort();
     assert_eq!(names, ["one", "three"]);
 }
+
+fn access(at: i64, app: Option<&str>, gateway: &str) -> switchboard_store::GatewayRequestRow {
+    switchboard_store::GatewayRequestRow {
+        seq: 0,
+        at,
+        app_id: app.map(str::to_owned),
+        gateway_id: gateway.to_owned(),
+        kind: "fhir".to_owned(),
+        interaction: Some("read".to_owned()),
+        resource_type: Some("Patient".to_owned()),
+        resource_id: Some(format!("p{at}")),
+        status: 200,
+        latency_us: 900 + at,
+        request_id: Some(format!("req\t{at}")),
+    }
+}
+
+store_test!(
+    access_records_are_stored_in_batches_and_listed_newest_first,
+    |store: Arc<dyn Store>| async move {
+        use switchboard_store::access_log::{AccessBatch, SEQ_PER_BATCH};
+        // Three batches: gateway g1 in the first and last, app a2 only in the second.
+        let batches = [
+            vec![access(1, Some("a1"), "g1"), access(2, None, "g1")],
+            vec![access(3, Some("a2"), "g2")],
+            vec![access(4, Some("a1"), "g1"), access(5, Some("a1"), "g2")],
+        ];
+        let mut ids = Vec::new();
+        for b in &batches {
+            let mut tx = store.begin().await.unwrap();
+            ids.push(
+                tx.insert_gateway_request_batch(&AccessBatch::new(b))
+                    .await
+                    .unwrap(),
+            );
+            tx.commit().await.unwrap();
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        let mut r = store.read().await.unwrap();
+        let ats =
+            |v: &[switchboard_store::GatewayRequestRow]| v.iter().map(|r| r.at).collect::<Vec<_>>();
+        let all = r
+            .list_gateway_requests(None, None, None, 100)
+            .await
+            .unwrap();
+        assert_eq!(ats(&all), [5, 4, 3, 2, 1]);
+        assert_eq!(all[0].seq, ids[2] * SEQ_PER_BATCH + 1);
+        assert_eq!(
+            all[0].request_id.as_deref(),
+            Some("req\t5"),
+            "a tab survives"
+        );
+        assert_eq!(all[3].app_id, None);
+        assert_eq!(all[0], {
+            let mut w = access(5, Some("a1"), "g2");
+            w.seq = all[0].seq;
+            w
+        });
+        // Filters, the cursor and the limit.
+        assert_eq!(
+            ats(&r
+                .list_gateway_requests(Some("g1"), None, None, 100)
+                .await
+                .unwrap()),
+            [4, 2, 1]
+        );
+        assert_eq!(
+            ats(&r
+                .list_gateway_requests(None, Some("a2"), None, 100)
+                .await
+                .unwrap()),
+            [3]
+        );
+        assert_eq!(
+            ats(&r
+                .list_gateway_requests(Some("g1"), Some("a1"), None, 100)
+                .await
+                .unwrap()),
+            [4, 1]
+        );
+        let page = r.list_gateway_requests(None, None, None, 2).await.unwrap();
+        assert_eq!(ats(&page), [5, 4]);
+        let next = r
+            .list_gateway_requests(None, None, Some(page[1].seq), 2)
+            .await
+            .unwrap();
+        assert_eq!(ats(&next), [3, 2]);
+        let last = r
+            .list_gateway_requests(None, None, Some(next[1].seq), 2)
+            .await
+            .unwrap();
+        assert_eq!(ats(&last), [1]);
+        assert!(
+            r.list_gateway_requests(Some("g9"), None, None, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // A batch reads back byte for byte.
+        assert_eq!(
+            r.gateway_request_batch_lines(ids[1]).await.unwrap(),
+            Some(AccessBatch::new(&batches[1]).lines)
+        );
+        assert_eq!(
+            r.gateway_request_batch_lines(ids[2] + 1).await.unwrap(),
+            None
+        );
+    }
+);
+
+store_test!(
+    a_long_access_history_pages_across_many_batches,
+    |store: Arc<dyn Store>| async move {
+        use switchboard_store::access_log::AccessBatch;
+        // Twenty batches of three; the app of interest only in every fifth batch.
+        for b in 0..20 {
+            let rows: Vec<_> = (0..3)
+                .map(|i| {
+                    access(
+                        b * 3 + i,
+                        Some(if b % 5 == 0 { "rare" } else { "busy" }),
+                        "g",
+                    )
+                })
+                .collect();
+            let mut tx = store.begin().await.unwrap();
+            tx.insert_gateway_request_batch(&AccessBatch::new(&rows))
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+        let mut r = store.read().await.unwrap();
+        let rare = r
+            .list_gateway_requests(None, Some("rare"), None, 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            rare.iter().map(|r| r.at).collect::<Vec<_>>(),
+            [47, 46, 45, 32, 31, 30, 17, 16, 15, 2, 1, 0]
+        );
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = r
+                .list_gateway_requests(Some("g"), None, before, 7)
+                .await
+                .unwrap();
+            if page.is_empty() {
+                break;
+            }
+            before = page.last().map(|p| p.seq);
+            seen.extend(page.into_iter().map(|p| p.at));
+        }
+        assert_eq!(seen, (0..60).rev().collect::<Vec<_>>());
+    }
+);

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use futures_util::StreamExt;
+use memchr::memmem::Finder;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -80,14 +81,15 @@ pub(crate) fn bearer_token(authorization: &str) -> Option<&str> {
 /// A JSON or XML answer, whose body may carry Epic's absolute URLs.
 fn textual(content_type: Option<&[u8]>) -> bool {
     content_type.is_some_and(|c| {
-        memchr::memmem::find(c, b"json").is_some() || memchr::memmem::find(c, b"xml").is_some()
+        c.windows(4).any(|w| w.eq_ignore_ascii_case(b"json"))
+            || c.windows(3).any(|w| w.eq_ignore_ascii_case(b"xml"))
     })
 }
 
 /// A whole body with Epic's base replaced by the gateway's (only in JSON / XML answers).
-fn rewrite_whole(bytes: Bytes, textual: bool, from: &str, to: &str) -> Bytes {
-    if textual && memchr::memmem::find(&bytes, from.as_bytes()).is_some() {
-        Rewriter::new(from, to).feed(&bytes, true)
+fn rewrite_whole(bytes: Bytes, textual: bool, from: &Finder<'static>, to: &str) -> Bytes {
+    if textual && from.find(&bytes).is_some() {
+        Rewriter::with(from.clone(), to).feed(&bytes, true)
     } else {
         bytes
     }
@@ -429,15 +431,19 @@ fn upstream_failure(e: &reqwest::Error) -> Response {
 
 /// Replaces every `from` with `to` in a byte stream, across chunk boundaries.
 struct Rewriter {
-    finder: memchr::memmem::Finder<'static>,
+    finder: Finder<'static>,
     to: Bytes,
     carry: Vec<u8>,
 }
 
 impl Rewriter {
     fn new(from: &str, to: &str) -> Self {
+        Self::with(Finder::new(from.as_bytes()).into_owned(), to)
+    }
+
+    fn with(finder: Finder<'static>, to: &str) -> Self {
         Self {
-            finder: memchr::memmem::Finder::new(from.as_bytes()).into_owned(),
+            finder,
             to: Bytes::copy_from_slice(to.as_bytes()),
             carry: Vec::new(),
         }
@@ -733,7 +739,12 @@ fn relay_answer(answer: crate::upstream::Answer, from: &str, to: &str) -> Respon
         }
     }
     let body = match answer.body {
-        crate::upstream::Body::Whole(bytes) => Body::from(rewrite_whole(bytes, textual, from, to)),
+        crate::upstream::Body::Whole(bytes) => Body::from(rewrite_whole(
+            bytes,
+            textual,
+            &Finder::new(from).into_owned(),
+            to,
+        )),
         crate::upstream::Body::Streaming(incoming) => {
             let data = http_body_util::BodyExt::into_data_stream(incoming);
             if textual {
@@ -811,7 +822,7 @@ pub(crate) async fn serve_read(
     for (i, name) in RETURNED_HEADERS.iter().enumerate() {
         let Some(v) = head.wanted(i) else { continue };
         if matches!(*name, header::LOCATION | header::CONTENT_LOCATION)
-            && memchr::memmem::find(v, from.as_bytes()).is_some()
+            && a.gateway.upstream_finder.find(v).is_some()
         {
             let v = String::from_utf8_lossy(v).replace(from, to);
             crate::h1::header(out, name.as_str(), v.as_bytes());
@@ -830,7 +841,7 @@ pub(crate) async fn serve_read(
     let textual = textual(head.content_type());
     let mut reader = match body {
         ReadBody::Whole(bytes) => {
-            let bytes = rewrite_whole(bytes, textual, from, to);
+            let bytes = rewrite_whole(bytes, textual, &a.gateway.upstream_finder, to);
             crate::h1::content_length(out, bytes.len());
             out.extend_from_slice(&bytes);
             io.write_all(out).await?;
@@ -853,7 +864,7 @@ pub(crate) async fn serve_read(
     crate::h1::header(out, "transfer-encoding", b"chunked");
     out.extend_from_slice(b"\r\n");
     io.write_all(out).await?;
-    let mut rewriter = textual.then(|| Rewriter::new(from, to));
+    let mut rewriter = textual.then(|| Rewriter::with(a.gateway.upstream_finder.clone(), to));
     let timeout = std::time::Duration::from_millis(app.config().outbound_timeout_ms);
     loop {
         let piece = match tokio::time::timeout(timeout, reader.next(&mut conn)).await {

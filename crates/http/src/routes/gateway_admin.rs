@@ -37,6 +37,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate_activation_keys))
         .routes(routes!(activation_health))
         .routes(routes!(list_requests))
+        .routes(routes!(request_batch))
 }
 
 /// List data adapters.
@@ -391,4 +392,26 @@ async fn list_requests(
         )
         .await?,
     ))
+}
+
+/// One stored batch of access records as tab-separated lines (fields: at, app, gateway, kind,
+/// interaction, resource type, resource id, status, latency µs, request id), byte for byte what
+/// the batch's `gateway.requests.recorded` audit entry holds the SHA-256 of.
+#[utoipa::path(get, path = "/gateway/request-batches/{id}", tag = "gateway", params(("id" = i64, Path)),
+    security(("api_token" = ["audit"]), ("console_session" = ["audit"])),
+    responses((status = 200, content_type = "text/tab-separated-values", body = String), (status = 404)))]
+async fn request_batch(
+    _a: AuditAccess,
+    State(app): State<App>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let lines = app.gateway_request_batch(id).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/tab-separated-values; charset=utf-8",
+        )],
+        lines,
+    )
+        .into_response())
 }
