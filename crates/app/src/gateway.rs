@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use switchboard_domain::ValidationErrors;
 use switchboard_domain::audit::AuditEvent;
 use switchboard_domain::gateway::{Scope, parse_scopes};
-use switchboard_store::access_log::{AccessBatch, SEQ_PER_BATCH};
+use switchboard_store::access_log::AccessBatch;
 use switchboard_store::{ActivationRow, AdapterRow, GatewayAppRow, GatewayRequestRow, GatewayRow};
 
 /// How long configuration snapshots and the revocation list are trusted by a replica.
@@ -1646,7 +1646,13 @@ impl App {
     /// Records one request through a gateway. Written in batches by a background task (and on
     /// shutdown); each batch adds an audit entry with the batch's digest.
     pub fn record_gateway_request(&self, row: GatewayRequestRow) {
-        lock(&self.gateway_state().pending).push(row);
+        // Encoded here, on the thread that served the request: nothing of the row outlives it.
+        let mut p = lock(&self.gateway_state().pending);
+        p.current.push(&row);
+        if p.current.is_full() {
+            let full = std::mem::take(&mut p.current);
+            p.full.push_back(full);
+        }
         self.start_gateway_request_writer();
     }
 
@@ -1672,23 +1678,21 @@ impl App {
     }
 
     /// Writes the pending request records now: one stored batch (and one audit entry holding
-    /// the SHA-256 of the batch's stored lines) per [`SEQ_PER_BATCH`] records.
+    /// the SHA-256 of the batch's stored lines) per batch of at most
+    /// [`switchboard_store::access_log::SEQ_PER_BATCH`] records.
     pub async fn flush_gateway_requests(&self) -> Result<usize, AppError> {
         let mut written = 0;
         loop {
-            let rows = {
+            let batch = {
                 let mut p = lock(&self.gateway_state().pending);
-                let cap = usize::try_from(SEQ_PER_BATCH).unwrap_or(usize::MAX);
-                if p.len() > cap {
-                    p.drain(..cap).collect::<Vec<_>>()
-                } else {
-                    std::mem::take(&mut *p)
+                match p.full.pop_front() {
+                    Some(b) => b,
+                    None => std::mem::take(&mut p.current),
                 }
             };
-            if rows.is_empty() {
+            if batch.count == 0 {
                 return Ok(written);
             }
-            let batch = AccessBatch::new(&rows);
             let result: Result<(), AppError> = async {
                 let mut tx = self.store().begin().await?;
                 let id = tx.insert_gateway_request_batch(&batch).await?;
@@ -1701,14 +1705,12 @@ impl App {
             }
             .await;
             if let Err(e) = result {
-                // Put them back so nothing is lost while the database is away.
-                let mut p = lock(&self.gateway_state().pending);
-                let mut back = rows;
-                back.append(&mut p);
-                *p = back;
+                // Put it back, ahead of anything newer, so nothing is lost while the database
+                // is away.
+                lock(&self.gateway_state().pending).full.push_front(batch);
                 return Err(e);
             }
-            written += rows.len();
+            written += usize::try_from(batch.count).unwrap_or(0);
         }
     }
 
@@ -1881,6 +1883,14 @@ impl<T> Snapshots<T> {
     }
 }
 
+/// Access records waiting to be written: batches that reached the size limit, oldest first, and
+/// the one filling now.
+#[derive(Default)]
+struct PendingAccess {
+    full: std::collections::VecDeque<AccessBatch>,
+    current: AccessBatch,
+}
+
 /// Per-process gateway state.
 #[derive(Default)]
 pub(crate) struct GatewayState {
@@ -1891,7 +1901,7 @@ pub(crate) struct GatewayState {
     credentials: Mutex<HashMap<String, (Instant, switchboard_epic::auth::BackendCredentials)>>,
     revoked: Mutex<Revoked>,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
-    pending: Mutex<Vec<GatewayRequestRow>>,
+    pending: Mutex<PendingAccess>,
     writer_started: std::sync::atomic::AtomicBool,
     http: Mutex<Option<reqwest::Client>>,
     verified: RwLock<FastMap<String, Arc<VerifiedToken>>>,

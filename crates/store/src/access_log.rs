@@ -16,8 +16,8 @@ use std::fmt::Write as _;
 /// Records in one batch at most; also the stride of `seq` between batches.
 pub const SEQ_PER_BATCH: i64 = 1 << 20;
 
-/// One batch, ready to store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One batch of records, encoded as they come in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccessBatch {
     pub first_at: i64,
     pub last_at: i64,
@@ -33,36 +33,66 @@ impl AccessBatch {
     /// Encodes `rows` (at most [`SEQ_PER_BATCH`]; their `seq` is ignored).
     #[must_use]
     pub fn new(rows: &[GatewayRequestRow]) -> Self {
-        let mut lines = String::with_capacity(rows.len() * 112);
-        let mut gateways = Vec::<&str>::new();
-        let mut apps = Vec::<&str>::new();
+        let mut b = Self::default();
         for r in rows {
-            encode(&mut lines, r);
-            if !gateways.contains(&r.gateway_id.as_str()) {
-                gateways.push(&r.gateway_id);
-            }
-            if let Some(a) = r.app_id.as_deref()
-                && !apps.contains(&a)
-            {
-                apps.push(a);
-            }
+            b.push(r);
         }
-        let spaced = |ids: &[&str]| {
-            let mut s = String::from(" ");
-            for id in ids {
-                s.push_str(id);
-                s.push(' ');
-            }
-            s
-        };
-        Self {
-            first_at: rows.iter().map(|r| r.at).min().unwrap_or(0),
-            last_at: rows.iter().map(|r| r.at).max().unwrap_or(0),
-            count: i64::try_from(rows.len()).unwrap_or(i64::MAX),
-            gateways: spaced(&gateways),
-            apps: spaced(&apps),
-            lines,
+        b
+    }
+
+    /// Adds one record (its `seq` is ignored).
+    pub fn push(&mut self, r: &GatewayRequestRow) {
+        if self.count == 0 {
+            self.lines.reserve(64 * 1024);
+            self.first_at = r.at;
+            self.last_at = r.at;
         }
+        self.first_at = self.first_at.min(r.at);
+        self.last_at = self.last_at.max(r.at);
+        self.count += 1;
+        encode(&mut self.lines, r);
+        add_id(&mut self.gateways, &r.gateway_id);
+        if let Some(a) = &r.app_id {
+            add_id(&mut self.apps, a);
+        }
+    }
+
+    /// Adds the records of `later` after this batch's.
+    pub fn append(&mut self, later: Self) {
+        if later.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = later;
+            return;
+        }
+        self.first_at = self.first_at.min(later.first_at);
+        self.last_at = self.last_at.max(later.last_at);
+        self.count += later.count;
+        self.lines.push_str(&later.lines);
+        for id in later.gateways.split(' ').filter(|i| !i.is_empty()) {
+            add_id(&mut self.gateways, id);
+        }
+        for id in later.apps.split(' ').filter(|i| !i.is_empty()) {
+            add_id(&mut self.apps, id);
+        }
+    }
+
+    /// Whether the batch holds as many records as one may.
+    #[must_use]
+    pub fn is_full(&self) -> bool {
+        self.count >= SEQ_PER_BATCH
+    }
+}
+
+/// Adds `id` to a spaced id list unless it is there.
+fn add_id(list: &mut String, id: &str) {
+    if list.is_empty() {
+        list.push(' ');
+    }
+    if !list.split(' ').any(|i| i == id) {
+        list.push_str(id);
+        list.push(' ');
     }
 }
 
@@ -245,6 +275,28 @@ mod tests {
             })
             .collect();
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn batches_append_in_order_and_merge_their_ids() {
+        let a = vec![
+            row(5, Some("app_a"), "gw_1", None),
+            row(3, None, "gw_1", None),
+        ];
+        let b = vec![
+            row(9, Some("app_b"), "gw_2", None),
+            row(7, Some("app_a"), "gw_1", None),
+        ];
+        let mut joined = AccessBatch::new(&a);
+        joined.append(AccessBatch::new(&b));
+        let all: Vec<_> = a.iter().chain(&b).cloned().collect();
+        assert_eq!(joined, AccessBatch::new(&all));
+        assert_eq!((joined.first_at, joined.last_at, joined.count), (3, 9, 4));
+        let mut empty = AccessBatch::default();
+        empty.append(AccessBatch::new(&a));
+        assert_eq!(empty, AccessBatch::new(&a));
+        assert!(!empty.is_full());
+        assert_eq!(AccessBatch::new(&[]), AccessBatch::default());
     }
 
     #[test]
