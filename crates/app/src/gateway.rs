@@ -1645,10 +1645,10 @@ impl App {
 
     /// Records one request through a gateway. Written in batches by a background task (and on
     /// shutdown); each batch adds an audit entry with the batch's digest.
-    pub fn record_gateway_request(&self, row: GatewayRequestRow) {
+    pub fn record_gateway_request(&self, row: &GatewayRequestRow) {
         // Encoded here, on the thread that served the request: nothing of the row outlives it.
         let mut p = lock(&self.gateway_state().pending);
-        p.current.push(&row);
+        p.current.push(row);
         if p.current.is_full() {
             let full = std::mem::take(&mut p.current);
             p.full.push_back(full);

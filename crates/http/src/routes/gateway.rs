@@ -201,7 +201,7 @@ async fn token(
         Err(e) if e.error == "invalid_client" => 401,
         Err(_) => 400,
     };
-    app.record_gateway_request(GatewayRequestRow {
+    app.record_gateway_request(&GatewayRequestRow {
         seq: 0,
         at: switchboard_app::now_ms(),
         app_id: client,
@@ -499,7 +499,7 @@ fn record_of(gateway: &str, kind: &str, request_id: Option<String>) -> GatewayRe
 fn finish(app: &App, mut rec: GatewayRequestRow, started: Instant, r: Response) -> Response {
     rec.status = i64::from(r.status().as_u16());
     rec.latency_us = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
-    app.record_gateway_request(rec);
+    app.record_gateway_request(&rec);
     r
 }
 
@@ -805,7 +805,7 @@ pub(crate) async fn serve_read(
                 read.close,
             )
             .await;
-            app.record_gateway_request(rec);
+            app.record_gateway_request(&rec);
             return written.map(|()| true);
         }
     };
@@ -837,7 +837,7 @@ pub(crate) async fn serve_read(
     );
     rec.status = i64::from(head.status);
     rec.latency_us = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
-    app.record_gateway_request(rec);
+    app.record_gateway_request(&rec);
     let textual = textual(head.content_type());
     let mut reader = match body {
         ReadBody::Whole(bytes) => {
