@@ -375,13 +375,18 @@ impl AgentCtx {
                     continue;
                 }
             };
-            for c in commands {
-                self.execute(&c, &mut rng).await;
+            let mut results = Vec::with_capacity(commands.len());
+            for c in &commands {
+                results.push(self.execute(c, &mut rng).await);
+            }
+            if !results.is_empty() {
+                self.report(&results).await;
             }
         }
     }
 
-    async fn execute(&self, c: &Value, rng: &mut Rng) {
+    /// Runs one command; answers its result for the report.
+    async fn execute(&self, c: &Value, rng: &mut Rng) -> Value {
         let kind = c["kind"].as_str().unwrap_or_default().to_owned();
         let id = c["id"].as_str().unwrap_or_default().to_owned();
         if !self.cfg.delay.is_zero() {
@@ -404,17 +409,22 @@ impl AgentCtx {
         if fails {
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
         }
-        // Report, retrying through a server restart (about 30 s): results are idempotent on the
-        // server, and a result that never arrives makes the server hand the command out again.
+        json!({"id": id, "status": status, "detail": detail})
+    }
+
+    /// Reports the results of one poll's commands in one request, retrying through a server
+    /// restart (about 30 s): results are idempotent on the server, and a result that never
+    /// arrives makes the server hand the command out again.
+    async fn report(&self, results: &[Value]) {
         for attempt in 0..40_u64 {
             let r = self
                 .http
-                .post(format!("{}/agent/v1/commands/{id}/result", self.server))
+                .post(format!("{}/agent/v1/commands/results", self.server))
                 .bearer_auth(self.credential())
-                .json(&json!({"status": status, "detail": detail}))
+                .json(&json!({ "results": results }))
                 .send()
                 .await;
-            if r.is_ok_and(|r| r.status().is_success() || r.status().as_u16() == 409) {
+            if r.is_ok_and(|r| r.status().is_success()) {
                 return;
             }
             if self.stop.is_cancelled() {

@@ -342,6 +342,34 @@ pub struct CommandResultInput {
     pub detail: Option<String>,
 }
 
+/// One result in a report of several (`POST /agent/v1/commands/results`).
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandResultItem {
+    /// The command's id.
+    pub id: String,
+    /// succeeded, failed or skipped (not applicable on this device).
+    pub status: String,
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// What became of one result of a report, in the report's order.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CommandResultOutcome {
+    pub id: String,
+    /// `recorded` (also for a repeat of the same result), `not_found` (no such command of this
+    /// device) or `conflict` (a different result was recorded, or the command expired).
+    pub outcome: String,
+    /// The command as it is now (when recorded).
+    pub command: Option<CommandView>,
+    /// Why it was not recorded.
+    pub error: Option<String>,
+}
+
+/// Results one report may carry.
+pub const MAX_RESULTS_PER_REPORT: usize = 50;
+
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CommandView {
     pub id: String,
@@ -480,6 +508,27 @@ fn to_json(v: &impl Serialize) -> Result<String, AppError> {
 
 fn new_id(prefix: &str) -> String {
     format!("{prefix}{}", &crypto::new_secret("x")[2..22])
+}
+
+/// A result's status and detail, checked (`field` prefixes the error's field names).
+fn checked_result(
+    status: &str,
+    detail: Option<String>,
+    field: &str,
+) -> Result<(String, String), ValidationErrors> {
+    let mut errors = ValidationErrors::new();
+    if !matches!(status, "succeeded" | "failed" | "skipped") {
+        errors.add(
+            &format!("{field}status"),
+            format!("`{status}` is not succeeded, failed or skipped"),
+        );
+    }
+    let detail = detail.unwrap_or_default();
+    if !printable(&detail, 500) {
+        errors.add(&format!("{field}detail"), "at most 500 characters of text");
+    }
+    errors.into_result()?;
+    Ok((status.to_owned(), detail))
 }
 
 fn printable(s: &str, max: usize) -> bool {
@@ -989,51 +1038,135 @@ impl App {
         command_id: &str,
         input: CommandResultInput,
     ) -> Result<CommandView, AppError> {
-        let state = match input.status.as_str() {
-            "succeeded" | "failed" | "skipped" => input.status.clone(),
-            other => {
-                return Err(ValidationErrors::single(
-                    "status",
-                    format!("`{other}` is not succeeded, failed or skipped"),
-                )
-                .into());
-            }
-        };
-        let detail = input.detail.unwrap_or_default();
-        if !printable(&detail, 500) {
-            return Err(
-                ValidationErrors::single("detail", "at most 500 characters of text").into(),
+        let (state, detail) = checked_result(&input.status, input.detail, "")?;
+        let mut tx = self.store().begin().await?;
+        let mut settle = Vec::new();
+        let view = self
+            .record_result(
+                &mut *tx,
+                device_id,
+                command_id,
+                &state,
+                &detail,
+                &mut settle,
+            )
+            .await??;
+        for ch in &settle {
+            self.settle_checkin(&mut *tx, ch).await?;
+        }
+        tx.commit().await?;
+        Ok(view)
+    }
+
+    /// Records the results of several commands in one transaction (an agent that ran the
+    /// commands of one poll reports them together). The report is checked as a whole first:
+    /// one malformed result changes nothing. Each result then has its own outcome; a check-in
+    /// whose steps changed is settled once, after all of them.
+    pub async fn command_results(
+        &self,
+        device_id: &str,
+        items: Vec<CommandResultItem>,
+    ) -> Result<Vec<CommandResultOutcome>, AppError> {
+        let mut errors = ValidationErrors::new();
+        if items.is_empty() || items.len() > MAX_RESULTS_PER_REPORT {
+            errors.add(
+                "results",
+                format!("give 1 to {MAX_RESULTS_PER_REPORT} results"),
             );
         }
-        let now = now_ms();
+        let mut checked = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            if checked.iter().any(|(id, _, _)| *id == item.id) {
+                errors.add(
+                    &format!("results[{i}].id"),
+                    "the same command twice in one report",
+                );
+            }
+            match checked_result(&item.status, item.detail, &format!("results[{i}].")) {
+                Ok((state, detail)) => checked.push((item.id, state, detail)),
+                Err(e) => errors.errors.extend(e.errors),
+            }
+        }
+        errors.into_result()?;
         let mut tx = self.store().begin().await?;
-        let mut c = tx
+        let mut settle = Vec::new();
+        let mut out = Vec::with_capacity(checked.len());
+        for (id, state, detail) in checked {
+            let r = self
+                .record_result(&mut *tx, device_id, &id, &state, &detail, &mut settle)
+                .await?;
+            out.push(match r {
+                Ok(view) => CommandResultOutcome {
+                    id,
+                    outcome: "recorded".to_owned(),
+                    command: Some(view),
+                    error: None,
+                },
+                Err(AppError::NotFound(why)) => CommandResultOutcome {
+                    id,
+                    outcome: "not_found".to_owned(),
+                    command: None,
+                    error: Some(format!("no {why}")),
+                },
+                Err(e) => CommandResultOutcome {
+                    id,
+                    outcome: "conflict".to_owned(),
+                    command: None,
+                    error: Some(e.to_string()),
+                },
+            });
+        }
+        for ch in &settle {
+            self.settle_checkin(&mut *tx, ch).await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// One command's result inside `tx`. The outer error fails the transaction; the inner one
+    /// (not found, conflict) refuses this result before anything of it was written. A check-in
+    /// whose step changed is added to `settle` (the caller settles it before committing).
+    async fn record_result(
+        &self,
+        tx: &mut dyn Tx,
+        device_id: &str,
+        command_id: &str,
+        state: &str,
+        detail: &str,
+        settle: &mut Vec<String>,
+    ) -> Result<Result<CommandView, AppError>, AppError> {
+        let now = now_ms();
+        let Some(mut c) = tx
             .get_command(command_id)
             .await?
             .filter(|c| c.device_id == device_id)
-            .ok_or_else(|| AppError::NotFound(format!("command {command_id} of this device")))?;
+        else {
+            return Ok(Err(AppError::NotFound(format!(
+                "command {command_id} of this device"
+            ))));
+        };
         if let Some(ch) = &c.checkin_id {
             tx.lock_checkin(ch).await?;
             c = tx.get_command(command_id).await?.unwrap_or(c);
         }
         match c.state.as_str() {
-            s if s == state => return Ok(command_view(&c)),
+            s if s == state => return Ok(Ok(command_view(&c))),
             "succeeded" | "failed" | "skipped" => {
-                return Err(AppError::Conflict(format!(
+                return Ok(Err(AppError::Conflict(format!(
                     "command {command_id} already reported `{}`",
                     c.state
-                )));
+                ))));
             }
             "expired" => {
-                return Err(AppError::Conflict(format!(
+                return Ok(Err(AppError::Conflict(format!(
                     "command {command_id} expired before its result arrived"
-                )));
+                ))));
             }
             _ => {}
         }
-        c.state.clone_from(&state);
+        c.state = state.to_owned();
         c.finished_at = Some(now);
-        c.result = Some(detail.clone()).filter(|d| !d.is_empty());
+        c.result = Some(detail.to_owned()).filter(|d| !d.is_empty());
         if let Some(r) = c.secret_ref.take() {
             tx.delete_secret(&r).await?;
         }
@@ -1048,7 +1181,7 @@ impl App {
             tx.update_device(&d).await?;
         }
         self.event(
-            &mut *tx,
+            tx,
             device_id,
             "command_result",
             json!({"command": c.id, "kind": c.kind, "status": state}),
@@ -1058,13 +1191,13 @@ impl App {
             && let Some(mut s) = tx.get_checkin_step(ch, pos).await?
             && !StepStatus::parse(&s.status).is_ok_and(StepStatus::is_final)
         {
-            let (st, text) = match state.as_str() {
+            let (st, text) = match state {
                 "succeeded" => (
                     StepStatus::Done,
                     if detail.is_empty() {
                         "done on the device".to_owned()
                     } else {
-                        detail.clone()
+                        detail.to_owned()
                     },
                 ),
                 "skipped" => (
@@ -1072,7 +1205,7 @@ impl App {
                     if detail.is_empty() {
                         "not applicable on this device".to_owned()
                     } else {
-                        detail.clone()
+                        detail.to_owned()
                     },
                 ),
                 _ => (
@@ -1089,10 +1222,11 @@ impl App {
             s.attempts += 1;
             s.updated_at = now;
             tx.update_checkin_step(&s).await?;
-            self.settle_checkin(&mut *tx, ch).await?;
+            if !settle.contains(ch) {
+                settle.push(ch.clone());
+            }
         }
-        tx.commit().await?;
-        Ok(command_view(&c))
+        Ok(Ok(command_view(&c)))
     }
 
     /// Works out a check-in's status and its device's after a step changed. Call with the

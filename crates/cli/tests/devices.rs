@@ -2079,3 +2079,161 @@ server_test!(
         f.sim.shutdown().await;
     }
 );
+
+server_test!(an_agent_reports_several_results_at_once, |s| {
+    let f = fixture(s, rover_haiku_workflow).await;
+    // Two devices enrolled by hand (no simulated agent answers for them).
+    let mut creds = Vec::new();
+    for serial in ["BATCH1", "BATCH2"] {
+        let r = s
+            .http
+            .post(format!("{}/agent/v1/enrol", s.url))
+            .bearer_auth(&f.enrol_token)
+            .json(&json!({"serial": serial, "platform": "ios"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let e: Value = r.json().await.unwrap();
+        creds.push(e["credential"].as_str().unwrap().to_owned());
+    }
+    let mut ids = Vec::new();
+    for kind in ["lock", "lock"] {
+        let r = s
+            .post(
+                &s.admin_token,
+                "/devices/BATCH1/commands",
+                json!({"kind": kind}),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        ids.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let polled: Value = s
+        .http
+        .get(format!("{}/agent/v1/commands?wait=0", s.url))
+        .bearer_auth(&creds[0])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(polled.as_array().unwrap().len(), 2, "{polled}");
+    let report = |cred: String, body: Value| {
+        let http = s.http.clone();
+        let url = format!("{}/agent/v1/commands/results", s.url);
+        async move {
+            http.post(url)
+                .bearer_auth(cred)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let states = || async {
+        let d = device_json(s, "BATCH1").await;
+        let mut v: Vec<(String, String)> = d["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap().to_owned(),
+                    c["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = states().await;
+    // A malformed report changes nothing, and says what is wrong with each result.
+    let r = report(
+        creds[0].clone(),
+        json!({"results": [
+            {"id": ids[0], "status": "succeeded"},
+            {"id": ids[1], "status": "done", "detail": "x".repeat(501)},
+            {"id": ids[0], "status": "succeeded"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 422);
+    let p: Value = r.json().await.unwrap();
+    let fields: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["results[1].status", "results[1].detail", "results[2].id"]
+    );
+    for empty in [
+        json!({"results": []}),
+        json!({"results": vec![json!({"id": "c", "status": "failed"}); 51]}),
+    ] {
+        assert_eq!(report(creds[0].clone(), empty).await.status(), 422);
+    }
+    assert_eq!(states().await, before, "a refused report changed nothing");
+    // Another device's report of these commands finds none of them.
+    let r = report(
+        creds[1].clone(),
+        json!({"results": [{"id": ids[0], "status": "failed"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let out: Value = r.json().await.unwrap();
+    assert_eq!(out[0]["outcome"], "not_found", "{out}");
+    assert_eq!(states().await, before);
+    // One report: both commands and an unknown one, each with its own outcome.
+    let r = report(
+        creds[0].clone(),
+        json!({"results": [
+            {"id": ids[0], "status": "succeeded", "detail": "locked"},
+            {"id": "cmd_nope", "status": "skipped"},
+            {"id": ids[1], "status": "failed", "detail": "no screen"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let out: Value = r.json().await.unwrap();
+    let outcomes: Vec<&str> = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["recorded", "not_found", "recorded"], "{out}");
+    assert_eq!(out[0]["command"]["state"], "succeeded");
+    assert_eq!(out[2]["command"]["result"], "no screen");
+    // Repeating a result is harmless; a different one is a conflict and changes nothing.
+    let r = report(
+        creds[0].clone(),
+        json!({"results": [
+            {"id": ids[0], "status": "succeeded", "detail": "locked"},
+            {"id": ids[1], "status": "succeeded"}]}),
+    )
+    .await;
+    let out: Value = r.json().await.unwrap();
+    assert_eq!(out[0]["outcome"], "recorded", "{out}");
+    assert_eq!(out[1]["outcome"], "conflict", "{out}");
+    assert!(
+        out[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("already reported `failed`")
+    );
+    let mut want = vec![
+        (ids[0].clone(), "succeeded".to_owned()),
+        (ids[1].clone(), "failed".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(states().await, want);
+    f.sim.shutdown().await;
+});

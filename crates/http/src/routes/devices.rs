@@ -16,8 +16,9 @@ use switchboard_app::devices::{
 };
 use switchboard_app::lending::{
     AgentCheckoutInput, AgentCommand, AgentEventInput, Checkout, CheckoutInput, CommandInput,
-    CommandResultInput, CommandView, Device, DeviceDetail, DeviceQuery, DeviceUpdate, EnrolInput,
-    Enrolled, HeartbeatAnswer, HeartbeatInput, LocationSummary, LostInput, Receipt,
+    CommandResultInput, CommandResultItem, CommandResultOutcome, CommandView, Device, DeviceDetail,
+    DeviceQuery, DeviceUpdate, EnrolInput, Enrolled, HeartbeatAnswer, HeartbeatInput,
+    LocationSummary, LostInput, Receipt,
 };
 use switchboard_store::DeviceRow;
 use utoipa_axum::router::OpenApiRouter;
@@ -63,6 +64,7 @@ pub fn agent_router() -> OpenApiRouter<AppState> {
         .routes(routes!(heartbeat))
         .routes(routes!(poll_commands))
         .routes(routes!(command_result))
+        .routes(routes!(command_results))
         .routes(routes!(agent_checkout))
         .routes(routes!(agent_checkin))
         .routes(routes!(agent_event))
@@ -513,6 +515,26 @@ async fn command_result(
     Json(b): Json<CommandResultInput>,
 ) -> Result<Json<CommandView>, ApiError> {
     Ok(Json(app.command_result(&d.id, &id, b).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ResultsReport {
+    /// 1 to 50 results, each for a different command.
+    results: Vec<CommandResultItem>,
+}
+
+/// Report the results of several commands at once (an agent that ran the commands of one poll).
+/// A malformed report changes nothing (422); otherwise each result gets its own outcome, in the
+/// report's order: `recorded` (a repeat of the same result too), `not_found` or `conflict`.
+#[utoipa::path(post, path = "/agent/v1/commands/results", tag = "agent", request_body = ResultsReport,
+    security(("device_credential" = [])), responses((status = 200, body = Vec<CommandResultOutcome>)))]
+async fn command_results(
+    AgentDevice(d): AgentDevice,
+    State(app): State<App>,
+    Json(b): Json<ResultsReport>,
+) -> Result<Json<Vec<CommandResultOutcome>>, ApiError> {
+    Ok(Json(app.command_results(&d.id, b.results).await?))
 }
 
 /// Check this device out on the device itself (username + password, or badge).
