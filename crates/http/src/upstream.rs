@@ -232,9 +232,11 @@ async fn exchange(
         biased;
         r = &mut sending => (r.map_err(|e| closed(&e))?, true),
         r = &mut c.conn => {
-            // The connection ended; an answer it read before closing still counts.
+            // The connection ended; an answer it read before closing still counts. It is there
+            // now or never (the ended connection is not polled again, so waiting would hang).
             r.map_err(|e| closed(&e))?;
-            (sending.await.map_err(|e| closed(&e))?, false)
+            let answered = futures_util::FutureExt::now_or_never(&mut sending).ok_or(Failure::Closed)?;
+            (answered.map_err(|e| closed(&e))?, false)
         }
     };
     let (parts, body) = resp.into_parts();
@@ -265,7 +267,10 @@ async fn exchange(
                 // closes after answering): the body says which.
                 r.map_err(|e| closed(&e))?;
                 open = false;
-                collecting.await.map_err(|e| Failure::Other(e.to_string()))?.to_bytes()
+                futures_util::FutureExt::now_or_never(&mut collecting)
+                    .ok_or_else(|| Failure::Other("the connection closed in the answer body".to_owned()))?
+                    .map_err(|e| Failure::Other(e.to_string()))?
+                    .to_bytes()
             }
         }
     } else {
