@@ -202,12 +202,12 @@ pub fn newest_first(
     out: &mut Vec<GatewayRequestRow>,
 ) {
     let base = id.saturating_mul(SEQ_PER_BATCH);
-    let numbered = lines.lines().enumerate().collect::<Vec<_>>();
-    for (i, line) in numbered.into_iter().rev() {
+    let last = i64::try_from(lines.lines().count()).unwrap_or(0) - 1;
+    for (back, line) in (0_i64..).zip(lines.lines().rev()) {
         if out.len() >= limit {
             return;
         }
-        let seq = base + i64::try_from(i).unwrap_or(0);
+        let seq = base + last - back;
         if before.is_some_and(|b| seq >= b) {
             continue;
         }

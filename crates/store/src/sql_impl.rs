@@ -1025,10 +1025,11 @@ macro_rules! impl_tx {
             }
 
             async fn list_gateway_requests(&mut self, gateway_id: Option<&str>, app_id: Option<&str>, before: Option<i64>, limit: i64) -> Result<Vec<$crate::GatewayRequestRow>, $crate::StoreError> {
-                // Batches newest first, a few at a time, until the page is full. The spaced id
-                // lists skip batches without the gateway or app (a LIKE match may be loose; the
-                // records are checked one by one).
-                const PAGE: i64 = 8;
+                // Batches newest first until the page is full: one, then twice as many each
+                // round (a busy second's batch fills a page alone; quiet ones hold a few records).
+                // The spaced id lists skip batches without the gateway or app (a LIKE match may
+                // be loose; the records are checked one by one).
+                let mut page_size: i64 = 1;
                 let limit = usize::try_from(limit.max(0)).unwrap_or(0);
                 let gateway_like = gateway_id.map(|g| format!("% {g} %"));
                 let app_like = app_id.map(|a| format!("% {a} %"));
@@ -1039,15 +1040,16 @@ macro_rules! impl_tx {
                         "SELECT id, lines FROM gateway_request_batches WHERE ($1 IS NULL OR gateways LIKE $1) AND ($2 IS NULL OR apps LIKE $2) \
                          AND ($3 IS NULL OR id <= $3) ORDER BY id DESC LIMIT $4",
                     )
-                    .bind(gateway_like.as_deref()).bind(app_like.as_deref()).bind(upto).bind(PAGE)
+                    .bind(gateway_like.as_deref()).bind(app_like.as_deref()).bind(upto).bind(page_size)
                     .fetch_all(&mut *self.inner).await?;
                     for (id, lines) in &page {
                         $crate::access_log::newest_first(*id, lines, gateway_id, app_id, before, limit, &mut out);
                     }
                     match page.last() {
-                        Some((id, _)) if i64::try_from(page.len()).unwrap_or(0) == PAGE => upto = Some(id - 1),
+                        Some((id, _)) if i64::try_from(page.len()).unwrap_or(0) == page_size => upto = Some(id - 1),
                         _ => break,
                     }
+                    page_size = (page_size * 2).min(64);
                 }
                 Ok(out)
             }
