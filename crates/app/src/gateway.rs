@@ -1426,21 +1426,24 @@ impl App {
     }
 
     async fn is_revoked(&self, jti: &str) -> bool {
-        let stale = lock(&self.gateway_state().revoked)
-            .refreshed
-            .is_none_or(|t| t.elapsed() >= SNAPSHOT_TTL);
-        if stale {
-            let since = lock(&self.gateway_state().revoked).since;
-            if let Ok(mut tx) = self.store().read().await
-                && let Ok(rows) = tx.revocations_since(since, now_ms()).await
-            {
-                let mut r = lock(&self.gateway_state().revoked);
-                for (j, at) in rows {
-                    r.since = r.since.max(at - 5_000);
-                    r.jtis.insert(j);
-                }
-                r.refreshed = Some(Instant::now());
+        let (reload, since) = {
+            let r = lock(&self.gateway_state().revoked);
+            let reload = r
+                .refreshed
+                .is_none_or(|t| freshness(t.elapsed(), &r.claimed) != Freshness::Fresh);
+            (reload, r.since)
+        };
+        if reload
+            && let Ok(mut tx) = self.store().read().await
+            && let Ok(rows) = tx.revocations_since(since, now_ms()).await
+        {
+            let mut r = lock(&self.gateway_state().revoked);
+            for (j, at) in rows {
+                r.since = r.since.max(at - 5_000);
+                r.jtis.insert(j);
             }
+            r.refreshed = Some(Instant::now());
+            *r.claimed.get_mut() = 0;
         }
         lock(&self.gateway_state().revoked).jtis.contains(jti)
     }
@@ -1677,22 +1680,23 @@ impl App {
         }
     }
 
-    /// Writes the pending request records now: one stored batch (and one audit entry holding
-    /// the SHA-256 of the batch's stored lines) per batch of at most
-    /// [`switchboard_store::access_log::SEQ_PER_BATCH`] records.
+    /// Writes the request records pending now: one stored batch (and one audit entry holding the
+    /// SHA-256 of the batch's stored lines) per batch of at most
+    /// [`switchboard_store::access_log::SEQ_PER_BATCH`] records. Records that arrive meanwhile
+    /// wait for the next write (under steady traffic a write would otherwise never end, each
+    /// round storing the few records of the round before, a commit each).
     pub async fn flush_gateway_requests(&self) -> Result<usize, AppError> {
-        let mut written = 0;
-        loop {
-            let batch = {
-                let mut p = lock(&self.gateway_state().pending);
-                match p.full.pop_front() {
-                    Some(b) => b,
-                    None => std::mem::take(&mut p.current),
-                }
-            };
-            if batch.count == 0 {
-                return Ok(written);
+        let mut batches: std::collections::VecDeque<AccessBatch> = {
+            let mut p = lock(&self.gateway_state().pending);
+            let current = std::mem::take(&mut p.current);
+            let mut taken = std::mem::take(&mut p.full);
+            if current.count > 0 {
+                taken.push_back(current);
             }
+            taken
+        };
+        let mut written = 0;
+        while let Some(batch) = batches.pop_front() {
             let result: Result<(), AppError> = async {
                 let mut tx = self.store().begin().await?;
                 let id = tx.insert_gateway_request_batch(&batch).await?;
@@ -1705,13 +1709,18 @@ impl App {
             }
             .await;
             if let Err(e) = result {
-                // Put it back, ahead of anything newer, so nothing is lost while the database
-                // is away.
-                lock(&self.gateway_state().pending).full.push_front(batch);
+                // Put them back, ahead of anything newer and in order, so nothing is lost while
+                // the database is away.
+                batches.push_front(batch);
+                let mut p = lock(&self.gateway_state().pending);
+                while let Some(b) = batches.pop_back() {
+                    p.full.push_front(b);
+                }
                 return Err(e);
             }
             written += usize::try_from(batch.count).unwrap_or(0);
         }
+        Ok(written)
     }
 
     /// A stored batch of access records, byte for byte what its audit entry's SHA-256 covers.
@@ -1835,19 +1844,73 @@ struct Revoked {
     since: i64,
     jtis: HashSet<String>,
     refreshed: Option<Instant>,
+    /// The reload ahead of time, as in [`Remembered::claimed`].
+    claimed: std::sync::atomic::AtomicU64,
 }
 
-/// Lookups (including "not found") trusted for [`SNAPSHOT_TTL`].
+/// Lookups (including "not found") trusted for [`SNAPSHOT_TTL`]. A busy key is looked up again
+/// ahead of time by one request alone (single flight): once a snapshot is [`REFRESH_AHEAD`] old,
+/// the first request to see it reloads it while the others go on with the snapshot they have. So
+/// a burst of requests never reads the database all at once, and under steady traffic nobody
+/// waits for a reload. Past [`SNAPSHOT_TTL`] a snapshot is never used.
 struct Snapshots<T> {
     map: RwLock<FastMap<String, Remembered<T>>>,
 }
 
-/// A map read on every gateway request: a fast hash (its keys are names and tokens Switchboard
+/// A gateway-wide map read on every request: a fast hash (its keys are names and tokens Switchboard
 /// issued, looked up, never chosen by a caller to collide).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// When a lookup was made, and what it found.
-type Remembered<T> = (Instant, Option<Arc<T>>);
+/// A snapshot's age at which one request reloads it ahead of time.
+const REFRESH_AHEAD: Duration = Duration::from_millis(750);
+
+/// How long one request's reload is waited for before another request takes it over (the first
+/// may have been cancelled: a client that hung up).
+const RELOAD_CLAIM: Duration = Duration::from_millis(200);
+
+/// What a lookup found, when, and which reload is under way.
+struct Remembered<T> {
+    at: Instant,
+    value: Option<Arc<T>>,
+    /// Milliseconds after `at` (plus one) when a request claimed the reload; 0 when none did.
+    claimed: std::sync::atomic::AtomicU64,
+}
+
+/// Whether a snapshot can be used as it is, or needs loading (again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Freshness {
+    /// Younger than [`REFRESH_AHEAD`], or older with its reload claimed by another request.
+    Fresh,
+    /// This caller claimed the reload ahead of time: load, then `put`.
+    ReloadAhead,
+    /// Missing, or older than [`SNAPSHOT_TTL`]: load before use.
+    Stale,
+}
+
+/// Decides what a lookup at `age` does, claiming the reload ahead of time in `claimed` (see
+/// [`Remembered::claimed`]) when it falls to this caller.
+fn freshness(age: Duration, claimed: &std::sync::atomic::AtomicU64) -> Freshness {
+    use std::sync::atomic::Ordering;
+    if age >= SNAPSHOT_TTL {
+        return Freshness::Stale;
+    }
+    if age < REFRESH_AHEAD {
+        return Freshness::Fresh;
+    }
+    let now = u64::try_from(age.as_millis()).unwrap_or(u64::MAX) + 1;
+    let seen = claimed.load(Ordering::Relaxed);
+    let free = seen == 0
+        || Duration::from_millis(now.saturating_sub(seen)) >= RELOAD_CLAIM;
+    if free
+        && claimed
+            .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        Freshness::ReloadAhead
+    } else {
+        Freshness::Fresh
+    }
+}
 
 impl<T> Default for Snapshots<T> {
     fn default() -> Self {
@@ -1858,21 +1921,29 @@ impl<T> Default for Snapshots<T> {
 }
 
 impl<T> Snapshots<T> {
-    /// The remembered answer, while it is fresh.
+    /// The remembered answer, unless the caller must load it (see [`Freshness`]).
     fn fresh(&self, key: &str) -> Option<Option<Arc<T>>> {
-        self.map
+        let map = self
+            .map
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(key)
-            .filter(|(at, _)| at.elapsed() < SNAPSHOT_TTL)
-            .map(|(_, v)| v.clone())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let r = map.get(key)?;
+        match freshness(r.at.elapsed(), &r.claimed) {
+            Freshness::Fresh => Some(r.value.clone()),
+            Freshness::ReloadAhead | Freshness::Stale => None,
+        }
     }
 
     fn put(&self, key: String, value: Option<Arc<T>>) {
+        let r = Remembered {
+            at: Instant::now(),
+            value,
+            claimed: std::sync::atomic::AtomicU64::new(0),
+        };
         self.map
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, (Instant::now(), value));
+            .insert(key, r);
     }
 
     fn clear(&self) {
@@ -2068,5 +2139,55 @@ impl App {
             ok: steps.iter().all(|s| s.ok),
             steps,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    const fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_young_snapshot_is_used_as_it_is() {
+        let claimed = AtomicU64::new(0);
+        assert_eq!(freshness(ms(0), &claimed), Freshness::Fresh);
+        assert_eq!(freshness(ms(749), &claimed), Freshness::Fresh);
+        assert_eq!(claimed.into_inner(), 0, "nobody claimed a reload");
+    }
+
+    #[test]
+    fn one_request_alone_reloads_ahead_of_time() {
+        let claimed = AtomicU64::new(0);
+        assert_eq!(freshness(ms(760), &claimed), Freshness::ReloadAhead);
+        // Everyone else goes on with the snapshot while the reload is under way.
+        assert_eq!(freshness(ms(761), &claimed), Freshness::Fresh);
+        assert_eq!(freshness(ms(950), &claimed), Freshness::Fresh);
+        // A reload that never came back (its request was cancelled) is taken over.
+        assert_eq!(freshness(ms(960), &claimed), Freshness::ReloadAhead);
+        assert_eq!(freshness(ms(961), &claimed), Freshness::Fresh);
+    }
+
+    #[test]
+    fn an_old_snapshot_is_never_used() {
+        let claimed = AtomicU64::new(0);
+        assert_eq!(freshness(ms(800), &claimed), Freshness::ReloadAhead);
+        assert_eq!(freshness(SNAPSHOT_TTL, &claimed), Freshness::Stale);
+        assert_eq!(freshness(ms(5_000), &claimed), Freshness::Stale);
+    }
+
+    #[test]
+    fn a_snapshot_map_hands_the_reload_to_one_caller() {
+        let s: Snapshots<u32> = Snapshots::default();
+        assert_eq!(s.fresh("a"), None, "missing: load it");
+        s.put("a".to_owned(), Some(Arc::new(7)));
+        assert_eq!(s.fresh("a"), Some(Some(Arc::new(7))));
+        s.put("b".to_owned(), None);
+        assert_eq!(s.fresh("b"), Some(None), "a remembered 'not found'");
+        s.clear();
+        assert_eq!(s.fresh("a"), None);
     }
 }
