@@ -1899,8 +1899,7 @@ fn freshness(age: Duration, claimed: &std::sync::atomic::AtomicU64) -> Freshness
     }
     let now = u64::try_from(age.as_millis()).unwrap_or(u64::MAX) + 1;
     let seen = claimed.load(Ordering::Relaxed);
-    let free = seen == 0
-        || Duration::from_millis(now.saturating_sub(seen)) >= RELOAD_CLAIM;
+    let free = seen == 0 || Duration::from_millis(now.saturating_sub(seen)) >= RELOAD_CLAIM;
     if free
         && claimed
             .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
