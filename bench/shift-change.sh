@@ -47,6 +47,12 @@ OUT="bench/results/shift-change-$(date -u +%Y-%m-%dT%H-%M-%SZ).md"
     echo "| $k | $(get $k checkins_per_s) | $(get $k checkin_p50_ms) ms | $(get $k checkin_p99_ms) ms |"
   done
   echo
+  echo "| SQLite's one writer during the check-ins | busy (held + group commits, % of wall clock) | write transactions per check-in | writer held per write transaction |"
+  echo "|---|---|---|---|"
+  for k in sqlite-clean sqlite-faults sqlite-normal-clean sqlite-checkin-only; do
+    echo "| $k | $(get $k writer_busy_pct) % | $(get $k writer_tx_per_checkin) | $(get $k writer_us_per_tx) µs |"
+  done
+  echo
   echo "sqlite-normal-clean runs SQLite with synchronous=NORMAL (survives a crash, may lose the last commits on a power cut); the other SQLite rows use the default FULL."
   echo "SQLite write transactions are committed in groups (one fsync for the transactions queued together; each commit returns once durable)."
   echo

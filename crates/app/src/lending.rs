@@ -1007,8 +1007,8 @@ impl App {
         }
         let mut tx = self.store().begin().await?;
         let mut out = Vec::new();
-        for mut c in tx
-            .deliverable_commands(device_id, now, now - REDELIVER_MS)
+        for c in tx
+            .deliver_commands(device_id, now, now - REDELIVER_MS)
             .await?
         {
             let mut params: Value = serde_json::from_str(&c.params).unwrap_or_else(|_| json!({}));
@@ -1016,9 +1016,6 @@ impl App {
                 let pin = self.get_secret(&mut *tx, r).await?;
                 params["pin"] = Value::String(String::from_utf8_lossy(&pin).into_owned());
             }
-            c.state = "delivered".to_owned();
-            c.delivered_at = Some(now);
-            tx.update_command(&c).await?;
             out.push(AgentCommand {
                 id: c.id,
                 kind: c.kind,
@@ -1145,7 +1142,10 @@ impl App {
                 "command {command_id} of this device"
             ))));
         };
-        if let Some(ch) = &c.checkin_id {
+        if let Some(ch) = &c.checkin_id
+            && tx.row_locks()
+        {
+            // Read again under the check-in's lock: another writer may have finished it.
             tx.lock_checkin(ch).await?;
             c = tx.get_command(command_id).await?.unwrap_or(c);
         }
@@ -1229,11 +1229,15 @@ impl App {
         Ok(Ok(command_view(&c)))
     }
 
-    /// Works out a check-in's status and its device's after a step changed. Call with the
-    /// check-in locked.
-    async fn settle_checkin(&self, tx: &mut dyn Tx, checkin_id: &str) -> Result<(), AppError> {
+    /// Works out a check-in's status and its device's after a step changed, and returns the
+    /// check-in as it stands now. Call with the check-in locked.
+    async fn settle_checkin(
+        &self,
+        tx: &mut dyn Tx,
+        checkin_id: &str,
+    ) -> Result<Option<CheckinRow>, AppError> {
         let Some(mut c) = tx.get_checkin(checkin_id).await? else {
-            return Ok(());
+            return Ok(None);
         };
         let steps = tx.checkin_steps(checkin_id).await?;
         let status =
@@ -1272,7 +1276,7 @@ impl App {
             c.status = done.to_owned();
             tx.update_checkin(&c).await?;
         }
-        Ok(())
+        Ok(Some(c))
     }
 
     // --- check-out
@@ -2604,14 +2608,13 @@ async fn record_attempt(
     step.detail = detail;
     step.updated_at = now_ms();
     tx.update_checkin_step(&step).await?;
-    if status.is_final() {
-        app.settle_checkin(&mut *tx, &p.checkin_id).await?;
-        if let Some(c) = tx.get_checkin(&p.checkin_id).await? {
-            let ev = AuditEvent::new("system", "device.epic_logout", format!("device:{}", c.device_id)).with_details(json!({
-                "checkin": c.id, "action": step.action, "install_id": step.install_id, "status": step.status, "attempts": step.attempts, "repeats": step.repeats,
-            }));
-            app.append_audit(&mut *tx, &ev).await?;
-        }
+    if status.is_final()
+        && let Some(c) = app.settle_checkin(&mut *tx, &p.checkin_id).await?
+    {
+        let ev = AuditEvent::new("system", "device.epic_logout", format!("device:{}", c.device_id)).with_details(json!({
+            "checkin": c.id, "action": step.action, "install_id": step.install_id, "status": step.status, "attempts": step.attempts, "repeats": step.repeats,
+        }));
+        app.append_audit(&mut *tx, &ev).await?;
     }
     // A finished step finishes its job in the same commit.
     let outcome = match (outcome, &job.lease_owner) {

@@ -235,6 +235,7 @@ async fn main() {
         .unwrap();
     let since = switchboard_app::now_ms();
 
+    let writer_before = server.app.store().pool_stats().writer;
     // The shift change: every device checked in by 64 concurrent clients.
     let t0 = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(clients));
@@ -261,6 +262,18 @@ async fn main() {
     println!("checkins_per_s {:.0}", lat.len() as f64 / checkin_s);
     println!("checkin_p50_ms {:.1}", percentile(&mut lat, 0.5));
     println!("checkin_p99_ms {:.1}", percentile(&mut lat, 0.99));
+    // SQLite's one writer during the check-ins: its busy share of the wall clock (held by write
+    // transactions plus group commits) and its time per write transaction.
+    if let (Some(b), Some(a)) = (writer_before, server.app.store().pool_stats().writer) {
+        let busy_us = (a.held_us - b.held_us) + (a.commit_us - b.commit_us);
+        let txs = (a.transactions - b.transactions).max(1);
+        println!("writer_busy_pct {:.0}", busy_us as f64 / (checkin_s * 1e4));
+        println!("writer_tx_per_checkin {:.1}", txs as f64 / lat.len() as f64);
+        println!(
+            "writer_us_per_tx {:.0}",
+            (a.held_us - b.held_us) as f64 / txs as f64
+        );
+    }
 
     // Every logout delivered: all server steps final and the simulator knows no sign-in.
     let limit = if faults { 300 } else { 120 };

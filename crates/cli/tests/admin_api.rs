@@ -682,6 +682,17 @@ server_test!(health_readiness_and_metrics_answer, |s| {
     ] {
         assert!(m.contains(name), "{name} missing from /metrics");
     }
+    // SQLite's one writer tells how busy it is (the metrics registry is shared by the tests of
+    // this process, so PostgreSQL's absence of the figures cannot be told here).
+    if s.db_url.starts_with("sqlite:") {
+        for name in [
+            "switchboard_db_write_transactions_total",
+            "switchboard_db_writer_held_microseconds_total",
+            "switchboard_db_group_commits_total",
+        ] {
+            assert!(m.contains(name), "{name} missing from /metrics");
+        }
+    }
     assert!(
         m.contains("route=\"/admin/api/v1/users\""),
         "requests are labelled by route"

@@ -1,6 +1,7 @@
 //! What a `Tx` runs its statements on.
 
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A transaction, a pooled connection in autocommit mode, or SQLite's group-committing writer.
 /// PostgreSQL reads take the second: under READ COMMITTED every statement sees a fresh snapshot
@@ -98,10 +99,14 @@ type Waiter = tokio::sync::oneshot::Sender<Result<(), String>>;
 pub(crate) struct GroupTurn<C: RawExec> {
     pub(crate) writer: tokio::sync::OwnedMutexGuard<Writer<C>>,
     pub(crate) flush: std::sync::Arc<tokio::sync::Notify>,
+    /// When this transaction got the writer.
+    pub(crate) since: std::time::Instant,
 }
 
 impl<C: RawExec> Drop for GroupTurn<C> {
     fn drop(&mut self) {
+        let held = self.since.elapsed();
+        self.writer.counters.transaction(held);
         if self.writer.open {
             self.flush.notify_one();
         }
@@ -125,15 +130,52 @@ pub(crate) struct Writer<C> {
     /// dropped without committing: its savepoint is rolled back first.
     in_tx: bool,
     waiting: Vec<Waiter>,
+    pub(crate) counters: std::sync::Arc<WriterCounters>,
+}
+
+/// How busy the one writer is: every write transaction waits for the ones before it, so its busy
+/// share of the wall clock is how close the database is to its write capacity.
+#[derive(Debug, Default)]
+pub(crate) struct WriterCounters {
+    transactions: AtomicU64,
+    held_us: AtomicU64,
+    commits: AtomicU64,
+    commit_us: AtomicU64,
+}
+
+impl WriterCounters {
+    fn transaction(&self, held: std::time::Duration) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.held_us.fetch_add(micros(held), Ordering::Relaxed);
+    }
+
+    fn commit(&self, took: std::time::Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_us.fetch_add(micros(took), Ordering::Relaxed);
+    }
+
+    pub(crate) fn stats(&self) -> crate::WriterStats {
+        crate::WriterStats {
+            transactions: self.transactions.load(Ordering::Relaxed),
+            held_us: self.held_us.load(Ordering::Relaxed),
+            group_commits: self.commits.load(Ordering::Relaxed),
+            commit_us: self.commit_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl<C: RawExec> Writer<C> {
-    pub(crate) const fn new(conn: C) -> Self {
+    pub(crate) fn new(conn: C, counters: std::sync::Arc<WriterCounters>) -> Self {
         Self {
             conn,
             open: false,
             in_tx: false,
             waiting: Vec::new(),
+            counters,
         }
     }
 
@@ -180,7 +222,10 @@ impl<C: RawExec> Writer<C> {
         if !self.open {
             return;
         }
-        match self.exec("COMMIT").await {
+        let started = std::time::Instant::now();
+        let committed = self.exec("COMMIT").await;
+        self.counters.commit(started.elapsed());
+        match committed {
             Ok(()) => {
                 self.open = false;
                 for w in self.waiting.drain(..) {

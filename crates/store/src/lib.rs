@@ -47,6 +47,22 @@ pub struct PoolStats {
     pub size: u32,
     pub idle: u32,
     pub max: u32,
+    /// SQLite's one writer (a file database), since start; none on PostgreSQL.
+    pub writer: Option<WriterStats>,
+}
+
+/// What SQLite's writer did since start. `held_us` over the wall clock is its busy share: near
+/// 100 %, write transactions queue for it and more load only adds waiting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Write transactions that held the writer (committed or not).
+    pub transactions: u64,
+    /// Microseconds write transactions held the writer, their own commit excluded.
+    pub held_us: u64,
+    /// Commits of a group of write transactions (each with an fsync under synchronous=FULL).
+    pub group_commits: u64,
+    /// Microseconds those commits took.
+    pub commit_us: u64,
 }
 
 /// Applied versus embedded migrations.
@@ -133,6 +149,9 @@ pub trait Store: Send + Sync + 'static {
 #[async_trait]
 pub trait Tx: Send {
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+    /// Whether `lock_*` takes row locks (PostgreSQL). SQLite's write transactions hold the one
+    /// writer from their start, so what they read is already theirs and `lock_*` does nothing.
+    fn row_locks(&self) -> bool;
 
     // --- staff accounts
     async fn insert_user(&mut self, user: &UserRow) -> Result<(), StoreError>;
@@ -436,6 +455,14 @@ pub trait Tx: Send {
     async fn insert_commands(&mut self, commands: &[CommandRow]) -> Result<(), StoreError>;
     async fn update_command(&mut self, c: &CommandRow) -> Result<(), StoreError>;
     async fn get_command(&mut self, id: &str) -> Result<Option<CommandRow>, StoreError>;
+    /// Hands a device its deliverable commands (as [`Tx::deliverable_commands`]) in one
+    /// statement: marks them delivered at `now` and returns them so, oldest first.
+    async fn deliver_commands(
+        &mut self,
+        device_id: &str,
+        now: i64,
+        redeliver_before: i64,
+    ) -> Result<Vec<CommandRow>, StoreError>;
     /// Commands to hand to a device: queued ones, and delivered ones with no result since
     /// `redeliver_before`, oldest first, not expired.
     async fn deliverable_commands(

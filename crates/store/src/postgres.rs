@@ -128,6 +128,7 @@ impl Store for PgStore {
             size: self.pool.size(),
             idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
             max: self.max,
+            writer: None,
         }
     }
 

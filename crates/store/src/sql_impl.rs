@@ -240,6 +240,10 @@ macro_rules! impl_tx {
 
         #[async_trait::async_trait]
         impl $crate::Tx for $tx {
+            fn row_locks(&self) -> bool {
+                !$for_update.is_empty()
+            }
+
             async fn commit(self: Box<Self>) -> Result<(), $crate::StoreError> {
                 let this = *self;
                 this.inner.commit().await?;
@@ -1168,6 +1172,9 @@ macro_rules! impl_tx {
             }
 
             async fn lock_checkin(&mut self, id: &str) -> Result<(), $crate::StoreError> {
+                if !self.row_locks() {
+                    return Ok(());
+                }
                 sqlx::query(concat!("SELECT id FROM checkins WHERE id = $1 ", $for_update)).bind(id).fetch_optional(&mut *self.inner).await?;
                 Ok(())
             }
@@ -1203,6 +1210,9 @@ macro_rules! impl_tx {
             }
 
             async fn lock_device_user(&mut self, id: &str) -> Result<(), $crate::StoreError> {
+                if !self.row_locks() {
+                    return Ok(());
+                }
                 sqlx::query(concat!("SELECT id FROM device_users WHERE id = $1 ", $for_update)).bind(id).fetch_optional(&mut *self.inner).await?;
                 Ok(())
             }
@@ -1338,6 +1348,21 @@ macro_rules! impl_tx {
                 Ok(sqlx::query_as(&format!("SELECT {COMMAND_COLS} FROM device_commands WHERE device_id = $1 AND expires_at > $2 \
                                             AND (state = 'queued' OR (state = 'delivered' AND delivered_at < $3)) ORDER BY created_at, position, id LIMIT 50"))
                     .bind(device_id).bind(now).bind(redeliver_before).fetch_all(&mut *self.inner).await?)
+            }
+
+            async fn deliver_commands(&mut self, device_id: &str, now: i64, redeliver_before: i64) -> Result<Vec<$crate::CommandRow>, $crate::StoreError> {
+                // The state test again outside the subquery: a concurrent delivery (PostgreSQL
+                // re-checks a row it waited for) must not hand the same command out twice.
+                let mut rows: Vec<$crate::CommandRow> = sqlx::query_as(&format!(
+                    "UPDATE device_commands SET state = 'delivered', delivered_at = $2 \
+                     WHERE id IN (SELECT id FROM device_commands WHERE device_id = $1 AND expires_at > $2 \
+                                  AND (state = 'queued' OR (state = 'delivered' AND delivered_at < $3)) \
+                                  ORDER BY created_at, position, id LIMIT 50) \
+                     AND (state = 'queued' OR (state = 'delivered' AND delivered_at < $3)) \
+                     RETURNING {COMMAND_COLS}"))
+                    .bind(device_id).bind(now).bind(redeliver_before).fetch_all(&mut *self.inner).await?;
+                rows.sort_by(|a, b| (a.created_at, a.position, &a.id).cmp(&(b.created_at, b.position, &b.id)));
+                Ok(rows)
             }
 
             async fn expired_commands(&mut self, now: i64, limit: i64) -> Result<Vec<$crate::CommandRow>, $crate::StoreError> {

@@ -1,6 +1,6 @@
 //! The embedded default: SQLite in WAL mode, `synchronous=FULL` unless told otherwise.
 
-use crate::handle::{GroupTurn, Handle, Writer};
+use crate::handle::{GroupTurn, Handle, Writer, WriterCounters};
 use crate::{ConnectOptions, MigrationStatus, PoolStats, Store, StoreError, Tx};
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -31,6 +31,7 @@ pub struct SqliteStore {
     /// served, instead of in SQLite's busy handler, whose growing sleeps starve some of them.
     writer: Turn,
     busy_timeout: std::time::Duration,
+    counters: Arc<WriterCounters>,
 }
 
 /// How this process takes its turn to write.
@@ -79,10 +80,14 @@ impl SqliteStore {
             .acquire_timeout(o.acquire_timeout)
             .connect_with(opts.clone())
             .await?;
+        let counters = Arc::new(WriterCounters::default());
         let writer = if url.contains(":memory:") {
             Turn::Single(Arc::new(tokio::sync::Mutex::new(())))
         } else {
-            let writer = Arc::new(tokio::sync::Mutex::new(Writer::new(opts.connect().await?)));
+            let writer = Arc::new(tokio::sync::Mutex::new(Writer::new(
+                opts.connect().await?,
+                Arc::clone(&counters),
+            )));
             let flush = Arc::new(Notify::new());
             let flusher = tokio::spawn(flusher(Arc::clone(&writer), Arc::clone(&flush)));
             Turn::Grouped {
@@ -97,6 +102,7 @@ impl SqliteStore {
             signal: Arc::new(Notify::new()),
             writer,
             busy_timeout: o.sqlite_busy_timeout,
+            counters,
         })
     }
 
@@ -130,10 +136,12 @@ impl Store for SqliteStore {
                     tokio::time::timeout(self.busy_timeout, Arc::clone(writer).lock_owned())
                         .await
                         .map_err(waited)?;
+                let since = std::time::Instant::now();
                 w.start().await?;
                 let turn = GroupTurn {
                     writer: w,
                     flush: Arc::clone(flush),
+                    since,
                 };
                 Ok(self.tx(Handle::Grouped(turn), None))
             }
@@ -180,6 +188,7 @@ impl Store for SqliteStore {
             size: self.pool.size(),
             idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
             max: self.max,
+            writer: matches!(self.writer, Turn::Grouped { .. }).then(|| self.counters.stats()),
         }
     }
 

@@ -1199,3 +1199,95 @@ store_test!(
         assert_eq!(seen, (0..60).rev().collect::<Vec<_>>());
     }
 );
+
+store_test!(
+    the_sqlite_writer_counts_its_transactions_and_commits,
+    |store: Arc<dyn Store>| async move {
+        let before = store.pool_stats().writer;
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_user(&user("u1", "alice", "admin")).await.unwrap();
+        tx.commit().await.unwrap();
+        // Dropped without committing: it held the writer all the same.
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_user(&user("u2", "bob", "admin")).await.unwrap();
+        drop(tx);
+        let after = store.pool_stats().writer;
+        match store.backend() {
+            switchboard_store::Backend::Postgres => {
+                assert_eq!(after, None, "PostgreSQL has no single writer");
+            }
+            switchboard_store::Backend::Sqlite => {
+                let (b, a) = (before.unwrap(), after.unwrap());
+                assert_eq!(a.transactions - b.transactions, 2);
+                assert!(a.group_commits > b.group_commits, "{b:?} -> {a:?}");
+                assert!(a.held_us >= b.held_us && a.commit_us >= b.commit_us);
+            }
+        }
+    }
+);
+
+fn command(
+    id: &str,
+    created_at: i64,
+    state: &str,
+    delivered_at: Option<i64>,
+) -> switchboard_store::CommandRow {
+    switchboard_store::CommandRow {
+        id: id.into(),
+        device_id: "d1".into(),
+        kind: "force_quit".into(),
+        params: "{}".into(),
+        secret_ref: None,
+        state: state.into(),
+        checkin_id: None,
+        position: None,
+        created_at,
+        expires_at: if id == "expired" { 50 } else { 10_000 },
+        delivered_at,
+        finished_at: None,
+        result: None,
+    }
+}
+
+store_test!(
+    a_device_is_handed_its_commands_once_oldest_first,
+    |store: Arc<dyn Store>| async move {
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_device(&device("d1", "SER1")).await.unwrap();
+        tx.insert_commands(&[
+            command("second", 20, "queued", None),
+            command("first", 10, "queued", None),
+            command("expired", 5, "queued", None),
+            command("lost-answer", 30, "delivered", Some(40)),
+            command("just-sent", 31, "delivered", Some(90)),
+            command("done", 1, "succeeded", Some(2)),
+        ])
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        // At 100, deliveries before 60 with no answer are handed out again.
+        let mut tx = store.begin().await.unwrap();
+        let got = tx.deliver_commands("d1", 100, 60).await.unwrap();
+        tx.commit().await.unwrap();
+        let ids: Vec<&str> = got.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["first", "second", "lost-answer"]);
+        assert!(
+            got.iter()
+                .all(|c| c.state == "delivered" && c.delivered_at == Some(100))
+        );
+        let mut tx = store.begin().await.unwrap();
+        assert!(
+            tx.deliver_commands("d1", 101, 60).await.unwrap().is_empty(),
+            "each command once"
+        );
+        assert_eq!(
+            tx.get_command("first").await.unwrap().unwrap().delivered_at,
+            Some(100)
+        );
+        assert_eq!(
+            tx.get_command("expired").await.unwrap().unwrap().state,
+            "queued",
+            "an expired command is not handed out"
+        );
+    }
+);

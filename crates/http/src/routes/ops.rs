@@ -57,6 +57,14 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("switchboard_db_pool_connections").set(f64::from(pool.size));
     metrics::gauge!("switchboard_db_pool_idle").set(f64::from(pool.idle));
     metrics::gauge!("switchboard_db_pool_max").set(f64::from(pool.max));
+    if let Some(w) = pool.writer {
+        // SQLite's one writer: its busy share (held + commits over the wall clock) is how close
+        // the database is to its write capacity.
+        metrics::counter!("switchboard_db_write_transactions_total").absolute(w.transactions);
+        metrics::counter!("switchboard_db_writer_held_microseconds_total").absolute(w.held_us);
+        metrics::counter!("switchboard_db_group_commits_total").absolute(w.group_commits);
+        metrics::counter!("switchboard_db_group_commit_microseconds_total").absolute(w.commit_us);
+    }
     match s.app.job_counts().await {
         Ok(c) => {
             metrics::gauge!("switchboard_jobs_queued").set(c.queued as f64);
