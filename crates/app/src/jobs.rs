@@ -153,7 +153,9 @@ pub async fn run_workers(
         let mut claimed = Vec::new();
         if free > 0 {
             let notified = signal.notified();
-            match claim(&app, &settings.owner, lease_ms, free).await {
+            // Job work is background work: on SQLite, requests waiting for the writer go first.
+            match switchboard_store::background(claim(&app, &settings.owner, lease_ms, free)).await
+            {
                 Ok(jobs) => claimed = jobs,
                 Err(e) => tracing::warn!(error = %e, "claiming jobs failed; will retry"),
             }
@@ -180,7 +182,7 @@ pub async fn run_workers(
             let registry = registry.clone();
             let settings = settings.clone();
             tokio::spawn(async move {
-                execute(&app, &registry, &settings, job).await;
+                switchboard_store::background(execute(&app, &registry, &settings, job)).await;
                 drop(permit);
             });
         }

@@ -976,6 +976,15 @@ impl App {
         device_id: &str,
         wait: Duration,
     ) -> Result<Vec<AgentCommand>, AppError> {
+        // An agent's poll and results are background work: staff requests go first.
+        switchboard_store::background(self.poll_commands_inner(device_id, wait)).await
+    }
+
+    async fn poll_commands_inner(
+        &self,
+        device_id: &str,
+        wait: Duration,
+    ) -> Result<Vec<AgentCommand>, AppError> {
         let wait = wait.min(Duration::from_secs(self.config().agent_poll_max_secs));
         let deadline = tokio::time::Instant::now() + wait;
         let waiter = self.device_waiter(device_id);
@@ -1036,7 +1045,7 @@ impl App {
         input: CommandResultInput,
     ) -> Result<CommandView, AppError> {
         let (state, detail) = checked_result(&input.status, input.detail, "")?;
-        let mut tx = self.store().begin().await?;
+        let mut tx = switchboard_store::background(self.store().begin()).await?;
         let mut settle = Vec::new();
         let view = self
             .record_result(
@@ -1085,7 +1094,7 @@ impl App {
             }
         }
         errors.into_result()?;
-        let mut tx = self.store().begin().await?;
+        let mut tx = switchboard_store::background(self.store().begin()).await?;
         let mut settle = Vec::new();
         let mut out = Vec::with_capacity(checked.len());
         for (id, state, detail) in checked {

@@ -270,6 +270,10 @@ async fn main() {
         println!("writer_busy_pct {:.0}", busy_us as f64 / (checkin_s * 1e4));
         println!("writer_tx_per_checkin {:.1}", txs as f64 / lat.len() as f64);
         println!(
+            "writer_background_tx_per_checkin {:.1}",
+            (a.background - b.background) as f64 / lat.len() as f64
+        );
+        println!(
             "writer_us_per_tx {:.0}",
             (a.held_us - b.held_us) as f64 / txs as f64
         );

@@ -101,12 +101,14 @@ pub(crate) struct GroupTurn<C: RawExec> {
     pub(crate) flush: std::sync::Arc<tokio::sync::Notify>,
     /// When this transaction got the writer.
     pub(crate) since: std::time::Instant,
+    /// It ran as background work (see [`crate::background`]).
+    pub(crate) background: bool,
 }
 
 impl<C: RawExec> Drop for GroupTurn<C> {
     fn drop(&mut self) {
         let held = self.since.elapsed();
-        self.writer.counters.transaction(held);
+        self.writer.counters.transaction(held, self.background);
         if self.writer.open {
             self.flush.notify_one();
         }
@@ -138,14 +140,18 @@ pub(crate) struct Writer<C> {
 #[derive(Debug, Default)]
 pub(crate) struct WriterCounters {
     transactions: AtomicU64,
+    background: AtomicU64,
     held_us: AtomicU64,
     commits: AtomicU64,
     commit_us: AtomicU64,
 }
 
 impl WriterCounters {
-    fn transaction(&self, held: std::time::Duration) {
+    fn transaction(&self, held: std::time::Duration, background: bool) {
         self.transactions.fetch_add(1, Ordering::Relaxed);
+        if background {
+            self.background.fetch_add(1, Ordering::Relaxed);
+        }
         self.held_us.fetch_add(micros(held), Ordering::Relaxed);
     }
 
@@ -157,6 +163,7 @@ impl WriterCounters {
     pub(crate) fn stats(&self) -> crate::WriterStats {
         crate::WriterStats {
             transactions: self.transactions.load(Ordering::Relaxed),
+            background: self.background.load(Ordering::Relaxed),
             held_us: self.held_us.load(Ordering::Relaxed),
             group_commits: self.commits.load(Ordering::Relaxed),
             commit_us: self.commit_us.load(Ordering::Relaxed),

@@ -41,6 +41,28 @@ impl Backend {
     }
 }
 
+tokio::task_local! {
+    static BACKGROUND: ();
+}
+
+/// Runs `work` as background work: work nobody waits on at a screen (job workers, device agents'
+/// polls and results). On SQLite its write transactions let the foreground ones waiting for the
+/// one writer (staff and kiosk requests: a check-in at a busy shift change) go first, for at most
+/// [`BACKGROUND_YIELD`] each; the work is delayed, never dropped. PostgreSQL has no single writer
+/// and runs it as any other.
+pub async fn background<F: std::future::Future>(work: F) -> F::Output {
+    BACKGROUND.scope((), work).await
+}
+
+/// Whether the calling task runs inside [`background`].
+#[must_use]
+pub fn is_background() -> bool {
+    BACKGROUND.try_with(|()| ()).is_ok()
+}
+
+/// How long a background write transaction lets foreground ones go first, at most.
+pub const BACKGROUND_YIELD: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Connection pool figures for `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PoolStats {
@@ -57,6 +79,8 @@ pub struct PoolStats {
 pub struct WriterStats {
     /// Write transactions that held the writer (committed or not).
     pub transactions: u64,
+    /// Of those, the ones run as background work (see [`background`]).
+    pub background: u64,
     /// Microseconds write transactions held the writer, their own commit excluded.
     pub held_us: u64,
     /// Commits of a group of write transactions (each with an fsync under synchronous=FULL).

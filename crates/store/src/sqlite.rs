@@ -32,6 +32,77 @@ pub struct SqliteStore {
     writer: Turn,
     busy_timeout: std::time::Duration,
     counters: Arc<WriterCounters>,
+    lanes: Arc<Lanes>,
+}
+
+/// Foreground write transactions waiting for the writer, which background ones let go first (see
+/// [`crate::background`]).
+struct Lanes {
+    foreground_waiting: std::sync::atomic::AtomicUsize,
+    clear: Notify,
+    /// Background transactions queue for the writer one at a time: when the foreground queue
+    /// empties, one of them goes, not all of them ahead of the next requests.
+    background_turn: tokio::sync::Semaphore,
+}
+
+impl Default for Lanes {
+    fn default() -> Self {
+        Self {
+            foreground_waiting: std::sync::atomic::AtomicUsize::new(0),
+            clear: Notify::new(),
+            background_turn: tokio::sync::Semaphore::new(1),
+        }
+    }
+}
+
+/// A foreground transaction's place in the queue, given up when it has the writer (or gave up).
+struct Waiting<'a>(&'a Lanes);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self
+            .0
+            .foreground_waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.clear.notify_waiters();
+        }
+    }
+}
+
+impl Lanes {
+    /// Waits for the writer: a foreground transaction queues at once; a background one waits for
+    /// its turn among background ones, then lets the foreground ones waiting go first, for at
+    /// most [`crate::BACKGROUND_YIELD`].
+    async fn lock<T>(
+        &self,
+        m: &Arc<tokio::sync::Mutex<T>>,
+        background: bool,
+    ) -> tokio::sync::OwnedMutexGuard<T> {
+        use std::sync::atomic::Ordering;
+        if !background {
+            self.foreground_waiting.fetch_add(1, Ordering::AcqRel);
+            let _waiting = Waiting(self);
+            return Arc::clone(m).lock_owned().await;
+        }
+        // Never closed, so the permit always comes; held until this one has the writer.
+        let _turn = self.background_turn.acquire().await;
+        let until = tokio::time::Instant::now() + crate::BACKGROUND_YIELD;
+        while self.foreground_waiting.load(Ordering::Acquire) > 0 {
+            let clear = self.clear.notified();
+            tokio::pin!(clear);
+            clear.as_mut().enable();
+            if self.foreground_waiting.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            tokio::select! {
+                () = clear => {}
+                () = tokio::time::sleep_until(until) => break,
+            }
+        }
+        Arc::clone(m).lock_owned().await
+    }
 }
 
 /// How this process takes its turn to write.
@@ -103,6 +174,7 @@ impl SqliteStore {
             writer,
             busy_timeout: o.sqlite_busy_timeout,
             counters,
+            lanes: Arc::default(),
         })
     }
 
@@ -132,8 +204,9 @@ impl Store for SqliteStore {
         };
         match &self.writer {
             Turn::Grouped { writer, flush, .. } => {
+                let background = crate::is_background();
                 let mut w =
-                    tokio::time::timeout(self.busy_timeout, Arc::clone(writer).lock_owned())
+                    tokio::time::timeout(self.busy_timeout, self.lanes.lock(writer, background))
                         .await
                         .map_err(waited)?;
                 let since = std::time::Instant::now();
@@ -142,6 +215,7 @@ impl Store for SqliteStore {
                     writer: w,
                     flush: Arc::clone(flush),
                     since,
+                    background,
                 };
                 Ok(self.tx(Handle::Grouped(turn), None))
             }

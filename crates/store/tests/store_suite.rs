@@ -1291,3 +1291,43 @@ store_test!(
         );
     }
 );
+
+store_test!(
+    background_writes_let_waiting_foreground_ones_go_first,
+    |store: Arc<dyn Store>| async move {
+        if store.backend() != switchboard_store::Backend::Sqlite {
+            return; // PostgreSQL has no single writer to queue for
+        }
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let write = |name: &'static str, background: bool| {
+            let store = Arc::clone(&store);
+            let order = Arc::clone(&order);
+            tokio::spawn(async move {
+                let begin = store.begin();
+                let mut tx = if background {
+                    switchboard_store::background(begin).await.unwrap()
+                } else {
+                    begin.await.unwrap()
+                };
+                order.lock().unwrap().push(name);
+                tx.insert_user(&user(name, name, "auditor")).await.unwrap();
+                tx.commit().await.unwrap();
+            })
+        };
+        // Long enough for a spawned task to queue; the whole sequence stays well inside the
+        // background transaction's BACKGROUND_YIELD.
+        let settle = || tokio::time::sleep(switchboard_store::BACKGROUND_YIELD / 8);
+        let holder = store.begin().await.unwrap();
+        let first = write("first", false);
+        settle().await;
+        let job = write("job", true);
+        settle().await;
+        let second = write("second", false);
+        settle().await;
+        drop(holder);
+        for t in [first, job, second] {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), ["first", "second", "job"]);
+    }
+);

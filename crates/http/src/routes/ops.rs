@@ -60,7 +60,10 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     if let Some(w) = pool.writer {
         // SQLite's one writer: its busy share (held + commits over the wall clock) is how close
         // the database is to its write capacity.
-        metrics::counter!("switchboard_db_write_transactions_total").absolute(w.transactions);
+        metrics::counter!("switchboard_db_write_transactions_total", "lane" => "foreground")
+            .absolute(w.transactions - w.background);
+        metrics::counter!("switchboard_db_write_transactions_total", "lane" => "background")
+            .absolute(w.background);
         metrics::counter!("switchboard_db_writer_held_microseconds_total").absolute(w.held_us);
         metrics::counter!("switchboard_db_group_commits_total").absolute(w.group_commits);
         metrics::counter!("switchboard_db_group_commit_microseconds_total").absolute(w.commit_us);
