@@ -74,17 +74,21 @@ impl Drop for Waiting<'_> {
 impl Lanes {
     /// Waits for the writer: a foreground transaction queues at once; a background one waits for
     /// its turn among background ones, then lets the foreground ones waiting go first, for at
-    /// most [`crate::BACKGROUND_YIELD`].
+    /// most [`crate::BACKGROUND_YIELD`]. `limit` bounds the wait in the writer's queue itself
+    /// (a writer that is stuck), not the time a background transaction deliberately lets others
+    /// go first: under a burst of requests, background work waits longer and still succeeds.
     async fn lock<T>(
         &self,
         m: &Arc<tokio::sync::Mutex<T>>,
         background: bool,
-    ) -> tokio::sync::OwnedMutexGuard<T> {
+        limit: std::time::Duration,
+    ) -> Result<tokio::sync::OwnedMutexGuard<T>, tokio::time::error::Elapsed> {
         use std::sync::atomic::Ordering;
+        let queue = || tokio::time::timeout(limit, Arc::clone(m).lock_owned());
         if !background {
             self.foreground_waiting.fetch_add(1, Ordering::AcqRel);
             let _waiting = Waiting(self);
-            return Arc::clone(m).lock_owned().await;
+            return queue().await;
         }
         // Never closed, so the permit always comes; held until this one has the writer.
         let _turn = self.background_turn.acquire().await;
@@ -101,7 +105,7 @@ impl Lanes {
                 () = tokio::time::sleep_until(until) => break,
             }
         }
-        Arc::clone(m).lock_owned().await
+        queue().await
     }
 }
 
@@ -205,10 +209,11 @@ impl Store for SqliteStore {
         match &self.writer {
             Turn::Grouped { writer, flush, .. } => {
                 let background = crate::is_background();
-                let mut w =
-                    tokio::time::timeout(self.busy_timeout, self.lanes.lock(writer, background))
-                        .await
-                        .map_err(waited)?;
+                let mut w = self
+                    .lanes
+                    .lock(writer, background, self.busy_timeout)
+                    .await
+                    .map_err(waited)?;
                 let since = std::time::Instant::now();
                 w.start().await?;
                 let turn = GroupTurn {
