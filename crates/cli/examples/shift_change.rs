@@ -236,6 +236,7 @@ async fn main() {
     let since = switchboard_app::now_ms();
 
     let writer_before = server.app.store().pool_stats().writer;
+    let cpu_before = cpu_ticks();
     // The shift change: every device checked in by 64 concurrent clients.
     let t0 = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(clients));
@@ -262,6 +263,10 @@ async fn main() {
     println!("checkins_per_s {:.0}", lat.len() as f64 / checkin_s);
     println!("checkin_p50_ms {:.1}", percentile(&mut lat, 0.5));
     println!("checkin_p99_ms {:.1}", percentile(&mut lat, 0.99));
+    // Everything in this process (server, simulator, agents, clients) shares the machine's cores.
+    if let (Some(b), Some(a)) = (cpu_before, cpu_ticks()) {
+        println!("cpu_cores_busy {:.2}", (a - b) as f64 / 100.0 / checkin_s);
+    }
     // SQLite's one writer during the check-ins: its busy share of the wall clock (held by write
     // transactions plus group commits) and its time per write transaction.
     if let (Some(b), Some(a)) = (writer_before, server.app.store().pool_stats().writer) {
@@ -276,6 +281,10 @@ async fn main() {
         println!(
             "writer_us_per_tx {:.0}",
             (a.held_us - b.held_us) as f64 / txs as f64
+        );
+        println!(
+            "writer_tx_per_group_commit {:.1}",
+            txs as f64 / (a.group_commits - b.group_commits).max(1) as f64
         );
     }
 
@@ -360,4 +369,14 @@ async fn main() {
     agents.stop().await;
     server.shutdown().await.unwrap();
     sim.shutdown().await;
+}
+
+/// This process's CPU time so far, in clock ticks (1/100 s on Linux), from `/proc/self/stat`.
+fn cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (which may hold spaces) are space-separated; utime and
+    // stime are the 14th and 15th of the line, the 12th and 13th after the name.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }

@@ -66,7 +66,21 @@ where
         match self {
             Self::Tx(t) => t,
             Self::Plain(c) => c,
-            Self::Grouped(t) => &mut t.writer.conn,
+            Self::Grouped(t) => t.writer.conn_mut(),
+        }
+    }
+}
+
+impl<DB: sqlx::Database> Handle<DB>
+where
+    DB::Connection: RawExec,
+{
+    /// SQLite's writer run directly (see [`crate::direct`]); `None` everywhere else, where
+    /// statements go through sqlx.
+    pub(crate) async fn direct(&mut self) -> Result<Option<&rusqlite::Connection>, sqlx::Error> {
+        match self {
+            Self::Grouped(t) => t.writer.direct().await,
+            Self::Tx(_) | Self::Plain(_) => Ok(None),
         }
     }
 }
@@ -77,18 +91,25 @@ type ExecFuture<'a> =
 /// Runs a fixed statement (transaction control) on a backend's connection.
 pub(crate) trait RawExec: Send {
     fn exec(&mut self, sql: &'static str) -> ExecFuture<'_>;
+    /// The connection as SQLite's, which the writer can run directly.
+    fn sqlite(&mut self) -> Option<&mut sqlx::SqliteConnection>;
 }
 
 macro_rules! raw_exec {
-    ($($conn:ty),*) => {$(
+    ($($conn:ty => |$c:ident| $sqlite:expr),*) => {$(
         impl RawExec for $conn {
             fn exec(&mut self, sql: &'static str) -> ExecFuture<'_> {
                 Box::pin(async move { sqlx::query(sql).execute(&mut *self).await.map(|_| ()) })
             }
+
+            fn sqlite(&mut self) -> Option<&mut sqlx::SqliteConnection> {
+                let $c = self;
+                $sqlite
+            }
         }
     )*};
 }
-raw_exec!(sqlx::SqliteConnection, sqlx::PgConnection);
+raw_exec!(sqlx::SqliteConnection => |c| Some(c), sqlx::PgConnection => |_c| None);
 
 /// A write transaction waiting for the group's commit learns its outcome through this.
 type Waiter = tokio::sync::oneshot::Sender<Result<(), String>>;
@@ -124,8 +145,11 @@ impl<C: RawExec> Drop for GroupTurn<C> {
 /// and tells them all. A commit still returns only once its data is durable, and a failed
 /// physical commit fails every transaction in it (their callers see the error; nothing half
 /// done survives).
-pub(crate) struct Writer<C> {
-    pub(crate) conn: C,
+pub(crate) struct Writer<C: RawExec> {
+    /// The connection run directly (SQLite). Declared before `conn`: dropped first.
+    direct: crate::direct::Direct,
+    /// Reached through [`Writer::conn_mut`], which takes it back from `direct` first.
+    conn: C,
     /// A physical transaction is open.
     open: bool,
     /// A write transaction holds its savepoint. Still true when the next one starts, it was
@@ -175,9 +199,23 @@ fn micros(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+impl<C: RawExec> Drop for Writer<C> {
+    fn drop(&mut self) {
+        // The direct path's prepared statements are finalized (as `direct` drops, before
+        // `conn`) only while sqlx's thread is kept off the connection: take it back first.
+        if self.direct.must_lock_to_drop()
+            && let Some(conn) = self.conn.sqlite()
+            && futures_executor::block_on(self.direct.lock(conn)).is_err()
+        {
+            self.direct.abandon();
+        }
+    }
+}
+
 impl<C: RawExec> Writer<C> {
     pub(crate) fn new(conn: C, counters: std::sync::Arc<WriterCounters>) -> Self {
         Self {
+            direct: crate::direct::Direct::default(),
             conn,
             open: false,
             in_tx: false,
@@ -186,8 +224,32 @@ impl<C: RawExec> Writer<C> {
         }
     }
 
+    /// The sqlx connection, given back by the direct path first.
+    pub(crate) fn conn_mut(&mut self) -> &mut C {
+        self.direct.release();
+        &mut self.conn
+    }
+
+    /// The connection run directly, when it is SQLite's.
+    pub(crate) async fn direct(&mut self) -> Result<Option<&rusqlite::Connection>, sqlx::Error> {
+        match self.conn.sqlite() {
+            Some(conn) => self.direct.lock(conn).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs a statement through sqlx: one that may wait (`BEGIN IMMEDIATE` on a database
+    /// another process writes to) or fsync (`COMMIT`), which must not block an async thread.
     async fn exec(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
-        self.conn.exec(sql).await
+        self.conn_mut().exec(sql).await
+    }
+
+    /// Runs a quick statement (savepoints) directly where it can.
+    async fn exec_quick(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
+        if let Some(conn) = self.direct().await? {
+            return crate::direct::batch(conn, sql);
+        }
+        self.exec(sql).await
     }
 
     /// Starts a write transaction: its savepoint inside the open physical transaction, opened
@@ -198,7 +260,7 @@ impl<C: RawExec> Writer<C> {
             self.exec("BEGIN IMMEDIATE").await?;
             self.open = true;
         }
-        if let Err(e) = self.exec("SAVEPOINT sb_tx").await {
+        if let Err(e) = self.exec_quick("SAVEPOINT sb_tx").await {
             self.abort(&e.to_string()).await;
             return Err(e);
         }
@@ -212,7 +274,7 @@ impl<C: RawExec> Writer<C> {
         &mut self,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<(), String>>, sqlx::Error> {
         self.in_tx = false;
-        if let Err(e) = self.exec("RELEASE sb_tx").await {
+        if let Err(e) = self.exec_quick("RELEASE sb_tx").await {
             // SQLite may have rolled the physical transaction back on its own (I/O errors, a
             // full disk): every transaction in it has failed.
             self.abort(&e.to_string()).await;
@@ -249,8 +311,8 @@ impl<C: RawExec> Writer<C> {
             return;
         }
         self.in_tx = false;
-        let undone = match self.exec("ROLLBACK TO sb_tx").await {
-            Ok(()) => self.exec("RELEASE sb_tx").await,
+        let undone = match self.exec_quick("ROLLBACK TO sb_tx").await {
+            Ok(()) => self.exec_quick("RELEASE sb_tx").await,
             Err(e) => Err(e),
         };
         if let Err(e) = undone {

@@ -5,6 +5,7 @@
 
 pub mod access_log;
 mod device_models;
+mod direct;
 mod error;
 mod handle;
 pub mod models;

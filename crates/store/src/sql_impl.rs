@@ -18,6 +18,33 @@ macro_rules! impl_tx {
         }
 
         impl $tx {
+
+            /// Runs a statement that returns no rows: directly on SQLite's writer (see
+            /// [`crate::direct`]), through sqlx everywhere else. Answers how many rows changed.
+            async fn run<'q>(&mut self, sql: &'q str, args: &[$crate::direct::Arg<'q>]) -> Result<u64, $crate::StoreError> {
+                if let Some(conn) = self.inner.direct().await? {
+                    return $crate::direct::execute(conn, sql, args);
+                }
+                Ok(bind_all(sqlx::query(sql), args).execute(&mut *self.inner).await?.rows_affected())
+            }
+
+            /// Runs a statement and reads every row it returns (as [`Self::run`]).
+            async fn all<'q, T: $crate::direct::FromCols>(&mut self, sql: &'q str, args: &[$crate::direct::Arg<'q>]) -> Result<Vec<T>, $crate::StoreError> {
+                if let Some(conn) = self.inner.direct().await? {
+                    return $crate::direct::rows(conn, sql, args);
+                }
+                let rows = bind_all(sqlx::query(sql), args).fetch_all(&mut *self.inner).await?;
+                rows.iter().map(|r| T::from_cols(r).map_err($crate::StoreError::from)).collect()
+            }
+
+            /// Runs a statement and reads its first row, if any (as [`Self::run`]).
+            async fn first<'q, T: $crate::direct::FromCols>(&mut self, sql: &'q str, args: &[$crate::direct::Arg<'q>]) -> Result<Option<T>, $crate::StoreError> {
+                if let Some(conn) = self.inner.direct().await? {
+                    return $crate::direct::first(conn, sql, args);
+                }
+                let row = bind_all(sqlx::query(sql), args).fetch_optional(&mut *self.inner).await?;
+                Ok(row.as_ref().map(T::from_cols).transpose()?)
+            }
             /// Remembers to wake local workers at commit, and (PostgreSQL) tells other replicas
             /// through a notification that is delivered when the transaction commits.
             async fn mark_enqueued(&mut self) -> Result<(), $crate::StoreError> {
@@ -111,6 +138,23 @@ macro_rules! impl_tx {
         const JOB_COLS: &str = "id, kind, payload, dedupe_key, state, run_at, attempts, max_attempts, lease_owner, lease_until, last_error, created_at, updated_at";
 
         type DbRow = <$db as sqlx::Database>::Row;
+
+        type Query<'q> = sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>;
+
+        /// Binds a statement's parameters for sqlx.
+        fn bind_all<'q>(mut q: Query<'q>, args: &[$crate::direct::Arg<'q>]) -> Query<'q> {
+            use $crate::direct::Arg;
+            for a in args {
+                q = match *a {
+                    Arg::Text(v) => q.bind(v),
+                    Arg::Int(v) => q.bind(v),
+                    Arg::Int32(v) => q.bind(v),
+                    Arg::Bool(v) => q.bind(v),
+                    Arg::Blob(v) => q.bind(v),
+                };
+            }
+            q
+        }
 
         fn user_from(row: &DbRow, p: &str) -> Result<$crate::UserRow, sqlx::Error> {
             use sqlx::Row;
@@ -424,25 +468,18 @@ macro_rules! impl_tx {
             }
 
             async fn put_secret(&mut self, s: &$crate::SecretRow) -> Result<(), $crate::StoreError> {
-                sqlx::query(
+                self.run(
                     "INSERT INTO secrets (id, owner, purpose, key_id, nonce, ciphertext, created_at, updated_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                      ON CONFLICT (id) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce, \
                      ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
-                )
-                .bind(&s.id).bind(&s.owner).bind(&s.purpose).bind(&s.key_id)
-                .bind(&s.nonce).bind(&s.ciphertext).bind(s.created_at).bind(s.updated_at)
-                .execute(&mut *self.inner)
-                .await?;
+                    &$crate::direct::args![&s.id, &s.owner, &s.purpose, &s.key_id, &s.nonce, &s.ciphertext, s.created_at, s.updated_at],
+                ).await?;
                 Ok(())
             }
 
             async fn get_secret(&mut self, id: &str) -> Result<Option<$crate::SecretRow>, $crate::StoreError> {
-                let row = sqlx::query("SELECT id, owner, purpose, key_id, nonce, ciphertext, created_at, updated_at FROM secrets WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&mut *self.inner)
-                    .await?;
-                Ok(row.as_ref().map(secret_from).transpose()?)
+                self.first("SELECT id, owner, purpose, key_id, nonce, ciphertext, created_at, updated_at FROM secrets WHERE id = $1", &$crate::direct::args![id]).await
             }
 
             async fn list_secrets(&mut self) -> Result<Vec<$crate::SecretRow>, $crate::StoreError> {
@@ -453,8 +490,7 @@ macro_rules! impl_tx {
             }
 
             async fn delete_secret(&mut self, id: &str) -> Result<bool, $crate::StoreError> {
-                let r = sqlx::query("DELETE FROM secrets WHERE id = $1").bind(id).execute(&mut *self.inner).await?;
-                Ok(r.rows_affected() == 1)
+                Ok(self.run("DELETE FROM secrets WHERE id = $1", &$crate::direct::args![id]).await? == 1)
             }
 
             async fn append_audit(
@@ -463,16 +499,12 @@ macro_rules! impl_tx {
                 chain: i64,
                 at_ms: i64,
             ) -> Result<$crate::AuditRecord, $crate::StoreError> {
-                use sqlx::Row;
                 use switchboard_domain::audit::{entry_hash, ChainedFields};
-                let head = sqlx::query(concat!("SELECT seq, hash FROM audit_heads WHERE chain = $1 ", $for_update))
-                    .bind(chain)
-                    .fetch_optional(&mut *self.inner)
+                let head: $crate::direct::AuditHeadRow = self.first(concat!("SELECT seq, hash FROM audit_heads WHERE chain = $1 ", $for_update), &$crate::direct::args![chain])
                     .await?
                     .ok_or_else(|| $crate::StoreError::Corrupt(format!("audit chain {chain} has no head row")))?;
-                let prev_seq: i64 = head.try_get("seq")?;
-                let prev_hash: Vec<u8> = head.try_get("hash")?;
-                let seq = prev_seq + 1;
+                let prev_hash = head.hash;
+                let seq = head.seq + 1;
                 let details = event.details.to_string();
                 let fields = ChainedFields {
                     chain,
@@ -485,21 +517,16 @@ macro_rules! impl_tx {
                     request_id: event.request_id.as_deref(),
                 };
                 let hash = entry_hash(&prev_hash, &fields).to_vec();
-                let row = sqlx::query(
+                let id: $crate::direct::Id = self.first(
                     "INSERT INTO audit_log (chain, seq, at, actor, action, target, details, request_id, prev_hash, hash) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                    &$crate::direct::args![chain, seq, at_ms, &event.actor, &event.action, &event.target, details.as_str(), &event.request_id, &prev_hash, &hash],
                 )
-                .bind(chain).bind(seq).bind(at_ms).bind(&event.actor).bind(&event.action).bind(&event.target)
-                .bind(&details).bind(&event.request_id).bind(&prev_hash).bind(&hash)
-                .fetch_one(&mut *self.inner)
-                .await?;
-                let id: i64 = row.try_get("id")?;
-                sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain = $1")
-                    .bind(chain).bind(seq).bind(&hash)
-                    .execute(&mut *self.inner)
-                    .await?;
+                .await?
+                .ok_or_else(|| $crate::StoreError::Corrupt("the audit entry got no id".to_owned()))?;
+                self.run("UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain = $1", &$crate::direct::args![chain, seq, &hash]).await?;
                 Ok($crate::AuditRecord {
-                    id,
+                    id: id.id,
                     chain,
                     seq,
                     at: at_ms,
@@ -1091,7 +1118,7 @@ macro_rules! impl_tx {
             }
 
             async fn get_device_group(&mut self, id: &str) -> Result<Option<$crate::DeviceGroupRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(&format!("SELECT {GROUP_COLS} FROM device_groups WHERE id = $1 OR name = $1 ORDER BY id = $1 DESC LIMIT 1")).bind(id).fetch_optional(&mut *self.inner).await?)
+                self.first(&format!("SELECT {GROUP_COLS} FROM device_groups WHERE id = $1 OR name = $1 ORDER BY id = $1 DESC LIMIT 1"), &$crate::direct::args![id]).await
             }
 
             async fn list_device_groups(&mut self) -> Result<Vec<$crate::DeviceGroupRow>, $crate::StoreError> {
@@ -1139,21 +1166,21 @@ macro_rules! impl_tx {
             }
 
             async fn update_device(&mut self, d: &$crate::DeviceRow) -> Result<(), $crate::StoreError> {
-                sqlx::query("UPDATE devices SET serial = $2, uuid = $3, platform = $4, model = $5, os_version = $6, name = $7, slot = $8, group_id = $9, \
-                             location_id = $10, credential_digest = $11, status = $12, holder_id = $13, checkout_id = $14, pin_set = $15, battery = $16, \
-                             charging = $17, docked = $18, reported_location = $19, apps = $20, appconfig = $21, readiness = $22, last_heartbeat_at = $23, \
-                             enrolled_at = $24, revoked_at = $25, updated_at = $26, lost_at = $27, lost_reason = $28 WHERE id = $1")
-                    .bind(&d.id).bind(&d.serial).bind(&d.uuid).bind(&d.platform).bind(&d.model).bind(&d.os_version).bind(&d.name).bind(&d.slot)
-                    .bind(&d.group_id).bind(&d.location_id).bind(&d.credential_digest).bind(&d.status).bind(&d.holder_id).bind(&d.checkout_id)
-                    .bind(d.pin_set).bind(d.battery).bind(d.charging).bind(d.docked).bind(&d.reported_location).bind(&d.apps).bind(&d.appconfig)
-                    .bind(&d.readiness).bind(d.last_heartbeat_at).bind(d.enrolled_at).bind(d.revoked_at).bind(d.updated_at)
-                    .bind(d.lost_at).bind(&d.lost_reason)
-                    .execute(&mut *self.inner).await?;
+                self.run("UPDATE devices SET serial = $2, uuid = $3, platform = $4, model = $5, os_version = $6, name = $7, slot = $8, group_id = $9, \
+                          location_id = $10, credential_digest = $11, status = $12, holder_id = $13, checkout_id = $14, pin_set = $15, battery = $16, \
+                          charging = $17, docked = $18, reported_location = $19, apps = $20, appconfig = $21, readiness = $22, last_heartbeat_at = $23, \
+                          enrolled_at = $24, revoked_at = $25, updated_at = $26, lost_at = $27, lost_reason = $28 WHERE id = $1",
+                    &$crate::direct::args![&d.id, &d.serial, &d.uuid, &d.platform, &d.model, &d.os_version, &d.name, &d.slot,
+                        &d.group_id, &d.location_id, &d.credential_digest, &d.status, &d.holder_id, &d.checkout_id,
+                        d.pin_set, d.battery, d.charging, d.docked, &d.reported_location, &d.apps, &d.appconfig,
+                        &d.readiness, d.last_heartbeat_at, d.enrolled_at, d.revoked_at, d.updated_at,
+                        d.lost_at, &d.lost_reason],
+                ).await?;
                 Ok(())
             }
 
             async fn get_device(&mut self, id_or_serial: &str) -> Result<Option<$crate::DeviceRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(&format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1 OR serial = $1 ORDER BY id = $1 DESC LIMIT 1")).bind(id_or_serial).fetch_optional(&mut *self.inner).await?)
+                self.first(&format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1 OR serial = $1 ORDER BY id = $1 DESC LIMIT 1"), &$crate::direct::args![id_or_serial]).await
             }
 
             async fn find_device_by_credential(&mut self, digest: &str) -> Result<Option<$crate::DeviceRow>, $crate::StoreError> {
@@ -1168,7 +1195,7 @@ macro_rules! impl_tx {
             }
 
             async fn lock_device(&mut self, id: &str) -> Result<Option<$crate::DeviceRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(&format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1 OR serial = $1 {}", $for_update)).bind(id).fetch_optional(&mut *self.inner).await?)
+                self.first(&format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1 OR serial = $1 {}", $for_update), &$crate::direct::args![id]).await
             }
 
             async fn lock_checkin(&mut self, id: &str) -> Result<(), $crate::StoreError> {
@@ -1180,10 +1207,9 @@ macro_rules! impl_tx {
             }
 
             async fn take_device(&mut self, id: &str, holder: &str, checkout_id: &str, pin_set: bool, now: i64) -> Result<bool, $crate::StoreError> {
-                Ok(sqlx::query("UPDATE devices SET status = 'checked_out', holder_id = $2, checkout_id = $3, pin_set = $4, updated_at = $5 \
-                                WHERE id = $1 AND status = 'available' AND revoked_at IS NULL")
-                    .bind(id).bind(holder).bind(checkout_id).bind(pin_set).bind(now)
-                    .execute(&mut *self.inner).await?.rows_affected() == 1)
+                Ok(self.run("UPDATE devices SET status = 'checked_out', holder_id = $2, checkout_id = $3, pin_set = $4, updated_at = $5 \
+                             WHERE id = $1 AND status = 'available' AND revoked_at IS NULL",
+                    &$crate::direct::args![id, holder, checkout_id, pin_set, now]).await? == 1)
             }
 
             async fn put_device_user(&mut self, u: &$crate::DeviceUserRow) -> Result<(), $crate::StoreError> {
@@ -1198,7 +1224,7 @@ macro_rules! impl_tx {
             }
 
             async fn get_device_user(&mut self, id_or_username: &str) -> Result<Option<$crate::DeviceUserRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(&format!("SELECT {DEVICE_USER_COLS} FROM device_users WHERE id = $1 OR username = $1 ORDER BY id = $1 DESC LIMIT 1")).bind(id_or_username).fetch_optional(&mut *self.inner).await?)
+                self.first(&format!("SELECT {DEVICE_USER_COLS} FROM device_users WHERE id = $1 OR username = $1 ORDER BY id = $1 DESC LIMIT 1"), &$crate::direct::args![id_or_username]).await
             }
 
             async fn find_device_user_by_badge(&mut self, digest: &str) -> Result<Option<$crate::DeviceUserRow>, $crate::StoreError> {
@@ -1218,10 +1244,9 @@ macro_rules! impl_tx {
             }
 
             async fn insert_checkout(&mut self, c: &$crate::CheckoutRow) -> Result<(), $crate::StoreError> {
-                sqlx::query(&format!("INSERT INTO checkouts ({CHECKOUT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"))
-                    .bind(&c.id).bind(&c.device_id).bind(&c.user_id).bind(&c.location_id).bind(&c.source).bind(c.pin_set)
-                    .bind(c.started_at).bind(c.due_at).bind(c.ended_at).bind(&c.checkin_id)
-                    .execute(&mut *self.inner).await?;
+                self.run(&format!("INSERT INTO checkouts ({CHECKOUT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+                    &$crate::direct::args![&c.id, &c.device_id, &c.user_id, &c.location_id, &c.source, c.pin_set,
+                        c.started_at, c.due_at, c.ended_at, &c.checkin_id]).await?;
                 Ok(())
             }
 
@@ -1230,14 +1255,15 @@ macro_rules! impl_tx {
             }
 
             async fn end_checkout(&mut self, id: &str, at: i64, checkin_id: &str) -> Result<bool, $crate::StoreError> {
-                Ok(sqlx::query("UPDATE checkouts SET ended_at = $2, checkin_id = $3 WHERE id = $1 AND ended_at IS NULL")
-                    .bind(id).bind(at).bind(checkin_id).execute(&mut *self.inner).await?.rows_affected() == 1)
+                Ok(self.run("UPDATE checkouts SET ended_at = $2, checkin_id = $3 WHERE id = $1 AND ended_at IS NULL", &$crate::direct::args![id, at, checkin_id]).await? == 1)
             }
 
             async fn open_checkouts(&mut self, user_id: Option<&str>, due_before: Option<i64>) -> Result<Vec<$crate::CheckoutRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(&format!("SELECT {CHECKOUT_COLS} FROM checkouts WHERE ended_at IS NULL AND ($1 IS NULL OR user_id = $1) \
-                                            AND ($2 IS NULL OR due_at < $2) ORDER BY due_at"))
-                    .bind(user_id).bind(due_before).fetch_all(&mut *self.inner).await?)
+                // One user's: a statement of its own, so a prepared statement still searches
+                // the user index (`$1 IS NULL OR ...` would scan every open check-out).
+                let by = if user_id.is_some() { "user_id = $1" } else { "$1 IS NULL" };
+                self.all(&format!("SELECT {CHECKOUT_COLS} FROM checkouts WHERE ended_at IS NULL AND {by} \
+                                   AND ($2 IS NULL OR due_at < $2) ORDER BY due_at"), &$crate::direct::args![user_id, due_before]).await
             }
 
             async fn device_checkouts(&mut self, device_id: &str, limit: i64) -> Result<Vec<$crate::CheckoutRow>, $crate::StoreError> {
@@ -1246,59 +1272,53 @@ macro_rules! impl_tx {
             }
 
             async fn insert_checkin(&mut self, c: &$crate::CheckinRow) -> Result<(), $crate::StoreError> {
-                sqlx::query(&format!("INSERT INTO checkins ({CHECKIN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
-                    .bind(&c.id).bind(&c.device_id).bind(&c.checkout_id).bind(&c.user_id).bind(&c.requested_by).bind(&c.status)
-                    .bind(&c.warnings).bind(c.started_at).bind(c.completed_at)
-                    .execute(&mut *self.inner).await?;
+                self.run(&format!("INSERT INTO checkins ({CHECKIN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"),
+                    &$crate::direct::args![&c.id, &c.device_id, &c.checkout_id, &c.user_id, &c.requested_by, &c.status,
+                        &c.warnings, c.started_at, c.completed_at]).await?;
                 Ok(())
             }
 
             async fn update_checkin(&mut self, c: &$crate::CheckinRow) -> Result<(), $crate::StoreError> {
-                sqlx::query("UPDATE checkins SET status = $2, warnings = $3, completed_at = $4 WHERE id = $1")
-                    .bind(&c.id).bind(&c.status).bind(&c.warnings).bind(c.completed_at)
-                    .execute(&mut *self.inner).await?;
+                self.run("UPDATE checkins SET status = $2, warnings = $3, completed_at = $4 WHERE id = $1",
+                    &$crate::direct::args![&c.id, &c.status, &c.warnings, c.completed_at]).await?;
                 Ok(())
             }
 
             async fn get_checkin(&mut self, id: &str) -> Result<Option<$crate::CheckinRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(&format!("SELECT {CHECKIN_COLS} FROM checkins WHERE id = $1")).bind(id).fetch_optional(&mut *self.inner).await?)
+                self.first(&format!("SELECT {CHECKIN_COLS} FROM checkins WHERE id = $1"), &$crate::direct::args![id]).await
             }
 
             async fn device_checkins(&mut self, device_id: &str, limit: i64) -> Result<Vec<$crate::CheckinRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(&format!("SELECT {CHECKIN_COLS} FROM checkins WHERE device_id = $1 ORDER BY started_at DESC LIMIT $2"))
-                    .bind(device_id).bind(limit).fetch_all(&mut *self.inner).await?)
+                self.all(&format!("SELECT {CHECKIN_COLS} FROM checkins WHERE device_id = $1 ORDER BY started_at DESC LIMIT $2"), &$crate::direct::args![device_id, limit]).await
             }
 
             async fn insert_checkin_steps(&mut self, steps: &[$crate::CheckinStepRow]) -> Result<(), $crate::StoreError> {
                 for chunk in steps.chunks($batch_rows) {
                     let sql = format!("INSERT INTO checkin_steps ({STEP_COLS}) VALUES {}", $crate::sql_impl::values_list(14, chunk.len(), $numbered));
-                    let mut q = sqlx::query(&sql);
+                    let mut args = Vec::with_capacity(chunk.len() * 14);
                     for s in chunk {
-                        q = q.bind(&s.checkin_id).bind(s.position).bind(&s.action).bind(&s.spec).bind(s.on_device).bind(s.mandatory).bind(&s.status)
-                            .bind(&s.detail).bind(&s.install_id).bind(s.attempts).bind(s.outcome_unknown).bind(s.repeats)
-                            .bind(&s.command_id).bind(s.updated_at);
+                        args.extend($crate::direct::args![&s.checkin_id, s.position, &s.action, &s.spec, s.on_device, s.mandatory, &s.status,
+                            &s.detail, &s.install_id, s.attempts, s.outcome_unknown, s.repeats, &s.command_id, s.updated_at]);
                     }
-                    q.execute(&mut *self.inner).await?;
+                    self.run(&sql, &args).await?;
                 }
                 Ok(())
             }
 
             async fn update_checkin_step(&mut self, s: &$crate::CheckinStepRow) -> Result<(), $crate::StoreError> {
-                sqlx::query("UPDATE checkin_steps SET status = $3, detail = $4, install_id = $5, attempts = $6, outcome_unknown = $7, \
-                             repeats = $8, command_id = $9, updated_at = $10 WHERE checkin_id = $1 AND position = $2")
-                    .bind(&s.checkin_id).bind(s.position).bind(&s.status).bind(&s.detail).bind(&s.install_id).bind(s.attempts)
-                    .bind(s.outcome_unknown).bind(s.repeats).bind(&s.command_id).bind(s.updated_at)
-                    .execute(&mut *self.inner).await?;
+                self.run("UPDATE checkin_steps SET status = $3, detail = $4, install_id = $5, attempts = $6, outcome_unknown = $7, \
+                          repeats = $8, command_id = $9, updated_at = $10 WHERE checkin_id = $1 AND position = $2",
+                    &$crate::direct::args![&s.checkin_id, s.position, &s.status, &s.detail, &s.install_id, s.attempts,
+                        s.outcome_unknown, s.repeats, &s.command_id, s.updated_at]).await?;
                 Ok(())
             }
 
             async fn checkin_steps(&mut self, checkin_id: &str) -> Result<Vec<$crate::CheckinStepRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(&format!("SELECT {STEP_COLS} FROM checkin_steps WHERE checkin_id = $1 ORDER BY position")).bind(checkin_id).fetch_all(&mut *self.inner).await?)
+                self.all(&format!("SELECT {STEP_COLS} FROM checkin_steps WHERE checkin_id = $1 ORDER BY position"), &$crate::direct::args![checkin_id]).await
             }
 
             async fn get_checkin_step(&mut self, checkin_id: &str, position: i64) -> Result<Option<$crate::CheckinStepRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(&format!("SELECT {STEP_COLS} FROM checkin_steps WHERE checkin_id = $1 AND position = $2"))
-                    .bind(checkin_id).bind(position).fetch_optional(&mut *self.inner).await?)
+                self.first(&format!("SELECT {STEP_COLS} FROM checkin_steps WHERE checkin_id = $1 AND position = $2"), &$crate::direct::args![checkin_id, position]).await
             }
 
             async fn step_totals(&mut self, since: i64) -> Result<$crate::StepTotals, $crate::StoreError> {
@@ -1323,44 +1343,47 @@ macro_rules! impl_tx {
             async fn insert_commands(&mut self, commands: &[$crate::CommandRow]) -> Result<(), $crate::StoreError> {
                 for chunk in commands.chunks($batch_rows) {
                     let sql = format!("INSERT INTO device_commands ({COMMAND_COLS}) VALUES {}", $crate::sql_impl::values_list(13, chunk.len(), $numbered));
-                    let mut q = sqlx::query(&sql);
+                    let mut args = Vec::with_capacity(chunk.len() * 13);
                     for c in chunk {
-                        q = q.bind(&c.id).bind(&c.device_id).bind(&c.kind).bind(&c.params).bind(&c.secret_ref).bind(&c.state).bind(&c.checkin_id)
-                            .bind(c.position).bind(c.created_at).bind(c.expires_at).bind(c.delivered_at).bind(c.finished_at).bind(&c.result);
+                        args.extend($crate::direct::args![&c.id, &c.device_id, &c.kind, &c.params, &c.secret_ref, &c.state, &c.checkin_id,
+                            c.position, c.created_at, c.expires_at, c.delivered_at, c.finished_at, &c.result]);
                     }
-                    q.execute(&mut *self.inner).await?;
+                    self.run(&sql, &args).await?;
                 }
                 Ok(())
             }
 
             async fn update_command(&mut self, c: &$crate::CommandRow) -> Result<(), $crate::StoreError> {
-                sqlx::query("UPDATE device_commands SET state = $2, secret_ref = $3, delivered_at = $4, finished_at = $5, result = $6 WHERE id = $1")
-                    .bind(&c.id).bind(&c.state).bind(&c.secret_ref).bind(c.delivered_at).bind(c.finished_at).bind(&c.result)
-                    .execute(&mut *self.inner).await?;
+                self.run("UPDATE device_commands SET state = $2, secret_ref = $3, delivered_at = $4, finished_at = $5, result = $6 WHERE id = $1",
+                    &$crate::direct::args![&c.id, &c.state, &c.secret_ref, c.delivered_at, c.finished_at, &c.result]).await?;
                 Ok(())
             }
 
             async fn get_command(&mut self, id: &str) -> Result<Option<$crate::CommandRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(&format!("SELECT {COMMAND_COLS} FROM device_commands WHERE id = $1")).bind(id).fetch_optional(&mut *self.inner).await?)
+                self.first(&format!("SELECT {COMMAND_COLS} FROM device_commands WHERE id = $1"), &$crate::direct::args![id]).await
             }
 
             async fn deliverable_commands(&mut self, device_id: &str, now: i64, redeliver_before: i64) -> Result<Vec<$crate::CommandRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(&format!("SELECT {COMMAND_COLS} FROM device_commands WHERE device_id = $1 AND expires_at > $2 \
-                                            AND (state = 'queued' OR (state = 'delivered' AND delivered_at < $3)) ORDER BY created_at, position, id LIMIT 50"))
-                    .bind(device_id).bind(now).bind(redeliver_before).fetch_all(&mut *self.inner).await?)
+                // `+expires_at` keeps SQLite, which has no statistics to tell, from walking the
+                // expiry index over every device's open commands instead of this device's.
+                self.all(&format!("SELECT {COMMAND_COLS} FROM device_commands WHERE device_id = $1 AND +expires_at > $2 \
+                                   AND (state = 'queued' OR (state = 'delivered' AND delivered_at < $3)) ORDER BY created_at, position, id LIMIT 50"),
+                    &$crate::direct::args![device_id, now, redeliver_before]).await
             }
 
             async fn deliver_commands(&mut self, device_id: &str, now: i64, redeliver_before: i64) -> Result<Vec<$crate::CommandRow>, $crate::StoreError> {
                 // The state test again outside the subquery: a concurrent delivery (PostgreSQL
-                // re-checks a row it waited for) must not hand the same command out twice.
-                let mut rows: Vec<$crate::CommandRow> = sqlx::query_as(&format!(
+                // re-checks a row it waited for) must not hand the same command out twice. The
+                // `+expires_at` and `IS TRUE` keep SQLite's planner (no statistics) on this
+                // device's commands and on the ids found, not on the expiry index.
+                let mut rows: Vec<$crate::CommandRow> = self.all(&format!(
                     "UPDATE device_commands SET state = 'delivered', delivered_at = $2 \
-                     WHERE id IN (SELECT id FROM device_commands WHERE device_id = $1 AND expires_at > $2 \
+                     WHERE id IN (SELECT id FROM device_commands WHERE device_id = $1 AND +expires_at > $2 \
                                   AND (state = 'queued' OR (state = 'delivered' AND delivered_at < $3)) \
                                   ORDER BY created_at, position, id LIMIT 50) \
-                     AND (state = 'queued' OR (state = 'delivered' AND delivered_at < $3)) \
-                     RETURNING {COMMAND_COLS}"))
-                    .bind(device_id).bind(now).bind(redeliver_before).fetch_all(&mut *self.inner).await?;
+                     AND (state = 'queued' OR (state = 'delivered' AND delivered_at < $3)) IS TRUE \
+                     RETURNING {COMMAND_COLS}"),
+                    &$crate::direct::args![device_id, now, redeliver_before]).await?;
                 rows.sort_by(|a, b| (a.created_at, a.position, &a.id).cmp(&(b.created_at, b.position, &b.id)));
                 Ok(rows)
             }
@@ -1376,8 +1399,7 @@ macro_rules! impl_tx {
             }
 
             async fn insert_device_event(&mut self, device_id: &str, at: i64, kind: &str, detail: &str) -> Result<(), $crate::StoreError> {
-                sqlx::query("INSERT INTO device_events (device_id, at, kind, detail) VALUES ($1, $2, $3, $4)")
-                    .bind(device_id).bind(at).bind(kind).bind(detail).execute(&mut *self.inner).await?;
+                self.run("INSERT INTO device_events (device_id, at, kind, detail) VALUES ($1, $2, $3, $4)", &$crate::direct::args![device_id, at, kind, detail]).await?;
                 Ok(())
             }
 
@@ -1387,8 +1409,7 @@ macro_rules! impl_tx {
             }
 
             async fn get_idempotency(&mut self, scope: &str, key: &str) -> Result<Option<$crate::IdempotencyRow>, $crate::StoreError> {
-                Ok(sqlx::query_as("SELECT scope, key, request_digest, status, response, created_at FROM idempotency_keys WHERE scope = $1 AND key = $2")
-                    .bind(scope).bind(key).fetch_optional(&mut *self.inner).await?)
+                self.first("SELECT scope, key, request_digest, status, response, created_at FROM idempotency_keys WHERE scope = $1 AND key = $2", &$crate::direct::args![scope, key]).await
             }
 
             async fn purge_device_history(&mut self, before: i64, keys_before: i64) -> Result<u64, $crate::StoreError> {
@@ -1442,27 +1463,22 @@ macro_rules! impl_tx {
             }
 
             async fn put_idempotency(&mut self, r: &$crate::IdempotencyRow) -> Result<(), $crate::StoreError> {
-                sqlx::query("INSERT INTO idempotency_keys (scope, key, request_digest, status, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-                    .bind(&r.scope).bind(&r.key).bind(&r.request_digest).bind(r.status).bind(&r.response).bind(r.created_at)
-                    .execute(&mut *self.inner).await?;
+                self.run("INSERT INTO idempotency_keys (scope, key, request_digest, status, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                    &$crate::direct::args![&r.scope, &r.key, &r.request_digest, r.status, &r.response, r.created_at]).await?;
                 Ok(())
             }
 
             async fn enqueue_job(&mut self, j: &$crate::NewJob) -> Result<Option<i64>, $crate::StoreError> {
-                use sqlx::Row;
-                let row = sqlx::query(
+                let payload = j.payload.to_string();
+                let id: Option<$crate::direct::Id> = self.first(
                     "INSERT INTO jobs (kind, payload, dedupe_key, state, run_at, attempts, max_attempts, created_at, updated_at) \
                      VALUES ($1, $2, $3, 'queued', $4, 0, $5, $6, $6) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-                )
-                .bind(&j.kind).bind(j.payload.to_string()).bind(&j.dedupe_key)
-                .bind(j.run_at).bind(j.max_attempts).bind(j.now)
-                .fetch_optional(&mut *self.inner)
-                .await?;
-                let id = row.map(|r| r.try_get::<i64, _>("id")).transpose()?;
+                    &$crate::direct::args![&j.kind, payload.as_str(), &j.dedupe_key, j.run_at, j.max_attempts, j.now],
+                ).await?;
                 if id.is_some() {
                     self.mark_enqueued().await?;
                 }
-                Ok(id)
+                Ok(id.map(|i| i.id))
             }
 
             async fn enqueue_jobs(&mut self, jobs: &[$crate::NewJob]) -> Result<u64, $crate::StoreError> {
@@ -1472,12 +1488,13 @@ macro_rules! impl_tx {
                         "INSERT INTO jobs (kind, payload, dedupe_key, state, run_at, attempts, max_attempts, created_at, updated_at) \
                          VALUES {} ON CONFLICT (dedupe_key) DO NOTHING",
                         $crate::sql_impl::values_list(9, chunk.len(), $numbered));
-                    let mut q = sqlx::query(&sql);
-                    for j in chunk {
-                        q = q.bind(&j.kind).bind(j.payload.to_string()).bind(&j.dedupe_key).bind("queued").bind(j.run_at).bind(0_i32)
-                            .bind(j.max_attempts).bind(j.now).bind(j.now);
+                    let payloads: Vec<String> = chunk.iter().map(|j| j.payload.to_string()).collect();
+                    let mut args = Vec::with_capacity(chunk.len() * 9);
+                    for (j, payload) in chunk.iter().zip(&payloads) {
+                        args.extend($crate::direct::args![&j.kind, payload, &j.dedupe_key, "queued", j.run_at, 0_i32,
+                            j.max_attempts, j.now, j.now]);
                     }
-                    added += q.execute(&mut *self.inner).await?.rows_affected();
+                    added += self.run(&sql, &args).await?;
                 }
                 if added > 0 {
                     self.mark_enqueued().await?;
@@ -1486,38 +1503,27 @@ macro_rules! impl_tx {
             }
 
             async fn claim_jobs(&mut self, owner: &str, now: i64, lease_ms: i64, limit: i64) -> Result<Vec<$crate::JobRow>, $crate::StoreError> {
-                let rows = sqlx::query(&format!(
+                let mut jobs: Vec<$crate::JobRow> = self.all(&format!(
                     "UPDATE jobs SET lease_owner = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3 \
                      WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= $3 \
                      AND (lease_until IS NULL OR lease_until < $3) ORDER BY run_at, id LIMIT $4 {}) \
                      RETURNING {JOB_COLS}",
                     $skip_locked
-                ))
-                .bind(owner).bind(now + lease_ms).bind(now).bind(limit)
-                .fetch_all(&mut *self.inner)
-                .await?;
-                let mut jobs = collect(rows, job_from)?;
+                ), &$crate::direct::args![owner, now + lease_ms, now, limit]).await?;
                 jobs.sort_by_key(|j| (j.run_at, j.id));
                 Ok(jobs)
             }
 
             async fn complete_job(&mut self, id: i64, owner: &str) -> Result<bool, $crate::StoreError> {
-                let r = sqlx::query("DELETE FROM jobs WHERE id = $1 AND lease_owner = $2 AND state = 'queued'")
-                    .bind(id).bind(owner)
-                    .execute(&mut *self.inner)
-                    .await?;
-                Ok(r.rows_affected() == 1)
+                Ok(self.run("DELETE FROM jobs WHERE id = $1 AND lease_owner = $2 AND state = 'queued'", &$crate::direct::args![id, owner]).await? == 1)
             }
 
             async fn retry_job_later(&mut self, id: i64, owner: &str, run_at: i64, error: &str, now: i64) -> Result<bool, $crate::StoreError> {
-                let r = sqlx::query(
+                Ok(self.run(
                     "UPDATE jobs SET run_at = $3, last_error = $4, lease_owner = NULL, lease_until = NULL, updated_at = $5 \
                      WHERE id = $1 AND lease_owner = $2 AND state = 'queued'",
-                )
-                .bind(id).bind(owner).bind(run_at).bind(error).bind(now)
-                .execute(&mut *self.inner)
-                .await?;
-                Ok(r.rows_affected() == 1)
+                    &$crate::direct::args![id, owner, run_at, error, now],
+                ).await? == 1)
             }
 
             async fn bury_job(&mut self, id: i64, owner: &str, error: &str, now: i64) -> Result<bool, $crate::StoreError> {
