@@ -47,10 +47,16 @@ OUT="bench/results/shift-change-$(date -u +%Y-%m-%dT%H-%M-%SZ).md"
     echo "| $k | $(get $k checkins_per_s) | $(get $k checkin_p50_ms) ms | $(get $k checkin_p99_ms) ms |"
   done
   echo
-  echo "| SQLite's one writer during the check-ins | busy (held + group commits, % of wall clock) | write transactions per check-in | writer held per write transaction |"
-  echo "|---|---|---|---|"
+  echo "| CPU during the check-ins (of $(nproc) cores) | this process (server, simulator, agents, clients) | whole machine (PostgreSQL included) |"
+  echo "|---|---|---|"
+  for k in sqlite-clean sqlite-faults postgres-clean postgres-faults sqlite-checkin-only postgres-checkin-only; do
+    echo "| $k | $(get $k cpu_cores_busy) | $(get $k machine_cores_busy) |"
+  done
+  echo
+  echo "| SQLite's one writer during the check-ins | busy (held + group commits, % of wall clock) | write transactions per check-in | writer held per write transaction | write transactions per group commit |"
+  echo "|---|---|---|---|---|"
   for k in sqlite-clean sqlite-faults sqlite-normal-clean sqlite-checkin-only; do
-    echo "| $k | $(get $k writer_busy_pct) % | $(get $k writer_tx_per_checkin) | $(get $k writer_us_per_tx) µs |"
+    echo "| $k | $(get $k writer_busy_pct) % | $(get $k writer_tx_per_checkin) | $(get $k writer_us_per_tx) µs | $(get $k writer_tx_per_group_commit) |"
   done
   echo
   echo "sqlite-normal-clean runs SQLite with synchronous=NORMAL (survives a crash, may lose the last commits on a power cut); the other SQLite rows use the default FULL."

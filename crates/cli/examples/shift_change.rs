@@ -70,6 +70,9 @@ async fn main() {
         job_concurrency: 32,
         job_backoff_base_ms: 500,
         max_body_bytes: 1024 * 1024,
+        audit_chains: std::env::var("SB_AUDIT_CHAINS")
+            .ok()
+            .and_then(|v| v.parse().ok()),
         ..Default::default()
     };
     let server = switchboard_cli::start(config, switchboard_cli::standard_registry())
@@ -237,6 +240,7 @@ async fn main() {
 
     let writer_before = server.app.store().pool_stats().writer;
     let cpu_before = cpu_ticks();
+    let machine_before = machine_ticks();
     // The shift change: every device checked in by 64 concurrent clients.
     let t0 = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(clients));
@@ -266,6 +270,13 @@ async fn main() {
     // Everything in this process (server, simulator, agents, clients) shares the machine's cores.
     if let (Some(b), Some(a)) = (cpu_before, cpu_ticks()) {
         println!("cpu_cores_busy {:.2}", (a - b) as f64 / 100.0 / checkin_s);
+    }
+    // The whole machine, PostgreSQL's processes included.
+    if let (Some(b), Some(a)) = (machine_before, machine_ticks()) {
+        println!(
+            "machine_cores_busy {:.2}",
+            (a - b) as f64 / 100.0 / checkin_s
+        );
     }
     // SQLite's one writer during the check-ins: its busy share of the wall clock (held by write
     // transactions plus group commits) and its time per write transaction.
@@ -379,4 +390,18 @@ fn cpu_ticks() -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split(' ').collect();
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Busy clock ticks of all cores so far (everything but idle and I/O wait), from `/proc/stat`.
+fn machine_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    Some(cpu.iter().sum::<u64>() - cpu.get(3)? - cpu.get(4)?)
 }

@@ -8,6 +8,7 @@ mod device_models;
 mod direct;
 mod error;
 mod handle;
+mod lanes;
 pub mod models;
 pub mod postgres;
 mod sql_impl;

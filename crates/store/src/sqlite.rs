@@ -1,6 +1,7 @@
 //! The embedded default: SQLite in WAL mode, `synchronous=FULL` unless told otherwise.
 
 use crate::handle::{GroupTurn, Handle, Writer, WriterCounters};
+use crate::lanes::Lanes;
 use crate::{ConnectOptions, MigrationStatus, PoolStats, Store, StoreError, Tx};
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -35,78 +36,26 @@ pub struct SqliteStore {
     lanes: Arc<Lanes>,
 }
 
-/// Foreground write transactions waiting for the writer, which background ones let go first (see
-/// [`crate::background`]).
-struct Lanes {
-    foreground_waiting: std::sync::atomic::AtomicUsize,
-    clear: Notify,
-    /// Background transactions queue for the writer one at a time: when the foreground queue
-    /// empties, one of them goes, not all of them ahead of the next requests.
-    background_turn: tokio::sync::Semaphore,
-}
-
-impl Default for Lanes {
-    fn default() -> Self {
-        Self {
-            foreground_waiting: std::sync::atomic::AtomicUsize::new(0),
-            clear: Notify::new(),
-            background_turn: tokio::sync::Semaphore::new(1),
-        }
+/// Waits for the writer: a foreground transaction queues at once; a background one first lets
+/// the foreground ones waiting go first (see [`Lanes`]). `limit` bounds the wait in the writer's
+/// queue itself (a writer that is stuck), not the time a background transaction deliberately
+/// lets others go first: under a burst of requests, background work waits longer and still
+/// succeeds.
+async fn queue_for<T>(
+    lanes: &Arc<Lanes>,
+    m: &Arc<tokio::sync::Mutex<T>>,
+    background: bool,
+    limit: std::time::Duration,
+) -> Result<tokio::sync::OwnedMutexGuard<T>, tokio::time::error::Elapsed> {
+    let queue = || tokio::time::timeout(limit, Arc::clone(m).lock_owned());
+    if background {
+        // Held until this one has the writer: one background transaction at a time goes when
+        // the foreground queue empties, not all of them ahead of the next requests.
+        let _turn = lanes.let_foreground_go_first().await;
+        return queue().await;
     }
-}
-
-/// A foreground transaction's place in the queue, given up when it has the writer (or gave up).
-struct Waiting<'a>(&'a Lanes);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        if self
-            .0
-            .foreground_waiting
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
-            == 1
-        {
-            self.0.clear.notify_waiters();
-        }
-    }
-}
-
-impl Lanes {
-    /// Waits for the writer: a foreground transaction queues at once; a background one waits for
-    /// its turn among background ones, then lets the foreground ones waiting go first, for at
-    /// most [`crate::BACKGROUND_YIELD`]. `limit` bounds the wait in the writer's queue itself
-    /// (a writer that is stuck), not the time a background transaction deliberately lets others
-    /// go first: under a burst of requests, background work waits longer and still succeeds.
-    async fn lock<T>(
-        &self,
-        m: &Arc<tokio::sync::Mutex<T>>,
-        background: bool,
-        limit: std::time::Duration,
-    ) -> Result<tokio::sync::OwnedMutexGuard<T>, tokio::time::error::Elapsed> {
-        use std::sync::atomic::Ordering;
-        let queue = || tokio::time::timeout(limit, Arc::clone(m).lock_owned());
-        if !background {
-            self.foreground_waiting.fetch_add(1, Ordering::AcqRel);
-            let _waiting = Waiting(self);
-            return queue().await;
-        }
-        // Never closed, so the permit always comes; held until this one has the writer.
-        let _turn = self.background_turn.acquire().await;
-        let until = tokio::time::Instant::now() + crate::BACKGROUND_YIELD;
-        while self.foreground_waiting.load(Ordering::Acquire) > 0 {
-            let clear = self.clear.notified();
-            tokio::pin!(clear);
-            clear.as_mut().enable();
-            if self.foreground_waiting.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            tokio::select! {
-                () = clear => {}
-                () = tokio::time::sleep_until(until) => break,
-            }
-        }
-        queue().await
-    }
+    let _waiting = lanes.foreground();
+    queue().await
 }
 
 /// How this process takes its turn to write.
@@ -209,9 +158,7 @@ impl Store for SqliteStore {
         match &self.writer {
             Turn::Grouped { writer, flush, .. } => {
                 let background = crate::is_background();
-                let mut w = self
-                    .lanes
-                    .lock(writer, background, self.busy_timeout)
+                let mut w = queue_for(&self.lanes, writer, background, self.busy_timeout)
                     .await
                     .map_err(waited)?;
                 let since = std::time::Instant::now();

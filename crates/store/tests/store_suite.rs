@@ -1331,3 +1331,66 @@ store_test!(
         assert_eq!(*order.lock().unwrap(), ["first", "second", "job"]);
     }
 );
+
+store_test!(
+    a_write_transaction_is_one_whatever_runs_its_statements,
+    |store: Arc<dyn Store>| async move {
+        // On SQLite some statements run directly on the writer connection and the rest through
+        // sqlx on the same connection (`direct.rs`): they must see each other's changes within
+        // the transaction and commit or roll back together, also when they alternate.
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_device(&device("d1", "SER1")).await.unwrap(); // sqlx
+        let mut d = tx.lock_device("SER1").await.unwrap().unwrap(); // direct
+        d.status = "attention".into();
+        tx.update_device(&d).await.unwrap(); // direct
+        let all = switchboard_store::DeviceFilter {
+            limit: 10,
+            ..Default::default()
+        };
+        let listed = tx.list_devices(&all).await.unwrap(); // sqlx
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].status, "attention", "sqlx sees the direct update");
+        tx.insert_checkout(&checkout("c1", "d1", "u1"))
+            .await
+            .unwrap(); // direct
+        assert_eq!(
+            tx.device_checkouts("d1", 5).await.unwrap().len(), // sqlx
+            1
+        );
+        drop(tx);
+        let mut tx = store.read().await.unwrap();
+        assert!(
+            tx.get_device("d1").await.unwrap().is_none(),
+            "all rolled back"
+        );
+        assert!(tx.get_checkout("c1").await.unwrap().is_none());
+        drop(tx);
+
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_device(&device("d1", "SER1")).await.unwrap();
+        tx.insert_checkout(&checkout("c1", "d1", "u1"))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        // A failed direct statement is an ordinary error and leaves the writer usable.
+        let mut tx = store.begin().await.unwrap();
+        let err = tx
+            .insert_checkout(&checkout("c1", "d1", "u1"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        drop(tx);
+        let mut tx = store.begin().await.unwrap();
+        assert!(tx.end_checkout("c1", 50, "ci1").await.unwrap());
+        tx.commit().await.unwrap();
+        let mut tx = store.read().await.unwrap();
+        assert_eq!(
+            tx.get_checkout("c1").await.unwrap().unwrap().ended_at,
+            Some(50)
+        );
+        assert_eq!(
+            tx.get_device("SER1").await.unwrap().unwrap().status,
+            "available"
+        );
+    }
+);
