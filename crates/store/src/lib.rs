@@ -48,11 +48,12 @@ tokio::task_local! {
 }
 
 /// Runs `work` as background work: work nobody waits on at a screen (job workers, device agents'
-/// polls and results). On SQLite its write transactions let the foreground ones waiting for the
-/// one writer (staff and kiosk requests: a check-in at a busy shift change) go first, for at most
-/// [`BACKGROUND_YIELD`] each; the work is delayed, never dropped (the SQLite busy timeout counts
-/// only its wait in the writer's own queue). PostgreSQL has no single writer and runs it as any
-/// other.
+/// polls and results). Its write transactions let the foreground ones (staff and kiosk requests:
+/// a check-in at a busy shift change) go first, for at most [`BACKGROUND_YIELD`] each, one
+/// background transaction at a time: on SQLite the foreground ones queued for the one writer, on
+/// PostgreSQL the foreground ones open; on PostgreSQL background transactions also hold at most a
+/// quarter of the connection pool. The work is delayed, never dropped (the SQLite busy timeout
+/// counts only its wait in the writer's own queue). See `lanes.rs`.
 pub async fn background<F: std::future::Future>(work: F) -> F::Output {
     BACKGROUND.scope((), work).await
 }

@@ -12,7 +12,6 @@ crate::sql_impl::impl_tx!(
     Postgres,
     for_update = "FOR UPDATE",
     skip_locked = "FOR UPDATE SKIP LOCKED",
-    notify = "SELECT pg_notify('switchboard_jobs', '')",
     batch_rows = 100,
     numbered_params = true
 );
@@ -27,6 +26,9 @@ pub struct PgStore {
     max: u32,
     signal: Arc<Notify>,
     listener: tokio::task::JoinHandle<()>,
+    announce: Arc<Notify>,
+    announcer: tokio::task::JoinHandle<()>,
+    lanes: Arc<crate::lanes::Lanes>,
 }
 
 impl PgStore {
@@ -38,21 +40,61 @@ impl PgStore {
             .await?;
         let signal = Arc::new(Notify::new());
         let listener = tokio::spawn(listen_for_jobs(pool.clone(), Arc::clone(&signal)));
+        let announce = Arc::new(Notify::new());
+        let announcer = tokio::spawn(announce_jobs(pool.clone(), Arc::clone(&announce)));
         Ok(Self {
             pool,
             max: o.max_connections.max(2),
             signal,
             listener,
+            announce,
+            announcer,
+            // A quarter of the connections at most for background work, so that it never
+            // keeps requests waiting for one.
+            lanes: Arc::new(crate::lanes::Lanes::new(
+                usize::try_from(o.max_connections.max(2) / 4)
+                    .unwrap_or(1)
+                    .max(1),
+            )),
         })
     }
 
-    fn tx(&self, inner: crate::handle::Handle<Postgres>) -> Box<dyn Tx> {
+    fn tx(
+        &self,
+        inner: crate::handle::Handle<Postgres>,
+        lane: Option<crate::lanes::Lane>,
+    ) -> Box<dyn Tx> {
         Box::new(PgTx {
             inner,
             enqueued: false,
             signal: Arc::clone(&self.signal),
+            announce: Some(Arc::clone(&self.announce)),
             writer: None,
+            lane,
         })
+    }
+}
+
+/// Tells the workers of every replica (`NOTIFY switchboard_jobs`) that jobs were enqueued, once
+/// the transaction that enqueued them has committed; local workers were woken already. Not
+/// inside that transaction: PostgreSQL serialises the commits of notifying transactions on one
+/// lock held through their WAL flush, which capped a shift change's check-ins (each enqueues its
+/// Epic logouts) at one fsync apiece, about 320 a second on a 2-core VM. Pokes that arrive while
+/// a notification is being sent are coalesced into the next. A notification lost to a crash
+/// only delays other replicas until their workers poll.
+async fn announce_jobs(pool: PgPool, poke: Arc<Notify>) {
+    loop {
+        poke.notified().await;
+        let sent = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(JOB_CHANNEL)
+            .execute(&pool)
+            .await;
+        if let Err(e) = sent {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::debug!(error = %e, "could not tell other replicas about new jobs");
+        }
     }
 }
 
@@ -84,11 +126,23 @@ impl Store for PgStore {
     }
 
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
-        Ok(self.tx(crate::handle::Handle::Tx(self.pool.begin().await?)))
+        // Background work lets open foreground transactions go first (see `lanes.rs`).
+        let lane = if crate::is_background() {
+            crate::lanes::Lane::Background(self.lanes.background_slot().await)
+        } else {
+            crate::lanes::Lane::Foreground(self.lanes.foreground())
+        };
+        Ok(self.tx(
+            crate::handle::Handle::Tx(self.pool.begin().await?),
+            Some(lane),
+        ))
     }
 
     async fn read(&self) -> Result<Box<dyn Tx>, StoreError> {
-        Ok(self.tx(crate::handle::Handle::Plain(self.pool.acquire().await?)))
+        Ok(self.tx(
+            crate::handle::Handle::Plain(self.pool.acquire().await?),
+            None,
+        ))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -138,6 +192,7 @@ impl Store for PgStore {
 
     async fn close(&self) {
         self.listener.abort();
+        self.announcer.abort();
         self.pool.close().await;
     }
 }
@@ -145,5 +200,6 @@ impl Store for PgStore {
 impl Drop for PgStore {
     fn drop(&mut self) {
         self.listener.abort();
+        self.announcer.abort();
     }
 }

@@ -6,15 +6,22 @@
 //! (SQLite takes the write lock at `BEGIN IMMEDIATE`, so it needs neither).
 
 macro_rules! impl_tx {
-    ($tx:ident, $db:ty, for_update = $for_update:literal, skip_locked = $skip_locked:literal, notify = $notify:literal, batch_rows = $batch_rows:literal, numbered_params = $numbered:literal) => {
+    ($tx:ident, $db:ty, for_update = $for_update:literal, skip_locked = $skip_locked:literal, batch_rows = $batch_rows:literal, numbered_params = $numbered:literal) => {
         pub struct $tx {
             pub(crate) inner: $crate::handle::Handle<$db>,
             pub(crate) enqueued: bool,
             pub(crate) signal: std::sync::Arc<tokio::sync::Notify>,
+            /// PostgreSQL: pokes the task that tells other replicas' workers about new jobs,
+            /// after the commit (see `postgres::announce_jobs`).
+            pub(crate) announce: Option<std::sync::Arc<tokio::sync::Notify>>,
             /// SQLite: this process's writer turn, held until commit or rollback (declared after
             /// `inner` so the transaction ends first).
             #[allow(dead_code, reason = "held only to be released when the transaction ends")]
             pub(crate) writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+            /// PostgreSQL: a foreground transaction's place in its lane (see `lanes.rs`), held
+            /// until it ends.
+            #[allow(dead_code, reason = "held only to be released when the transaction ends")]
+            pub(crate) lane: Option<$crate::lanes::Lane>,
         }
 
         impl $tx {
@@ -45,14 +52,9 @@ macro_rules! impl_tx {
                 let row = bind_all(sqlx::query(sql), args).fetch_optional(&mut *self.inner).await?;
                 Ok(row.as_ref().map(T::from_cols).transpose()?)
             }
-            /// Remembers to wake local workers at commit, and (PostgreSQL) tells other replicas
-            /// through a notification that is delivered when the transaction commits.
-            async fn mark_enqueued(&mut self) -> Result<(), $crate::StoreError> {
-                if !self.enqueued && !$notify.is_empty() {
-                    sqlx::query($notify).execute(&mut *self.inner).await?;
-                }
+            /// Remembers to wake the workers once the transaction has committed.
+            fn mark_enqueued(&mut self) {
                 self.enqueued = true;
-                Ok(())
             }
         }
 
@@ -293,6 +295,9 @@ macro_rules! impl_tx {
                 this.inner.commit().await?;
                 if this.enqueued {
                     this.signal.notify_waiters();
+                    if let Some(announce) = &this.announce {
+                        announce.notify_one();
+                    }
                 }
                 Ok(())
             }
@@ -1476,7 +1481,7 @@ macro_rules! impl_tx {
                     &$crate::direct::args![&j.kind, payload.as_str(), &j.dedupe_key, j.run_at, j.max_attempts, j.now],
                 ).await?;
                 if id.is_some() {
-                    self.mark_enqueued().await?;
+                    self.mark_enqueued();
                 }
                 Ok(id.map(|i| i.id))
             }
@@ -1497,7 +1502,7 @@ macro_rules! impl_tx {
                     added += self.run(&sql, &args).await?;
                 }
                 if added > 0 {
-                    self.mark_enqueued().await?;
+                    self.mark_enqueued();
                 }
                 Ok(added)
             }
@@ -1564,7 +1569,7 @@ macro_rules! impl_tx {
                 .execute(&mut *self.inner)
                 .await?;
                 if r.rows_affected() == 1 {
-                    self.mark_enqueued().await?;
+                    self.mark_enqueued();
                 }
                 Ok(r.rows_affected() == 1)
             }

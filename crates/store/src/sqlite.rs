@@ -15,7 +15,6 @@ crate::sql_impl::impl_tx!(
     Sqlite,
     for_update = "",
     skip_locked = "",
-    notify = "",
     // Multi-row inserts use anonymous `?` parameters: sqlx resolves `$N` ones by name, which
     // grows with the statement.
     batch_rows = 100,
@@ -140,7 +139,9 @@ impl SqliteStore {
             inner,
             enqueued: false,
             signal: Arc::clone(&self.signal),
+            announce: None,
             writer,
+            lane: None,
         })
     }
 }

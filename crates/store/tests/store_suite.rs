@@ -1365,32 +1365,102 @@ store_test!(
         );
         assert!(tx.get_checkout("c1").await.unwrap().is_none());
         drop(tx);
-
+        // Committed, they are there together. (A failed direct statement, a unique violation,
+        // is covered by `a_device_has_one_open_check_out_and_is_taken_only_when_available`.)
         let mut tx = store.begin().await.unwrap();
         tx.insert_device(&device("d1", "SER1")).await.unwrap();
+        tx.update_device(&d).await.unwrap();
         tx.insert_checkout(&checkout("c1", "d1", "u1"))
             .await
             .unwrap();
         tx.commit().await.unwrap();
-        // A failed direct statement is an ordinary error and leaves the writer usable.
-        let mut tx = store.begin().await.unwrap();
-        let err = tx
-            .insert_checkout(&checkout("c1", "d1", "u1"))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
-        drop(tx);
-        let mut tx = store.begin().await.unwrap();
-        assert!(tx.end_checkout("c1", 50, "ci1").await.unwrap());
-        tx.commit().await.unwrap();
         let mut tx = store.read().await.unwrap();
         assert_eq!(
-            tx.get_checkout("c1").await.unwrap().unwrap().ended_at,
-            Some(50)
-        );
-        assert_eq!(
             tx.get_device("SER1").await.unwrap().unwrap().status,
-            "available"
+            "attention"
         );
+        assert!(tx.get_checkout("c1").await.unwrap().is_some());
     }
 );
+
+/// PostgreSQL: jobs enqueued by one replica wake the workers of another once the transaction has
+/// committed (the notification is sent after the commit, not from inside it), and never for a
+/// transaction that rolled back.
+#[tokio::test]
+async fn a_commit_that_enqueues_jobs_wakes_the_other_replicas() {
+    let Some(db) = switchboard_store::testing::postgres(
+        "a_commit_that_enqueues_jobs_wakes_the_other_replicas",
+    )
+    .await
+    else {
+        return;
+    };
+    let other = switchboard_store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let woken = other.job_signal();
+    let wait = |secs| tokio::time::timeout(std::time::Duration::from_secs(secs), woken.notified());
+    // The listener of the other replica needs a moment to subscribe.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let rolled_back = wait(2);
+    let mut tx = db.store.begin().await.unwrap();
+    tx.enqueue_job(&job("mail", None, 0)).await.unwrap();
+    drop(tx);
+    assert!(
+        rolled_back.await.is_err(),
+        "a rolled-back enqueue wakes nobody"
+    );
+
+    let committed = wait(10);
+    let mut tx = db.store.begin().await.unwrap();
+    tx.enqueue_job(&job("mail", None, 0)).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        committed.await.is_ok(),
+        "the other replica's workers are woken"
+    );
+    other.close().await;
+}
+
+/// PostgreSQL: background transactions hold at most a quarter of the pool (here 2 of 8), so work
+/// queued behind a burst of requests never takes the connections the requests need.
+#[tokio::test]
+async fn background_transactions_leave_connections_for_requests() {
+    let Some(db) = switchboard_store::testing::postgres(
+        "background_transactions_leave_connections_for_requests",
+    )
+    .await
+    else {
+        return;
+    };
+    let store = switchboard_store::connect(
+        &db.url,
+        &switchboard_store::ConnectOptions {
+            max_connections: 8,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let first = switchboard_store::background(store.begin()).await.unwrap();
+    let second = switchboard_store::background(store.begin()).await.unwrap();
+    let third = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { switchboard_store::background(store.begin()).await.map(drop) }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "a third background transaction waits");
+    // Requests still get connections and commit.
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue_job(&job("mail", None, 0)).await.unwrap();
+    tx.commit().await.unwrap();
+    drop(first);
+    tokio::time::timeout(std::time::Duration::from_secs(5), third)
+        .await
+        .expect("the third goes once a slot is free")
+        .unwrap()
+        .unwrap();
+    drop(second);
+    store.close().await;
+}
