@@ -32,7 +32,7 @@ OUT="bench/results/shift-change-$(date -u +%Y-%m-%dT%H-%M-%SZ).md"
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "- machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //'), $(uname -sr)"
   echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  echo "- one process: Switchboard (release, job_concurrency 32), the Epic simulator and $N simulated agents; SQLite WAL synchronous=FULL; PostgreSQL on loopback"
+  echo "- one process: Switchboard (release, job_concurrency 32, the default pool of ${SB_DB_CONNECTIONS:-16} connections), the Epic simulator and $N simulated agents; SQLite WAL synchronous=FULL; PostgreSQL on loopback, on the same cores"
   echo "- workflow per check-in: force quit Rover, force quit Haiku (agent commands), Epic API logout Rover + Haiku (durable jobs → DisassociateMobileDevice)"
   echo
   echo "| run | check-ins/s | check-in p50 | check-in p99 | logouts delivered after last check-in | logouts done / failed | attempts | repeats after unknown outcome | calls Epic saw | sign-ins left in Epic | devices available after |"

@@ -10,7 +10,8 @@
 //! never takes the connections those requests need. Measured with the shift-change bench
 //! (2 cores shared with PostgreSQL): without the slots, background transactions released by the
 //! lane piled up in the pool's queue and a few percent of check-ins waited 0.7 s for a
-//! connection; with them, check-ins went from 420 to about 970 a second, p99 from 210 to 145 ms.
+//! connection; with them, check-ins went from 420 to about 970 a second, p99 from 210 to 145 ms
+//! (32 connections; about 1,100 and 80 ms with the default 16).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
