@@ -78,10 +78,11 @@ impl PgStore {
 /// Tells the workers of every replica (`NOTIFY switchboard_jobs`) that jobs were enqueued, once
 /// the transaction that enqueued them has committed; local workers were woken already. Not
 /// inside that transaction: PostgreSQL serialises the commits of notifying transactions on one
-/// lock held through their WAL flush, which capped a shift change's check-ins (each enqueues its
-/// Epic logouts) at one fsync apiece, about 320 a second on a 2-core VM. Pokes that arrive while
-/// a notification is being sent are coalesced into the next. A notification lost to a crash
-/// only delays other replicas until their workers poll.
+/// lock held through their WAL flush, so each check-in of a shift change (each enqueues its Epic
+/// logouts) waited for the previous one's; moving it out took the shift-change bench from 318
+/// to 417 check-ins a second on a 2-core VM. Pokes that arrive while a notification is being
+/// sent are coalesced into the next. A notification lost to a crash only delays other replicas
+/// until their workers poll.
 async fn announce_jobs(pool: PgPool, poke: Arc<Notify>) {
     loop {
         poke.notified().await;
