@@ -18,6 +18,9 @@ crate::sql_impl::impl_tx!(
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
+/// A pooled connection idle this long is checked before use.
+const PING_IDLE_CONNECTIONS_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The channel on which a commit that enqueued jobs wakes the workers of every replica.
 const JOB_CHANNEL: &str = "switchboard_jobs";
 
@@ -36,6 +39,18 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(o.max_connections.max(2))
             .acquire_timeout(o.acquire_timeout)
+            // sqlx pings every connection it hands out: one more round trip and statement per
+            // transaction. Ping only those idle long enough to have gone stale (a failover, a
+            // restarted server); a busy pool's connections were just used.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE_CONNECTIONS_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await?;
         let signal = Arc::new(Notify::new());

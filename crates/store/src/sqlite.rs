@@ -101,6 +101,9 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
             .acquire_timeout(o.acquire_timeout)
+            // A local file's connection does not go stale: no ping (a round trip to the
+            // connection's thread) before every read.
+            .test_before_acquire(false)
             .connect_with(opts.clone())
             .await?;
         let counters = Arc::new(WriterCounters::default());
