@@ -203,29 +203,6 @@ macro_rules! impl_tx {
             })
         }
 
-        fn secret_from(row: &DbRow) -> Result<$crate::SecretRow, sqlx::Error> {
-            use sqlx::Row;
-            Ok($crate::SecretRow {
-                id: row.try_get("id")?,
-                owner: row.try_get("owner")?,
-                purpose: row.try_get("purpose")?,
-                key_id: row.try_get("key_id")?,
-                nonce: row.try_get("nonce")?,
-                ciphertext: row.try_get("ciphertext")?,
-                created_at: row.try_get("created_at")?,
-                updated_at: row.try_get("updated_at")?,
-            })
-        }
-
-        fn json_col(row: &DbRow, col: &str) -> Result<serde_json::Value, sqlx::Error> {
-            use sqlx::Row;
-            let text: String = row.try_get(col)?;
-            serde_json::from_str(&text).map_err(|e| sqlx::Error::ColumnDecode {
-                index: col.to_owned(),
-                source: Box::new(e),
-            })
-        }
-
         fn audit_from(row: &DbRow) -> Result<$crate::AuditRecord, sqlx::Error> {
             use sqlx::Row;
             let hash: Vec<u8> = row.try_get("hash")?;
@@ -237,7 +214,7 @@ macro_rules! impl_tx {
                 actor: row.try_get("actor")?,
                 action: row.try_get("action")?,
                 target: row.try_get("target")?,
-                details: json_col(row, "details")?,
+                details: $crate::direct::Cols::json(row, "details")?,
                 request_id: row.try_get("request_id")?,
                 hash: hex::encode(&hash),
             })
@@ -257,25 +234,6 @@ macro_rules! impl_tx {
                 request_id: row.try_get("request_id")?,
                 prev_hash: row.try_get("prev_hash")?,
                 hash: row.try_get("hash")?,
-            })
-        }
-
-        fn job_from(row: &DbRow) -> Result<$crate::JobRow, sqlx::Error> {
-            use sqlx::Row;
-            Ok($crate::JobRow {
-                id: row.try_get("id")?,
-                kind: row.try_get("kind")?,
-                payload: json_col(row, "payload")?,
-                dedupe_key: row.try_get("dedupe_key")?,
-                state: row.try_get("state")?,
-                run_at: row.try_get("run_at")?,
-                attempts: row.try_get("attempts")?,
-                max_attempts: row.try_get("max_attempts")?,
-                lease_owner: row.try_get("lease_owner")?,
-                lease_until: row.try_get("lease_until")?,
-                last_error: row.try_get("last_error")?,
-                created_at: row.try_get("created_at")?,
-                updated_at: row.try_get("updated_at")?,
             })
         }
 
@@ -491,7 +449,7 @@ macro_rules! impl_tx {
                 let rows = sqlx::query("SELECT id, owner, purpose, key_id, nonce, ciphertext, created_at, updated_at FROM secrets ORDER BY id")
                     .fetch_all(&mut *self.inner)
                     .await?;
-                collect(rows, secret_from)
+                collect(rows, <$crate::SecretRow as $crate::direct::FromCols>::from_cols)
             }
 
             async fn delete_secret(&mut self, id: &str) -> Result<bool, $crate::StoreError> {
@@ -1547,7 +1505,7 @@ macro_rules! impl_tx {
                     .bind(id)
                     .fetch_optional(&mut *self.inner)
                     .await?;
-                Ok(row.as_ref().map(job_from).transpose()?)
+                Ok(row.as_ref().map(<$crate::JobRow as $crate::direct::FromCols>::from_cols).transpose()?)
             }
 
             async fn list_jobs(&mut self, f: &$crate::JobFilter) -> Result<Vec<$crate::JobRow>, $crate::StoreError> {
@@ -1558,7 +1516,7 @@ macro_rules! impl_tx {
                 .bind(&f.state).bind(&f.kind).bind(f.limit)
                 .fetch_all(&mut *self.inner)
                 .await?;
-                collect(rows, job_from)
+                collect(rows, <$crate::JobRow as $crate::direct::FromCols>::from_cols)
             }
 
             async fn revive_dead_job(&mut self, id: i64, now: i64) -> Result<bool, $crate::StoreError> {
