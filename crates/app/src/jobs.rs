@@ -64,11 +64,14 @@ pub fn new_job(kind: &str, payload: serde_json::Value, now: i64, max_attempts: u
 
 /// Enqueues several jobs in `tx`, in one statement.
 pub async fn enqueue_all(tx: &mut dyn Tx, jobs: &[NewJob]) -> Result<(), AppError> {
-    for j in jobs {
-        check_kind(&j.kind)?;
-    }
+    check_kinds(jobs)?;
     tx.enqueue_jobs(jobs).await?;
     Ok(())
+}
+
+/// Refuses jobs of a malformed kind (for jobs enqueued through [`Tx::write_all`]).
+pub fn check_kinds(jobs: &[NewJob]) -> Result<(), AppError> {
+    jobs.iter().try_for_each(|j| check_kind(&j.kind))
 }
 
 /// Settings of the worker loop.

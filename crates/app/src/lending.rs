@@ -5,7 +5,7 @@
 //! Every change of a device's state happens with its row locked (PostgreSQL) or under SQLite's
 //! single writer, in one transaction with its audit entry, timeline event, commands and jobs.
 
-use crate::devices::{DeviceUser, group_view, readiness_json, user_view};
+use crate::devices::{DeviceGroup, DeviceUser, group_view, readiness_json, user_view};
 use crate::jobs::{self, JobHandler};
 use crate::{App, AppError, Principal, RequestContext, crypto, now_ms};
 use async_trait::async_trait;
@@ -22,7 +22,7 @@ use switchboard_domain::devices::{
 use switchboard_domain::jobs::{JobOutcome, RetryPolicy};
 use switchboard_store::{
     CheckinRow, CheckinStepRow, CheckoutRow, CommandRow, DeviceFilter, DeviceRow, DeviceUserRow,
-    IdempotencyRow, JobRow, StepTotals, Tx,
+    IdempotencyRow, JobRow, StepTotals, Tx, Write,
 };
 
 pub const JOB_LOGOUT: &str = "devices.epic_logout";
@@ -950,7 +950,8 @@ impl App {
             && d.status == "checked_out"
             && group.as_ref().is_some_and(|g| g.checkin_on_dock)
         {
-            self.checkin_in_tx(&mut *tx, d.clone(), "dock").await?;
+            self.checkin_in_tx(&mut *tx, d.clone(), group.as_ref(), "dock")
+                .await?;
         }
         let waiting = !tx
             .deliverable_commands(&d.id, now, now - REDELIVER_MS)
@@ -1045,23 +1046,11 @@ impl App {
         input: CommandResultInput,
     ) -> Result<CommandView, AppError> {
         let (state, detail) = checked_result(&input.status, input.detail, "")?;
-        let mut tx = switchboard_store::background(self.store().begin()).await?;
-        let mut settle = Vec::new();
-        let view = self
-            .record_result(
-                &mut *tx,
-                device_id,
-                command_id,
-                &state,
-                &detail,
-                &mut settle,
-            )
-            .await??;
-        for ch in &settle {
-            self.settle_checkin(&mut *tx, ch).await?;
-        }
-        tx.commit().await?;
-        Ok(view)
+        let mut out = self
+            .record_results(device_id, vec![(command_id.to_owned(), state, detail)])
+            .await?;
+        out.pop()
+            .unwrap_or_else(|| Err(AppError::Internal("no outcome".to_owned())))
     }
 
     /// Records the results of several commands in one transaction (an agent that ran the
@@ -1094,14 +1083,12 @@ impl App {
             }
         }
         errors.into_result()?;
-        let mut tx = switchboard_store::background(self.store().begin()).await?;
-        let mut settle = Vec::new();
-        let mut out = Vec::with_capacity(checked.len());
-        for (id, state, detail) in checked {
-            let r = self
-                .record_result(&mut *tx, device_id, &id, &state, &detail, &mut settle)
-                .await?;
-            out.push(match r {
+        let ids: Vec<String> = checked.iter().map(|(id, _, _)| id.clone()).collect();
+        let outcomes = self.record_results(device_id, checked).await?;
+        Ok(ids
+            .into_iter()
+            .zip(outcomes)
+            .map(|(id, r)| match r {
                 Ok(view) => CommandResultOutcome {
                     id,
                     outcome: "recorded".to_owned(),
@@ -1120,18 +1107,49 @@ impl App {
                     command: None,
                     error: Some(e.to_string()),
                 },
-            });
+            })
+            .collect())
+    }
+
+    /// Checked results `(command, state, detail)` of one device in one transaction: every read
+    /// first, then all writes together (one round trip on PostgreSQL). The outer error fails
+    /// the whole report; an inner one refuses that result only.
+    async fn record_results(
+        &self,
+        device_id: &str,
+        checked: Vec<(String, String, String)>,
+    ) -> Result<Vec<Result<CommandView, AppError>>, AppError> {
+        let mut tx = switchboard_store::background(self.store().begin()).await?;
+        let mut open = Vec::new();
+        let mut writes = Vec::new();
+        let mut out = Vec::with_capacity(checked.len());
+        for (id, state, detail) in checked {
+            let r = self
+                .record_result(
+                    &mut *tx,
+                    device_id,
+                    &id,
+                    &state,
+                    &detail,
+                    &mut open,
+                    &mut writes,
+                )
+                .await?;
+            out.push(r);
         }
-        for ch in &settle {
-            self.settle_checkin(&mut *tx, ch).await?;
-        }
+        self.settle_all(&mut *tx, open, &mut writes).await?;
+        tx.write_all(&writes).await?;
         tx.commit().await?;
         Ok(out)
     }
 
-    /// One command's result inside `tx`. The outer error fails the transaction; the inner one
-    /// (not found, conflict) refuses this result before anything of it was written. A check-in
-    /// whose step changed is added to `settle` (the caller settles it before committing).
+    /// One command's result inside `tx`, its writes added to `writes`. The outer error fails
+    /// the transaction; the inner one (not found, conflict) refuses this result before anything
+    /// of it was written. The step of a check-in changes in `open` (settled by the caller).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the transaction's open check-ins and pending writes travel with it"
+    )]
     async fn record_result(
         &self,
         tx: &mut dyn Tx,
@@ -1139,7 +1157,8 @@ impl App {
         command_id: &str,
         state: &str,
         detail: &str,
-        settle: &mut Vec<String>,
+        open: &mut Vec<Settling>,
+        writes: &mut Vec<Write>,
     ) -> Result<Result<CommandView, AppError>, AppError> {
         let now = now_ms();
         let Some(mut c) = tx
@@ -1151,12 +1170,20 @@ impl App {
                 "command {command_id} of this device"
             ))));
         };
-        if let Some(ch) = &c.checkin_id
-            && tx.row_locks()
-        {
-            // Read again under the check-in's lock: another writer may have finished it.
-            tx.lock_checkin(ch).await?;
-            c = tx.get_command(command_id).await?.unwrap_or(c);
+        let mut settling = None;
+        if let Some(ch) = c.checkin_id.clone() {
+            settling = match open.iter().position(|s| s.checkin.id == ch) {
+                Some(i) => Some(i),
+                None => {
+                    let i = open_settling(tx, open, &ch).await?;
+                    if i.is_some() && tx.row_locks() {
+                        // Read again under the check-in's lock: another writer may have
+                        // finished it.
+                        c = tx.get_command(command_id).await?.unwrap_or(c);
+                    }
+                    i
+                }
+            };
         }
         match c.state.as_str() {
             s if s == state => return Ok(Ok(command_view(&c))),
@@ -1177,9 +1204,8 @@ impl App {
         c.finished_at = Some(now);
         c.result = Some(detail.to_owned()).filter(|d| !d.is_empty());
         if let Some(r) = c.secret_ref.take() {
-            tx.delete_secret(&r).await?;
+            writes.push(Write::DeleteSecret(r));
         }
-        tx.update_command(&c).await?;
         if state == "succeeded" && (c.kind == "set_pin" || c.kind == "clear_pin") {
             let mut d = tx
                 .lock_device(device_id)
@@ -1189,17 +1215,13 @@ impl App {
             d.updated_at = now;
             tx.update_device(&d).await?;
         }
-        self.event(
-            tx,
+        writes.push(device_event(
             device_id,
+            now,
             "command_result",
-            json!({"command": c.id, "kind": c.kind, "status": state}),
-        )
-        .await?;
-        if let (Some(ch), Some(pos)) = (&c.checkin_id, c.position)
-            && let Some(mut s) = tx.get_checkin_step(ch, pos).await?
-            && !StepStatus::parse(&s.status).is_ok_and(StepStatus::is_final)
-        {
+            &json!({"command": c.id, "kind": c.kind, "status": state}),
+        ));
+        if let (Some(i), Some(pos)) = (settling, c.position) {
             let (st, text) = match state {
                 "succeeded" => (
                     StepStatus::Done,
@@ -1226,29 +1248,58 @@ impl App {
                     },
                 ),
             };
-            s.status = st.as_str().to_owned();
-            s.detail = text;
-            s.attempts += 1;
-            s.updated_at = now;
-            tx.update_checkin_step(&s).await?;
-            if !settle.contains(ch) {
-                settle.push(ch.clone());
-            }
+            open[i].change(pos, now, |s| {
+                s.status = st.as_str().to_owned();
+                s.detail = text;
+                s.attempts += 1;
+            });
         }
-        Ok(Ok(command_view(&c)))
+        let view = command_view(&c);
+        writes.push(Write::UpdateCommand(c));
+        Ok(Ok(view))
     }
 
-    /// Works out a check-in's status and its device's after a step changed, and returns the
-    /// check-in as it stands now. Call with the check-in locked.
+    /// Settles the check-ins of `open` whose steps changed, one after the other: writes
+    /// pending before a second one are sent first, so it reads what the first wrote.
+    async fn settle_all(
+        &self,
+        tx: &mut dyn Tx,
+        open: Vec<Settling>,
+        writes: &mut Vec<Write>,
+    ) -> Result<(), AppError> {
+        for (i, s) in open
+            .into_iter()
+            .filter(|s| !s.changed.is_empty())
+            .enumerate()
+        {
+            if i > 0 {
+                tx.write_all(&std::mem::take(writes)).await?;
+            }
+            self.settle_checkin(tx, s, writes).await?;
+        }
+        Ok(())
+    }
+
+    /// Works out a check-in's status and its device's after its steps changed (in `s`), adds
+    /// the writes to `writes` and returns the check-in as it will stand.
     async fn settle_checkin(
         &self,
         tx: &mut dyn Tx,
-        checkin_id: &str,
-    ) -> Result<Option<CheckinRow>, AppError> {
-        let Some(mut c) = tx.get_checkin(checkin_id).await? else {
-            return Ok(None);
-        };
-        let steps = tx.checkin_steps(checkin_id).await?;
+        s: Settling,
+        writes: &mut Vec<Write>,
+    ) -> Result<CheckinRow, AppError> {
+        let Settling {
+            checkin: mut c,
+            steps,
+            changed,
+        } = s;
+        writes.extend(
+            steps
+                .iter()
+                .filter(|s| changed.contains(&s.position))
+                .cloned()
+                .map(Write::UpdateCheckinStep),
+        );
         let status =
             |s: &CheckinStepRow| StepStatus::parse(&s.status).unwrap_or(StepStatus::Pending);
         let mandatory: Vec<_> = steps
@@ -1273,9 +1324,13 @@ impl App {
             if let Some(n) = next {
                 d.status = n.as_str().to_owned();
                 d.updated_at = now;
-                tx.update_device(&d).await?;
-                self.event(tx, &d.id, n.as_str(), json!({"checkin": c.id}))
-                    .await?;
+                writes.push(device_event(
+                    &d.id,
+                    now,
+                    n.as_str(),
+                    &json!({"checkin": c.id}),
+                ));
+                writes.push(Write::UpdateDevice(Box::new(d)));
             }
         }
         if c.completed_at.is_none()
@@ -1283,9 +1338,9 @@ impl App {
         {
             c.completed_at = Some(at);
             c.status = done.to_owned();
-            tx.update_checkin(&c).await?;
+            writes.push(Write::UpdateCheckin(c.clone()));
         }
-        Ok(Some(c))
+        Ok(c)
     }
 
     // --- check-out
@@ -1598,8 +1653,8 @@ impl App {
         requested_by: &str,
     ) -> Result<Receipt, AppError> {
         let mut tx = self.store().begin().await?;
-        let d = tx
-            .lock_device(device)
+        let (d, group, user) = tx
+            .lock_device_with_group_and_holder(device)
             .await?
             .ok_or_else(|| AppError::NotFound(format!("device {device}")))?;
         if d.status != "checked_out" {
@@ -1614,10 +1669,10 @@ impl App {
             r.already_checked_in = true;
             return Ok(r);
         }
+        let group = group.map(group_view);
         let (c, rows) = self
-            .checkin_in_tx(&mut *tx, d.clone(), requested_by)
+            .checkin_in_tx(&mut *tx, d.clone(), group.as_ref(), requested_by)
             .await?;
-        let user = tx.get_device_user(&c.user_id).await?;
         let r = receipt_view(&c, &d, user.as_ref(), &rows);
         // The audit entry last: it holds an audit chain's head until commit.
         let ev = AuditEvent::new("", "device.checked_in", format!("device:{}", d.id))
@@ -1641,20 +1696,21 @@ impl App {
         &self,
         tx: &mut dyn Tx,
         mut d: DeviceRow,
+        group: Option<&DeviceGroup>,
         requested_by: &str,
     ) -> Result<(CheckinRow, Vec<CheckinStepRow>), AppError> {
         let now = now_ms();
         let checkout_id = d.checkout_id.clone().unwrap_or_default();
         let user_id = d.holder_id.clone().unwrap_or_default();
-        let group = tx.get_device_group(&d.group_id).await?.map(group_view);
         let platform = Platform::parse(&d.platform).unwrap_or(Platform::Ios);
         let workflow = group
-            .as_ref()
             .map(|g| g.workflows.for_platform(platform).to_vec())
             .unwrap_or_default();
         let steps = dd::steps_for_checkin(&workflow, d.pin_set);
         let config: ReportedConfig = parse_json(&d.appconfig);
         let checkin_id = new_id("ci_");
+        // Every write of the check-in, sent together once the reads are done.
+        let mut writes = Vec::new();
         // Commands of the ended lending that were never delivered are moot now.
         for mut c in tx.deliverable_commands(&d.id, now, i64::MAX).await? {
             if c.checkin_id.is_none() && (c.kind == "show_ready" || c.kind == "set_pin") {
@@ -1662,9 +1718,9 @@ impl App {
                 c.finished_at = Some(now);
                 c.result = Some("cancelled by check-in".to_owned());
                 if let Some(r) = c.secret_ref.take() {
-                    tx.delete_secret(&r).await?;
+                    writes.push(Write::DeleteSecret(r));
                 }
-                tx.update_command(&c).await?;
+                writes.push(Write::UpdateCommand(c));
             }
         }
         let mut warnings = Vec::new();
@@ -1754,10 +1810,7 @@ impl App {
             }
             rows.push(row);
         }
-        // One statement each for the commands, the steps and the logout jobs.
-        tx.insert_commands(&commands).await?;
-        tx.insert_checkin_steps(&rows).await?;
-        jobs::enqueue_all(tx, &logouts).await?;
+        jobs::check_kinds(&logouts)?;
         let mandatory_left = rows.iter().any(|r| r.on_device && r.mandatory);
         let (status, completed_at) = checkin_status(&rows, now);
         let c = CheckinRow {
@@ -1771,8 +1824,6 @@ impl App {
             started_at: now,
             completed_at,
         };
-        tx.insert_checkin(&c).await?;
-        tx.end_checkout(&checkout_id, now, &checkin_id).await?;
         d.status = if mandatory_left {
             DeviceStatus::Returning
         } else {
@@ -1783,14 +1834,27 @@ impl App {
         d.holder_id = None;
         d.checkout_id = None;
         d.updated_at = now;
-        tx.update_device(&d).await?;
-        self.event(
-            tx,
+        let event = device_event(
             &d.id,
+            now,
             "checked_in",
-            json!({"checkin": checkin_id, "requested_by": requested_by, "steps": rows.len()}),
-        )
-        .await?;
+            &json!({"checkin": checkin_id, "requested_by": requested_by, "steps": rows.len()}),
+        );
+        // The check-in first: its commands and steps refer to it.
+        writes.extend([
+            Write::InsertCheckin(c.clone()),
+            Write::InsertCommands(commands),
+            Write::InsertCheckinSteps(rows.clone()),
+            Write::EnqueueJobs(logouts),
+            Write::EndCheckout {
+                id: checkout_id,
+                at: now,
+                checkin_id,
+            },
+            Write::UpdateDevice(Box::new(d)),
+            event,
+        ]);
+        tx.write_all(&writes).await?;
         metrics::counter!("switchboard_device_checkins_total").increment(1);
         Ok((c, rows))
     }
@@ -2567,8 +2631,16 @@ async fn record_attempt(
 ) -> Result<JobOutcome, AppError> {
     let attempt = i64::from(job.attempts.max(1));
     let mut tx = app.store().begin().await?;
-    tx.lock_checkin(&p.checkin_id).await?;
-    let Some(mut step) = tx.get_checkin_step(&p.checkin_id, p.position).await? else {
+    let mut open = Vec::new();
+    let Some(i) = open_settling(&mut *tx, &mut open, &p.checkin_id).await? else {
+        return Ok(JobOutcome::Done);
+    };
+    let Some(mut step) = open[i]
+        .steps
+        .iter()
+        .find(|s| s.position == p.position)
+        .cloned()
+    else {
         return Ok(JobOutcome::Done);
     };
     if StepStatus::parse(&step.status).is_ok_and(StepStatus::is_final) {
@@ -2616,23 +2688,34 @@ async fn record_attempt(
     step.status = status.as_str().to_owned();
     step.detail = detail;
     step.updated_at = now_ms();
-    tx.update_checkin_step(&step).await?;
-    if status.is_final()
-        && let Some(c) = app.settle_checkin(&mut *tx, &p.checkin_id).await?
-    {
+    let mut writes = Vec::new();
+    let settled = if status.is_final() {
+        let mut s = open.swap_remove(i);
+        s.change(p.position, step.updated_at, |row| row.clone_from(&step));
+        Some(app.settle_checkin(&mut *tx, s, &mut writes).await?)
+    } else {
+        writes.push(Write::UpdateCheckinStep(step.clone()));
+        None
+    };
+    // A finished step finishes its job in the same commit.
+    let outcome = match (outcome, &job.lease_owner) {
+        (JobOutcome::Done, Some(owner)) => {
+            writes.push(Write::CompleteJob {
+                id: job.id,
+                owner: owner.clone(),
+            });
+            JobOutcome::Settled
+        }
+        (o, _) => o,
+    };
+    tx.write_all(&writes).await?;
+    // The audit entry last: it holds an audit chain's head until commit.
+    if let Some(c) = settled {
         let ev = AuditEvent::new("system", "device.epic_logout", format!("device:{}", c.device_id)).with_details(json!({
             "checkin": c.id, "action": step.action, "install_id": step.install_id, "status": step.status, "attempts": step.attempts, "repeats": step.repeats,
         }));
         app.append_audit(&mut *tx, &ev).await?;
     }
-    // A finished step finishes its job in the same commit.
-    let outcome = match (outcome, &job.lease_owner) {
-        (JobOutcome::Done, Some(owner)) => {
-            tx.complete_job(job.id, owner).await?;
-            JobOutcome::Settled
-        }
-        (o, _) => o,
-    };
     tx.commit().await?;
     Ok(outcome)
 }
@@ -2668,31 +2751,35 @@ pub async fn sweep(app: &App) -> Result<usize, AppError> {
     let now = now_ms();
     let mut tx = app.store().begin().await?;
     let expired = tx.expired_commands(now, 500).await?;
+    let mut open = Vec::new();
+    let mut writes = Vec::new();
     for mut c in expired.clone() {
-        if let Some(ch) = &c.checkin_id {
-            tx.lock_checkin(ch).await?;
-        }
+        let settling = match &c.checkin_id {
+            Some(ch) => match open.iter().position(|s: &Settling| s.checkin.id == *ch) {
+                Some(i) => Some(i),
+                None => open_settling(&mut *tx, &mut open, ch).await?,
+            },
+            None => None,
+        };
         c.state = "expired".to_owned();
         c.finished_at = Some(now);
         c.result = Some("the device did not confirm in time".to_owned());
         if let Some(r) = c.secret_ref.take() {
-            tx.delete_secret(&r).await?;
+            writes.push(Write::DeleteSecret(r));
         }
-        tx.update_command(&c).await?;
-        if let (Some(ch), Some(pos)) = (&c.checkin_id, c.position)
-            && let Some(mut s) = tx.get_checkin_step(ch, pos).await?
-            && !StepStatus::parse(&s.status).is_ok_and(StepStatus::is_final)
-        {
-            s.status = StepStatus::Failed.as_str().to_owned();
-            s.detail = format!(
-                "the device did not confirm within {} minutes (is it switched on and online?)",
-                app.config().device_command_ttl_secs / 60
-            );
-            s.updated_at = now;
-            tx.update_checkin_step(&s).await?;
-            app.settle_checkin(&mut *tx, ch).await?;
+        if let (Some(i), Some(pos)) = (settling, c.position) {
+            open[i].change(pos, now, |s| {
+                s.status = StepStatus::Failed.as_str().to_owned();
+                s.detail = format!(
+                    "the device did not confirm within {} minutes (is it switched on and online?)",
+                    app.config().device_command_ttl_secs / 60
+                );
+            });
         }
+        writes.push(Write::UpdateCommand(c));
     }
+    app.settle_all(&mut *tx, open, &mut writes).await?;
+    tx.write_all(&writes).await?;
     // Once an hour (the sweep's first run in each hour): old history and idempotency keys go.
     if now % 3_600_000 < 15_000
         || !app
@@ -2734,4 +2821,59 @@ pub async fn sweep(app: &App) -> Result<usize, AppError> {
     }
     tx.commit().await?;
     Ok(expired.len())
+}
+
+/// A device's history entry, as a write for [`Tx::write_all`].
+fn device_event(device_id: &str, at: i64, kind: &str, detail: &Value) -> Write {
+    Write::DeviceEvent {
+        device_id: device_id.to_owned(),
+        at,
+        kind: kind.to_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+/// A check-in whose steps one transaction changes: its row (locked on PostgreSQL), its steps
+/// as changed so far, and the positions that changed. Settled once, after every change.
+struct Settling {
+    checkin: CheckinRow,
+    steps: Vec<CheckinStepRow>,
+    changed: Vec<i64>,
+}
+
+impl Settling {
+    /// Changes the step at `pos` with `f`, unless it is missing or already final.
+    fn change(&mut self, pos: i64, now: i64, f: impl FnOnce(&mut CheckinStepRow)) -> bool {
+        let Some(s) = self.steps.iter_mut().find(|s| s.position == pos) else {
+            return false;
+        };
+        if StepStatus::parse(&s.status).is_ok_and(StepStatus::is_final) {
+            return false;
+        }
+        f(s);
+        s.updated_at = now;
+        if !self.changed.contains(&pos) {
+            self.changed.push(pos);
+        }
+        true
+    }
+}
+
+/// Locks a check-in and reads its steps into `open`; answers its index there (`None`: no such
+/// check-in).
+async fn open_settling(
+    tx: &mut dyn Tx,
+    open: &mut Vec<Settling>,
+    checkin_id: &str,
+) -> Result<Option<usize>, AppError> {
+    let Some(checkin) = tx.lock_checkin(checkin_id).await? else {
+        return Ok(None);
+    };
+    let steps = tx.checkin_steps(checkin_id).await?;
+    open.push(Settling {
+        checkin,
+        steps,
+        changed: Vec::new(),
+    });
+    Ok(Some(open.len() - 1))
 }

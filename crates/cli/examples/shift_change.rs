@@ -20,6 +20,10 @@
 )]
 
 use serde_json::{Value, json};
+
+/// The allocator of the `switchboard` binary, so the server here runs as it does there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -222,6 +226,36 @@ async fn main() {
         }
         assert!(Instant::now() < deadline, "sign-ins did not all arrive");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A shift change comes hours after the check-outs, when every check-out's device commands
+    // (show_ready) have long been confirmed. Wait for that, so that the check-in phase does not
+    // also carry the tail of the check-out phase (about 1,800 confirmations still on their way
+    // at this point on a 2-core machine); SB_OVERLAP_CHECKOUT=1 starts at once, as before.
+    if std::env::var("SB_OVERLAP_CHECKOUT").is_err() {
+        let t = Instant::now();
+        let mut waiting = serials.clone();
+        while !waiting.is_empty() {
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "check-out commands not confirmed"
+            );
+            let mut tx = server.app.store().read().await.unwrap();
+            let mut open = Vec::new();
+            for serial in waiting {
+                let d = tx.get_device(&serial).await.unwrap().unwrap();
+                let commands = tx.device_commands(&d.id, 10).await.unwrap();
+                if commands
+                    .iter()
+                    .any(|c| c.state == "queued" || c.state == "delivered")
+                {
+                    open.push(serial);
+                }
+            }
+            drop(tx);
+            waiting = open;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!("checkout_settled_s {:.1}", t.elapsed().as_secs_f64());
     }
     if faults {
         for rule in [

@@ -32,6 +32,8 @@ pub(crate) enum Arg<'a> {
     Int32(Option<i32>),
     Bool(Option<bool>),
     Blob(Option<&'a [u8]>),
+    /// JSON stored as text, written out when bound.
+    Json(&'a serde_json::Value),
 }
 
 macro_rules! arg_from {
@@ -56,6 +58,7 @@ arg_from! {
     Option<bool> => |v| Self::Bool(v),
     &'a [u8] => |v| Self::Blob(Some(v)),
     &'a Vec<u8> => |v| Self::Blob(Some(v)),
+    &'a serde_json::Value => |v| Self::Json(v),
 }
 
 /// `args![a, b, c]`: a statement's parameters, in `$1, $2, ...` order.
@@ -68,18 +71,24 @@ pub(crate) use args;
 
 impl ToSql for Arg<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(match *self {
+        let v = match *self {
             Self::Text(Some(v)) => ValueRef::Text(v.as_bytes()),
             Self::Int(Some(v)) => ValueRef::Integer(v),
             Self::Int32(Some(v)) => ValueRef::Integer(i64::from(v)),
             Self::Bool(Some(v)) => ValueRef::Integer(i64::from(v)),
             Self::Blob(Some(v)) => ValueRef::Blob(v),
+            Self::Json(v) => {
+                return Ok(ToSqlOutput::Owned(rusqlite::types::Value::Text(
+                    v.to_string(),
+                )));
+            }
             Self::Text(None)
             | Self::Int(None)
             | Self::Int32(None)
             | Self::Bool(None)
             | Self::Blob(None) => ValueRef::Null,
-        }))
+        };
+        Ok(ToSqlOutput::Borrowed(v))
     }
 }
 
@@ -139,6 +148,18 @@ impl Cols for rusqlite::Row<'_> {
                 source: Box::new(other),
             },
         })
+    }
+}
+
+/// The columns of a join named `<prefix><column>` (`g.id AS g_id`), read as a row of their own.
+pub(crate) struct Prefixed<'r, R> {
+    pub row: &'r R,
+    pub prefix: &'static str,
+}
+
+impl<R: Cols> Cols for Prefixed<'_, R> {
+    fn col<T: Col>(&self, name: &str) -> Result<T, sqlx::Error> {
+        self.row.col(&format!("{}{name}", self.prefix))
     }
 }
 

@@ -173,6 +173,67 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
+/// A write whose answer nobody reads, for [`Tx::write_all`].
+#[derive(Debug, Clone)]
+pub enum Write {
+    InsertCommands(Vec<CommandRow>),
+    UpdateCommand(CommandRow),
+    InsertCheckin(CheckinRow),
+    UpdateCheckin(CheckinRow),
+    InsertCheckinSteps(Vec<CheckinStepRow>),
+    UpdateCheckinStep(CheckinStepRow),
+    EndCheckout {
+        id: String,
+        at: i64,
+        checkin_id: String,
+    },
+    UpdateDevice(Box<DeviceRow>),
+    DeviceEvent {
+        device_id: String,
+        at: i64,
+        kind: String,
+        detail: String,
+    },
+    EnqueueJobs(Vec<NewJob>),
+    CompleteJob {
+        id: i64,
+        owner: String,
+    },
+    DeleteSecret(String),
+}
+
+impl Write {
+    /// Whether the two writes touch one row. PostgreSQL runs a batch as one statement, whose
+    /// parts all see the database as it was before it: one of two changes to a row would be
+    /// lost, and a row inserted by one part is invisible to the others. [`Tx::write_all`]
+    /// therefore starts a new statement before a write that touches a row of the current one.
+    #[must_use]
+    pub fn same_row(&self, other: &Self) -> bool {
+        self.touches(other) || other.touches(self)
+    }
+
+    fn touches(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::UpdateCommand(a), Self::UpdateCommand(b)) => a.id == b.id,
+            (Self::InsertCommands(v), Self::UpdateCommand(b)) => v.iter().any(|a| a.id == b.id),
+            (Self::UpdateCheckin(a) | Self::InsertCheckin(a), Self::UpdateCheckin(b)) => {
+                a.id == b.id
+            }
+            (Self::UpdateCheckinStep(a), Self::UpdateCheckinStep(b)) => {
+                a.checkin_id == b.checkin_id && a.position == b.position
+            }
+            (Self::InsertCheckinSteps(v), Self::UpdateCheckinStep(b)) => v
+                .iter()
+                .any(|a| a.checkin_id == b.checkin_id && a.position == b.position),
+            (Self::EndCheckout { id: a, .. }, Self::EndCheckout { id: b, .. })
+            | (Self::DeleteSecret(a), Self::DeleteSecret(b)) => a == b,
+            (Self::UpdateDevice(a), Self::UpdateDevice(b)) => a.id == b.id,
+            (Self::CompleteJob { id: a, .. }, Self::CompleteJob { id: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
+
 /// One database transaction. Dropping it without [`Tx::commit`] rolls back.
 #[async_trait]
 pub trait Tx: Send {
@@ -180,6 +241,10 @@ pub trait Tx: Send {
     /// Whether `lock_*` takes row locks (PostgreSQL). SQLite's write transactions hold the one
     /// writer from their start, so what they read is already theirs and `lock_*` does nothing.
     fn row_locks(&self) -> bool;
+    /// Writes whose answers nobody reads, in this order. SQLite runs them one by one;
+    /// PostgreSQL sends them as one statement (one round trip, `WITH w0 AS (...), ... last`),
+    /// starting another only where two writes touch one row (see [`Write::same_row`]).
+    async fn write_all(&mut self, writes: &[Write]) -> Result<(), StoreError>;
 
     // --- staff accounts
     async fn insert_user(&mut self, user: &UserRow) -> Result<(), StoreError>;
@@ -416,8 +481,15 @@ pub trait Tx: Send {
     /// Reads a device (by id or serial) and locks its row until commit (PostgreSQL; SQLite
     /// writers are serial).
     async fn lock_device(&mut self, id_or_serial: &str) -> Result<Option<DeviceRow>, StoreError>;
-    /// Locks a check-in's row until commit, so its steps are settled one writer at a time.
-    async fn lock_checkin(&mut self, id: &str) -> Result<(), StoreError>;
+    /// Reads a check-in and locks its row until commit (PostgreSQL), so its steps are settled
+    /// one writer at a time.
+    async fn lock_checkin(&mut self, id: &str) -> Result<Option<CheckinRow>, StoreError>;
+    /// [`Tx::lock_device`] with the device's group and its holder, in one statement (a
+    /// check-in needs all three).
+    async fn lock_device_with_group_and_holder(
+        &mut self,
+        id_or_serial: &str,
+    ) -> Result<Option<(DeviceRow, Option<DeviceGroupRow>, Option<DeviceUserRow>)>, StoreError>;
     /// Moves an available device to `checked_out` for `holder`; `false` when it was not available.
     async fn take_device(
         &mut self,

@@ -13,7 +13,8 @@ crate::sql_impl::impl_tx!(
     for_update = "FOR UPDATE",
     skip_locked = "FOR UPDATE SKIP LOCKED",
     batch_rows = 100,
-    numbered_params = true
+    numbered_params = true,
+    writes_in_with = true
 );
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");

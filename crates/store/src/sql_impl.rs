@@ -6,7 +6,7 @@
 //! (SQLite takes the write lock at `BEGIN IMMEDIATE`, so it needs neither).
 
 macro_rules! impl_tx {
-    ($tx:ident, $db:ty, for_update = $for_update:literal, skip_locked = $skip_locked:literal, batch_rows = $batch_rows:literal, numbered_params = $numbered:literal) => {
+    ($tx:ident, $db:ty, for_update = $for_update:literal, skip_locked = $skip_locked:literal, batch_rows = $batch_rows:literal, numbered_params = $numbered:literal, writes_in_with = $writes_in_with:literal) => {
         pub struct $tx {
             pub(crate) inner: $crate::handle::Handle<$db>,
             pub(crate) enqueued: bool,
@@ -52,6 +52,15 @@ macro_rules! impl_tx {
                 let row = bind_all(sqlx::query(sql), args).fetch_optional(&mut *self.inner).await?;
                 Ok(row.as_ref().map(T::from_cols).transpose()?)
             }
+            /// Runs statements that return no rows, one by one; answers how many rows they changed.
+            async fn run_all(&mut self, stmts: &[$crate::sql_impl::Stmt<'_>]) -> Result<u64, $crate::StoreError> {
+                let mut n = 0;
+                for (sql, a) in stmts {
+                    n += self.run(sql, a).await?;
+                }
+                Ok(n)
+            }
+
             /// Remembers to wake the workers once the transaction has committed.
             fn mark_enqueued(&mut self) {
                 self.enqueued = true;
@@ -153,6 +162,7 @@ macro_rules! impl_tx {
                     Arg::Int32(v) => q.bind(v),
                     Arg::Bool(v) => q.bind(v),
                     Arg::Blob(v) => q.bind(v),
+                    Arg::Json(v) => q.bind(v.to_string()),
                 };
             }
             q
@@ -238,6 +248,119 @@ macro_rules! impl_tx {
         }
 
 
+        /// The statements of one [`$crate::Write`] (a multi-row insert: one per chunk of rows).
+        fn write_statements<'w>(w: &'w $crate::Write, out: &mut Vec<$crate::sql_impl::Stmt<'w>>) {
+            use $crate::Write;
+            match w {
+                Write::InsertCommands(rows) => insert_commands_sql(rows, out),
+                Write::UpdateCommand(c) => out.push(update_command_sql(c)),
+                Write::InsertCheckin(c) => out.push(insert_checkin_sql(c)),
+                Write::UpdateCheckin(c) => out.push(update_checkin_sql(c)),
+                Write::InsertCheckinSteps(rows) => insert_checkin_steps_sql(rows, out),
+                Write::UpdateCheckinStep(s) => out.push(update_checkin_step_sql(s)),
+                Write::EndCheckout { id, at, checkin_id } => out.push(end_checkout_sql(id, *at, checkin_id)),
+                Write::UpdateDevice(d) => out.push(update_device_sql(d)),
+                Write::DeviceEvent { device_id, at, kind, detail } => out.push(device_event_sql(device_id, *at, kind, detail)),
+                Write::EnqueueJobs(jobs) => enqueue_jobs_sql(jobs, out),
+                Write::CompleteJob { id, owner } => out.push(complete_job_sql(*id, owner)),
+                Write::DeleteSecret(id) => out.push(delete_secret_sql(id)),
+            }
+        }
+
+        fn insert_commands_sql<'w>(rows: &'w [$crate::CommandRow], out: &mut Vec<$crate::sql_impl::Stmt<'w>>) {
+            for chunk in rows.chunks($batch_rows) {
+                let sql = format!("INSERT INTO device_commands ({COMMAND_COLS}) VALUES {}", $crate::sql_impl::values_list(13, chunk.len(), $numbered));
+                let mut a = Vec::with_capacity(chunk.len() * 13);
+                for c in chunk {
+                    a.extend($crate::direct::args![&c.id, &c.device_id, &c.kind, &c.params, &c.secret_ref, &c.state, &c.checkin_id,
+                        c.position, c.created_at, c.expires_at, c.delivered_at, c.finished_at, &c.result]);
+                }
+                out.push((std::borrow::Cow::Owned(sql), a));
+            }
+        }
+
+        fn update_command_sql(c: &$crate::CommandRow) -> $crate::sql_impl::Stmt<'_> {
+            ("UPDATE device_commands SET state = $2, secret_ref = $3, delivered_at = $4, finished_at = $5, result = $6 WHERE id = $1".into(),
+             $crate::direct::args![&c.id, &c.state, &c.secret_ref, c.delivered_at, c.finished_at, &c.result].to_vec())
+        }
+
+        fn insert_checkin_sql(c: &$crate::CheckinRow) -> $crate::sql_impl::Stmt<'_> {
+            ("INSERT INTO checkins (id, device_id, checkout_id, user_id, requested_by, status, warnings, started_at, completed_at) \
+              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)".into(),
+             $crate::direct::args![&c.id, &c.device_id, &c.checkout_id, &c.user_id, &c.requested_by, &c.status,
+                 &c.warnings, c.started_at, c.completed_at].to_vec())
+        }
+
+        fn update_checkin_sql(c: &$crate::CheckinRow) -> $crate::sql_impl::Stmt<'_> {
+            ("UPDATE checkins SET status = $2, warnings = $3, completed_at = $4 WHERE id = $1".into(),
+             $crate::direct::args![&c.id, &c.status, &c.warnings, c.completed_at].to_vec())
+        }
+
+        fn insert_checkin_steps_sql<'w>(rows: &'w [$crate::CheckinStepRow], out: &mut Vec<$crate::sql_impl::Stmt<'w>>) {
+            for chunk in rows.chunks($batch_rows) {
+                let sql = format!("INSERT INTO checkin_steps ({STEP_COLS}) VALUES {}", $crate::sql_impl::values_list(14, chunk.len(), $numbered));
+                let mut a = Vec::with_capacity(chunk.len() * 14);
+                for s in chunk {
+                    a.extend($crate::direct::args![&s.checkin_id, s.position, &s.action, &s.spec, s.on_device, s.mandatory, &s.status,
+                        &s.detail, &s.install_id, s.attempts, s.outcome_unknown, s.repeats, &s.command_id, s.updated_at]);
+                }
+                out.push((std::borrow::Cow::Owned(sql), a));
+            }
+        }
+
+        fn update_checkin_step_sql(s: &$crate::CheckinStepRow) -> $crate::sql_impl::Stmt<'_> {
+            ("UPDATE checkin_steps SET status = $3, detail = $4, install_id = $5, attempts = $6, outcome_unknown = $7, \
+              repeats = $8, command_id = $9, updated_at = $10 WHERE checkin_id = $1 AND position = $2".into(),
+             $crate::direct::args![&s.checkin_id, s.position, &s.status, &s.detail, &s.install_id, s.attempts,
+                 s.outcome_unknown, s.repeats, &s.command_id, s.updated_at].to_vec())
+        }
+
+        fn end_checkout_sql<'w>(id: &'w str, at: i64, checkin_id: &'w str) -> $crate::sql_impl::Stmt<'w> {
+            ("UPDATE checkouts SET ended_at = $2, checkin_id = $3 WHERE id = $1 AND ended_at IS NULL".into(),
+             $crate::direct::args![id, at, checkin_id].to_vec())
+        }
+
+        fn update_device_sql(d: &$crate::DeviceRow) -> $crate::sql_impl::Stmt<'_> {
+            ("UPDATE devices SET serial = $2, uuid = $3, platform = $4, model = $5, os_version = $6, name = $7, slot = $8, group_id = $9, \
+              location_id = $10, credential_digest = $11, status = $12, holder_id = $13, checkout_id = $14, pin_set = $15, battery = $16, \
+              charging = $17, docked = $18, reported_location = $19, apps = $20, appconfig = $21, readiness = $22, last_heartbeat_at = $23, \
+              enrolled_at = $24, revoked_at = $25, updated_at = $26, lost_at = $27, lost_reason = $28 WHERE id = $1".into(),
+             $crate::direct::args![&d.id, &d.serial, &d.uuid, &d.platform, &d.model, &d.os_version, &d.name, &d.slot,
+                 &d.group_id, &d.location_id, &d.credential_digest, &d.status, &d.holder_id, &d.checkout_id,
+                 d.pin_set, d.battery, d.charging, d.docked, &d.reported_location, &d.apps, &d.appconfig,
+                 &d.readiness, d.last_heartbeat_at, d.enrolled_at, d.revoked_at, d.updated_at,
+                 d.lost_at, &d.lost_reason].to_vec())
+        }
+
+        fn device_event_sql<'w>(device_id: &'w str, at: i64, kind: &'w str, detail: &'w str) -> $crate::sql_impl::Stmt<'w> {
+            ("INSERT INTO device_events (device_id, at, kind, detail) VALUES ($1, $2, $3, $4)".into(),
+             $crate::direct::args![device_id, at, kind, detail].to_vec())
+        }
+
+        fn enqueue_jobs_sql<'w>(jobs: &'w [$crate::NewJob], out: &mut Vec<$crate::sql_impl::Stmt<'w>>) {
+            for chunk in jobs.chunks($batch_rows) {
+                let sql = format!(
+                    "INSERT INTO jobs (kind, payload, dedupe_key, state, run_at, attempts, max_attempts, created_at, updated_at) \
+                     VALUES {} ON CONFLICT (dedupe_key) DO NOTHING",
+                    $crate::sql_impl::values_list(9, chunk.len(), $numbered));
+                let mut a = Vec::with_capacity(chunk.len() * 9);
+                for j in chunk {
+                    a.extend($crate::direct::args![&j.kind, &j.payload, &j.dedupe_key, "queued", j.run_at, 0_i32,
+                        j.max_attempts, j.now, j.now]);
+                }
+                out.push((std::borrow::Cow::Owned(sql), a));
+            }
+        }
+
+        fn complete_job_sql(id: i64, owner: &str) -> $crate::sql_impl::Stmt<'_> {
+            ("DELETE FROM jobs WHERE id = $1 AND lease_owner = $2 AND state = 'queued'".into(),
+             $crate::direct::args![id, owner].to_vec())
+        }
+
+        fn delete_secret_sql(id: &str) -> $crate::sql_impl::Stmt<'_> {
+            ("DELETE FROM secrets WHERE id = $1".into(), $crate::direct::args![id].to_vec())
+        }
+
         fn collect<T>(rows: Vec<DbRow>, f: impl Fn(&DbRow) -> Result<T, sqlx::Error>) -> Result<Vec<T>, $crate::StoreError> {
             rows.iter().map(|r| f(r).map_err($crate::StoreError::from)).collect()
         }
@@ -246,6 +369,35 @@ macro_rules! impl_tx {
         impl $crate::Tx for $tx {
             fn row_locks(&self) -> bool {
                 !$for_update.is_empty()
+            }
+
+            async fn write_all(&mut self, writes: &[$crate::Write]) -> Result<(), $crate::StoreError> {
+                if writes.iter().any(|w| matches!(w, $crate::Write::EnqueueJobs(j) if !j.is_empty())) {
+                    self.mark_enqueued();
+                }
+                if !$writes_in_with {
+                    let mut stmts = Vec::new();
+                    for w in writes {
+                        write_statements(w, &mut stmts);
+                    }
+                    return self.run_all(&stmts).await.map(drop);
+                }
+                // Runs of writes that touch no row twice, one statement each.
+                let mut start = 0;
+                while start < writes.len() {
+                    let mut end = start + 1;
+                    while end < writes.len() && !writes[start..end].iter().any(|w| w.same_row(&writes[end])) {
+                        end += 1;
+                    }
+                    let mut stmts = Vec::new();
+                    for w in &writes[start..end] {
+                        write_statements(w, &mut stmts);
+                    }
+                    let (sql, a) = $crate::sql_impl::combine(&stmts);
+                    self.run(&sql, &a).await?;
+                    start = end;
+                }
+                Ok(())
             }
 
             async fn commit(self: Box<Self>) -> Result<(), $crate::StoreError> {
@@ -453,7 +605,8 @@ macro_rules! impl_tx {
             }
 
             async fn delete_secret(&mut self, id: &str) -> Result<bool, $crate::StoreError> {
-                Ok(self.run("DELETE FROM secrets WHERE id = $1", &$crate::direct::args![id]).await? == 1)
+                let (sql, a) = delete_secret_sql(id);
+                Ok(self.run(&sql, &a).await? == 1)
             }
 
             async fn append_audit(
@@ -480,14 +633,22 @@ macro_rules! impl_tx {
                     request_id: event.request_id.as_deref(),
                 };
                 let hash = entry_hash(&prev_hash, &fields).to_vec();
-                let id: $crate::direct::Id = self.first(
-                    "INSERT INTO audit_log (chain, seq, at, actor, action, target, details, request_id, prev_hash, hash) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-                    &$crate::direct::args![chain, seq, at_ms, &event.actor, &event.action, &event.target, details.as_str(), &event.request_id, &prev_hash, &hash],
-                )
-                .await?
-                .ok_or_else(|| $crate::StoreError::Corrupt("the audit entry got no id".to_owned()))?;
-                self.run("UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain = $1", &$crate::direct::args![chain, seq, &hash]).await?;
+                const INSERT: &str = "INSERT INTO audit_log (chain, seq, at, actor, action, target, details, request_id, prev_hash, hash) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id";
+                const MOVE_HEAD: &str = "UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain = $1";
+                let insert = $crate::direct::args![chain, seq, at_ms, &event.actor, &event.action, &event.target, details.as_str(), &event.request_id, &prev_hash, &hash];
+                let move_head = $crate::direct::args![chain, seq, &hash];
+                // PostgreSQL: the head moves in the same statement (one round trip while the
+                // chain's head is locked).
+                let id: Option<$crate::direct::Id> = if $writes_in_with {
+                    let (sql, a) = $crate::sql_impl::combine(&[(MOVE_HEAD.into(), move_head.to_vec()), (INSERT.into(), insert.to_vec())]);
+                    self.first(&sql, &a).await?
+                } else {
+                    let id = self.first(INSERT, &insert).await?;
+                    self.run(MOVE_HEAD, &move_head).await?;
+                    id
+                };
+                let id = id.ok_or_else(|| $crate::StoreError::Corrupt("the audit entry got no id".to_owned()))?;
                 Ok($crate::AuditRecord {
                     id: id.id,
                     chain,
@@ -1129,17 +1290,8 @@ macro_rules! impl_tx {
             }
 
             async fn update_device(&mut self, d: &$crate::DeviceRow) -> Result<(), $crate::StoreError> {
-                self.run("UPDATE devices SET serial = $2, uuid = $3, platform = $4, model = $5, os_version = $6, name = $7, slot = $8, group_id = $9, \
-                          location_id = $10, credential_digest = $11, status = $12, holder_id = $13, checkout_id = $14, pin_set = $15, battery = $16, \
-                          charging = $17, docked = $18, reported_location = $19, apps = $20, appconfig = $21, readiness = $22, last_heartbeat_at = $23, \
-                          enrolled_at = $24, revoked_at = $25, updated_at = $26, lost_at = $27, lost_reason = $28 WHERE id = $1",
-                    &$crate::direct::args![&d.id, &d.serial, &d.uuid, &d.platform, &d.model, &d.os_version, &d.name, &d.slot,
-                        &d.group_id, &d.location_id, &d.credential_digest, &d.status, &d.holder_id, &d.checkout_id,
-                        d.pin_set, d.battery, d.charging, d.docked, &d.reported_location, &d.apps, &d.appconfig,
-                        &d.readiness, d.last_heartbeat_at, d.enrolled_at, d.revoked_at, d.updated_at,
-                        d.lost_at, &d.lost_reason],
-                ).await?;
-                Ok(())
+                let (sql, a) = update_device_sql(d);
+                self.run(&sql, &a).await.map(drop)
             }
 
             async fn get_device(&mut self, id_or_serial: &str) -> Result<Option<$crate::DeviceRow>, $crate::StoreError> {
@@ -1161,12 +1313,36 @@ macro_rules! impl_tx {
                 self.first(&format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1 OR serial = $1 {}", $for_update), &$crate::direct::args![id]).await
             }
 
-            async fn lock_checkin(&mut self, id: &str) -> Result<(), $crate::StoreError> {
-                if !self.row_locks() {
-                    return Ok(());
+            async fn lock_checkin(&mut self, id: &str) -> Result<Option<$crate::CheckinRow>, $crate::StoreError> {
+                self.first(&format!("SELECT {CHECKIN_COLS} FROM checkins WHERE id = $1 {}", $for_update), &$crate::direct::args![id]).await
+            }
+
+            async fn lock_device_with_group_and_holder(&mut self, id: &str)
+                -> Result<Option<($crate::DeviceRow, Option<$crate::DeviceGroupRow>, Option<$crate::DeviceUserRow>)>, $crate::StoreError> {
+                use $crate::direct::{FromCols, Prefixed};
+                struct Joined($crate::DeviceRow, Option<$crate::DeviceGroupRow>, Option<$crate::DeviceUserRow>);
+                impl FromCols for Joined {
+                    fn from_cols<R: $crate::direct::Cols>(row: &R) -> Result<Self, sqlx::Error> {
+                        let group_id: Option<String> = row.col("g_id")?;
+                        let holder_id: Option<String> = row.col("u_id")?;
+                        Ok(Joined(
+                            $crate::DeviceRow::from_cols(row)?,
+                            group_id.map(|_| $crate::DeviceGroupRow::from_cols(&Prefixed { row, prefix: "g_" })).transpose()?,
+                            holder_id.map(|_| $crate::DeviceUserRow::from_cols(&Prefixed { row, prefix: "u_" })).transpose()?,
+                        ))
+                    }
                 }
-                sqlx::query(concat!("SELECT id FROM checkins WHERE id = $1 ", $for_update)).bind(id).fetch_optional(&mut *self.inner).await?;
-                Ok(())
+                static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                    let d: Vec<String> = DEVICE_COLS.split(", ").map(|c| format!("d.{}", c.trim())).collect();
+                    let g: Vec<String> = GROUP_COLS.split(", ").map(|c| format!("g.{c} AS g_{c}")).collect();
+                    let u: Vec<String> = DEVICE_USER_COLS.split(", ").map(|c| format!("u.{c} AS u_{c}")).collect();
+                    format!("SELECT {}, {}, {} FROM devices d LEFT JOIN device_groups g ON g.id = d.group_id \
+                             LEFT JOIN device_users u ON u.id = d.holder_id WHERE d.id = $1 OR d.serial = $1 {}",
+                            d.join(", "), g.join(", "), u.join(", "),
+                            if $for_update.is_empty() { "" } else { "FOR UPDATE OF d" })
+                });
+                let row: Option<Joined> = self.first(&SQL, &$crate::direct::args![id]).await?;
+                Ok(row.map(|Joined(d, g, u)| (d, g, u)))
             }
 
             async fn take_device(&mut self, id: &str, holder: &str, checkout_id: &str, pin_set: bool, now: i64) -> Result<bool, $crate::StoreError> {
@@ -1218,7 +1394,8 @@ macro_rules! impl_tx {
             }
 
             async fn end_checkout(&mut self, id: &str, at: i64, checkin_id: &str) -> Result<bool, $crate::StoreError> {
-                Ok(self.run("UPDATE checkouts SET ended_at = $2, checkin_id = $3 WHERE id = $1 AND ended_at IS NULL", &$crate::direct::args![id, at, checkin_id]).await? == 1)
+                let (sql, a) = end_checkout_sql(id, at, checkin_id);
+                Ok(self.run(&sql, &a).await? == 1)
             }
 
             async fn open_checkouts(&mut self, user_id: Option<&str>, due_before: Option<i64>) -> Result<Vec<$crate::CheckoutRow>, $crate::StoreError> {
@@ -1235,16 +1412,13 @@ macro_rules! impl_tx {
             }
 
             async fn insert_checkin(&mut self, c: &$crate::CheckinRow) -> Result<(), $crate::StoreError> {
-                self.run(&format!("INSERT INTO checkins ({CHECKIN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"),
-                    &$crate::direct::args![&c.id, &c.device_id, &c.checkout_id, &c.user_id, &c.requested_by, &c.status,
-                        &c.warnings, c.started_at, c.completed_at]).await?;
-                Ok(())
+                let (sql, a) = insert_checkin_sql(c);
+                self.run(&sql, &a).await.map(drop)
             }
 
             async fn update_checkin(&mut self, c: &$crate::CheckinRow) -> Result<(), $crate::StoreError> {
-                self.run("UPDATE checkins SET status = $2, warnings = $3, completed_at = $4 WHERE id = $1",
-                    &$crate::direct::args![&c.id, &c.status, &c.warnings, c.completed_at]).await?;
-                Ok(())
+                let (sql, a) = update_checkin_sql(c);
+                self.run(&sql, &a).await.map(drop)
             }
 
             async fn get_checkin(&mut self, id: &str) -> Result<Option<$crate::CheckinRow>, $crate::StoreError> {
@@ -1256,24 +1430,14 @@ macro_rules! impl_tx {
             }
 
             async fn insert_checkin_steps(&mut self, steps: &[$crate::CheckinStepRow]) -> Result<(), $crate::StoreError> {
-                for chunk in steps.chunks($batch_rows) {
-                    let sql = format!("INSERT INTO checkin_steps ({STEP_COLS}) VALUES {}", $crate::sql_impl::values_list(14, chunk.len(), $numbered));
-                    let mut args = Vec::with_capacity(chunk.len() * 14);
-                    for s in chunk {
-                        args.extend($crate::direct::args![&s.checkin_id, s.position, &s.action, &s.spec, s.on_device, s.mandatory, &s.status,
-                            &s.detail, &s.install_id, s.attempts, s.outcome_unknown, s.repeats, &s.command_id, s.updated_at]);
-                    }
-                    self.run(&sql, &args).await?;
-                }
-                Ok(())
+                let mut stmts = Vec::new();
+                insert_checkin_steps_sql(steps, &mut stmts);
+                self.run_all(&stmts).await.map(drop)
             }
 
             async fn update_checkin_step(&mut self, s: &$crate::CheckinStepRow) -> Result<(), $crate::StoreError> {
-                self.run("UPDATE checkin_steps SET status = $3, detail = $4, install_id = $5, attempts = $6, outcome_unknown = $7, \
-                          repeats = $8, command_id = $9, updated_at = $10 WHERE checkin_id = $1 AND position = $2",
-                    &$crate::direct::args![&s.checkin_id, s.position, &s.status, &s.detail, &s.install_id, s.attempts,
-                        s.outcome_unknown, s.repeats, &s.command_id, s.updated_at]).await?;
-                Ok(())
+                let (sql, a) = update_checkin_step_sql(s);
+                self.run(&sql, &a).await.map(drop)
             }
 
             async fn checkin_steps(&mut self, checkin_id: &str) -> Result<Vec<$crate::CheckinStepRow>, $crate::StoreError> {
@@ -1304,22 +1468,14 @@ macro_rules! impl_tx {
             }
 
             async fn insert_commands(&mut self, commands: &[$crate::CommandRow]) -> Result<(), $crate::StoreError> {
-                for chunk in commands.chunks($batch_rows) {
-                    let sql = format!("INSERT INTO device_commands ({COMMAND_COLS}) VALUES {}", $crate::sql_impl::values_list(13, chunk.len(), $numbered));
-                    let mut args = Vec::with_capacity(chunk.len() * 13);
-                    for c in chunk {
-                        args.extend($crate::direct::args![&c.id, &c.device_id, &c.kind, &c.params, &c.secret_ref, &c.state, &c.checkin_id,
-                            c.position, c.created_at, c.expires_at, c.delivered_at, c.finished_at, &c.result]);
-                    }
-                    self.run(&sql, &args).await?;
-                }
-                Ok(())
+                let mut stmts = Vec::new();
+                insert_commands_sql(commands, &mut stmts);
+                self.run_all(&stmts).await.map(drop)
             }
 
             async fn update_command(&mut self, c: &$crate::CommandRow) -> Result<(), $crate::StoreError> {
-                self.run("UPDATE device_commands SET state = $2, secret_ref = $3, delivered_at = $4, finished_at = $5, result = $6 WHERE id = $1",
-                    &$crate::direct::args![&c.id, &c.state, &c.secret_ref, c.delivered_at, c.finished_at, &c.result]).await?;
-                Ok(())
+                let (sql, a) = update_command_sql(c);
+                self.run(&sql, &a).await.map(drop)
             }
 
             async fn get_command(&mut self, id: &str) -> Result<Option<$crate::CommandRow>, $crate::StoreError> {
@@ -1362,8 +1518,8 @@ macro_rules! impl_tx {
             }
 
             async fn insert_device_event(&mut self, device_id: &str, at: i64, kind: &str, detail: &str) -> Result<(), $crate::StoreError> {
-                self.run("INSERT INTO device_events (device_id, at, kind, detail) VALUES ($1, $2, $3, $4)", &$crate::direct::args![device_id, at, kind, detail]).await?;
-                Ok(())
+                let (sql, a) = device_event_sql(device_id, at, kind, detail);
+                self.run(&sql, &a).await.map(drop)
             }
 
             async fn device_events(&mut self, device_id: &str, limit: i64) -> Result<Vec<$crate::DeviceEventRow>, $crate::StoreError> {
@@ -1445,20 +1601,9 @@ macro_rules! impl_tx {
             }
 
             async fn enqueue_jobs(&mut self, jobs: &[$crate::NewJob]) -> Result<u64, $crate::StoreError> {
-                let mut added = 0;
-                for chunk in jobs.chunks($batch_rows) {
-                    let sql = format!(
-                        "INSERT INTO jobs (kind, payload, dedupe_key, state, run_at, attempts, max_attempts, created_at, updated_at) \
-                         VALUES {} ON CONFLICT (dedupe_key) DO NOTHING",
-                        $crate::sql_impl::values_list(9, chunk.len(), $numbered));
-                    let payloads: Vec<String> = chunk.iter().map(|j| j.payload.to_string()).collect();
-                    let mut args = Vec::with_capacity(chunk.len() * 9);
-                    for (j, payload) in chunk.iter().zip(&payloads) {
-                        args.extend($crate::direct::args![&j.kind, payload, &j.dedupe_key, "queued", j.run_at, 0_i32,
-                            j.max_attempts, j.now, j.now]);
-                    }
-                    added += self.run(&sql, &args).await?;
-                }
+                let mut stmts = Vec::new();
+                enqueue_jobs_sql(jobs, &mut stmts);
+                let added = self.run_all(&stmts).await?;
                 if added > 0 {
                     self.mark_enqueued();
                 }
@@ -1478,7 +1623,8 @@ macro_rules! impl_tx {
             }
 
             async fn complete_job(&mut self, id: i64, owner: &str) -> Result<bool, $crate::StoreError> {
-                Ok(self.run("DELETE FROM jobs WHERE id = $1 AND lease_owner = $2 AND state = 'queued'", &$crate::direct::args![id, owner]).await? == 1)
+                let (sql, a) = complete_job_sql(id, owner);
+                Ok(self.run(&sql, &a).await? == 1)
             }
 
             async fn retry_job_later(&mut self, id: i64, owner: &str, run_at: i64, error: &str, now: i64) -> Result<bool, $crate::StoreError> {
@@ -1578,4 +1724,94 @@ pub(crate) fn values_list(cols: usize, rows: usize, numbered: bool) -> String {
         sql.push(')');
     }
     sql
+}
+
+/// A statement and its parameters.
+pub(crate) type Stmt<'a> = (std::borrow::Cow<'static, str>, Vec<crate::direct::Arg<'a>>);
+
+/// PostgreSQL: statements as one, `WITH w0 AS (first), w1 AS (second) last`, their `$N`
+/// parameters renumbered. Every part runs once, to completion, on the database as it was before
+/// the statement (none sees another's changes); the last one's `RETURNING` is the answer.
+pub(crate) fn combine<'a>(
+    stmts: &[Stmt<'a>],
+) -> (std::borrow::Cow<'static, str>, Vec<crate::direct::Arg<'a>>) {
+    if let [only] = stmts {
+        return only.clone();
+    }
+    let mut sql = String::with_capacity(stmts.iter().map(|(s, _)| s.len() + 12).sum());
+    let mut args = Vec::with_capacity(stmts.iter().map(|(_, a)| a.len()).sum());
+    for (i, (s, a)) in stmts.iter().enumerate() {
+        if i + 1 < stmts.len() {
+            sql.push_str(if i == 0 { "WITH " } else { ", " });
+            sql.push_str(&format!("w{i} AS ("));
+            shift_params(s, args.len(), &mut sql);
+            sql.push(')');
+        } else {
+            sql.push(' ');
+            shift_params(s, args.len(), &mut sql);
+        }
+        args.extend_from_slice(a);
+    }
+    (std::borrow::Cow::Owned(sql), args)
+}
+
+/// Copies `sql` to `out` with every `$N` parameter outside quotes raised by `by`.
+fn shift_params(sql: &str, by: usize, out: &mut String) {
+    let mut chars = sql.char_indices().peekable();
+    let mut quoted = false;
+    while let Some((_, c)) = chars.next() {
+        if c == '\'' {
+            quoted = !quoted;
+        }
+        if c != '$' || quoted {
+            out.push(c);
+            continue;
+        }
+        let mut n = 0_usize;
+        let mut digits = 0;
+        while let Some(&(_, d)) = chars.peek() {
+            let Some(v) = d.to_digit(10) else { break };
+            n = n * 10 + v as usize;
+            digits += 1;
+            chars.next();
+        }
+        out.push('$');
+        if digits > 0 {
+            out.push_str(&(n + by).to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::combine;
+    use crate::direct::Arg;
+
+    #[test]
+    fn combined_statements_number_their_parameters_in_turn() {
+        let stmts = [
+            (
+                "UPDATE t SET a = $2, note = 'costs $1' WHERE id = $1".into(),
+                vec![Arg::Int(Some(1)), Arg::Text(Some("x"))],
+            ),
+            (
+                "DELETE FROM u WHERE id = $1".into(),
+                vec![Arg::Int(Some(2))],
+            ),
+            (
+                "INSERT INTO v (a, b) VALUES ($1, $2) RETURNING id".into(),
+                vec![Arg::Int(Some(3)), Arg::Int(Some(4))],
+            ),
+        ];
+        let (sql, args) = combine(&stmts);
+        assert_eq!(
+            sql,
+            "WITH w0 AS (UPDATE t SET a = $2, note = 'costs $1' WHERE id = $1), \
+             w1 AS (DELETE FROM u WHERE id = $3) INSERT INTO v (a, b) VALUES ($4, $5) RETURNING id"
+        );
+        assert_eq!(args.len(), 5);
+        // One statement stays as it is.
+        let (only, _) = combine(&stmts[1..2]);
+        assert_eq!(only, "DELETE FROM u WHERE id = $1");
+    }
 }

@@ -18,7 +18,8 @@ crate::sql_impl::impl_tx!(
     // Multi-row inserts use anonymous `?` parameters: sqlx resolves `$N` ones by name, which
     // grows with the statement.
     batch_rows = 100,
-    numbered_params = false
+    numbered_params = false,
+    writes_in_with = false
 );
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");

@@ -1383,6 +1383,222 @@ store_test!(
     }
 );
 
+fn step(checkin_id: &str, position: i64) -> switchboard_store::CheckinStepRow {
+    switchboard_store::CheckinStepRow {
+        checkin_id: checkin_id.into(),
+        position,
+        action: "force_quit".into(),
+        spec: "{}".into(),
+        on_device: true,
+        mandatory: true,
+        status: "pending".into(),
+        detail: "sent".into(),
+        install_id: None,
+        attempts: 0,
+        outcome_unknown: false,
+        repeats: 0,
+        command_id: None,
+        updated_at: 10,
+    }
+}
+
+store_test!(
+    a_batch_of_writes_lands_as_written_one_by_one,
+    |store: Arc<dyn Store>| async move {
+        use switchboard_store::Write;
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_device(&device("d1", "SER1")).await.unwrap();
+        tx.insert_checkout(&checkout("co1", "d1", "u1"))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        // A check-in's writes, the rows referring to each other, in one batch.
+        let checkin = switchboard_store::CheckinRow {
+            id: "ci1".into(),
+            device_id: "d1".into(),
+            checkout_id: "co1".into(),
+            user_id: "u1".into(),
+            requested_by: "operator".into(),
+            status: "in_progress".into(),
+            warnings: "[]".into(),
+            started_at: 20,
+            completed_at: None,
+        };
+        let mut cmd = command("q1", 20, "queued", None);
+        cmd.checkin_id = Some("ci1".into());
+        cmd.position = Some(0);
+        let mut d = device("d1", "SER1");
+        d.status = "returning".into();
+        let mut tx = store.begin().await.unwrap();
+        tx.write_all(&[
+            Write::InsertCheckin(checkin.clone()),
+            Write::InsertCommands(vec![cmd.clone()]),
+            Write::InsertCheckinSteps(vec![step("ci1", 0), step("ci1", 1)]),
+            Write::EnqueueJobs(vec![job("t.logout", Some("logout-ci1"), 20)]),
+            Write::EndCheckout {
+                id: "co1".into(),
+                at: 20,
+                checkin_id: "ci1".into(),
+            },
+            Write::UpdateDevice(Box::new(d.clone())),
+            Write::DeviceEvent {
+                device_id: "d1".into(),
+                at: 20,
+                kind: "checked_in".into(),
+                detail: r#"{"note": "it's $1"}"#.into(),
+            },
+        ])
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.read().await.unwrap();
+        assert_eq!(tx.get_checkin("ci1").await.unwrap(), Some(checkin.clone()));
+        assert_eq!(tx.checkin_steps("ci1").await.unwrap().len(), 2);
+        assert_eq!(tx.get_command("q1").await.unwrap(), Some(cmd.clone()));
+        assert_eq!(
+            tx.get_checkout("co1")
+                .await
+                .unwrap()
+                .unwrap()
+                .checkin_id
+                .as_deref(),
+            Some("ci1")
+        );
+        assert_eq!(
+            tx.get_device("d1").await.unwrap().unwrap().status,
+            "returning"
+        );
+        let events = tx.device_events("d1", 5).await.unwrap();
+        assert_eq!(
+            events[0].detail, r#"{"note": "it's $1"}"#,
+            "a quoted $1 is data"
+        );
+        let jobs = tx
+            .list_jobs(&JobFilter {
+                state: None,
+                kind: Some("t.logout".into()),
+                limit: 5,
+            })
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].payload, serde_json::json!({"n": 20}));
+        drop(tx);
+        // Two changes to one row in a batch both apply, in order; changes to others too.
+        let mut first = step("ci1", 0);
+        first.status = "done".into();
+        first.attempts = 1;
+        let mut second = first.clone();
+        second.detail = "done on the device".into();
+        second.attempts = 2;
+        let mut other = step("ci1", 1);
+        other.status = "failed".into();
+        let mut done = cmd.clone();
+        done.state = "succeeded".into();
+        done.finished_at = Some(30);
+        let mut finished = checkin.clone();
+        finished.status = "complete".into();
+        finished.completed_at = Some(30);
+        d.status = "available".into();
+        let mut tx = store.begin().await.unwrap();
+        tx.write_all(&[
+            Write::UpdateCheckinStep(first),
+            Write::UpdateCommand(done.clone()),
+            Write::UpdateCheckinStep(second.clone()),
+            Write::UpdateCheckinStep(other.clone()),
+            Write::UpdateCheckin(finished.clone()),
+            Write::UpdateDevice(Box::new(d)),
+        ])
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.read().await.unwrap();
+        assert_eq!(tx.checkin_steps("ci1").await.unwrap(), vec![second, other]);
+        assert_eq!(tx.get_command("q1").await.unwrap(), Some(done));
+        assert_eq!(tx.get_checkin("ci1").await.unwrap(), Some(finished));
+        assert_eq!(
+            tx.get_device("d1").await.unwrap().unwrap().status,
+            "available"
+        );
+        drop(tx);
+        // A failing part fails the batch, and the transaction with it.
+        let mut tx = store.begin().await.unwrap();
+        let err = tx
+            .write_all(&[
+                Write::DeviceEvent {
+                    device_id: "d1".into(),
+                    at: 40,
+                    kind: "lost".into(),
+                    detail: "{}".into(),
+                },
+                Write::InsertCheckin(checkin),
+            ])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        drop(tx);
+        let mut tx = store.read().await.unwrap();
+        assert_eq!(tx.device_events("d1", 5).await.unwrap().len(), 1);
+    }
+);
+
+store_test!(
+    a_check_in_reads_its_device_group_and_holder_at_once,
+    |store: Arc<dyn Store>| async move {
+        let mut tx = store.begin().await.unwrap();
+        let group = switchboard_store::DeviceGroupRow {
+            id: "g1".into(),
+            name: "ICU phones".into(),
+            lending_minutes: 720,
+            workflows: "{}".into(),
+            required_apps: "[]".into(),
+            checkin_on_dock: true,
+            created_at: 1,
+            updated_at: 2,
+        };
+        tx.put_device_group(&group).await.unwrap();
+        let nurse = switchboard_store::DeviceUserRow {
+            id: "u1".into(),
+            username: "rn1".into(),
+            display_name: "Nurse One".into(),
+            badge_digest: None,
+            password_hash: None,
+            device_limit: Some(2),
+            source: "local".into(),
+            disabled: false,
+            created_at: 3,
+            updated_at: 4,
+        };
+        tx.put_device_user(&nurse).await.unwrap();
+        let mut held = device("d1", "SER1");
+        held.status = "checked_out".into();
+        held.holder_id = Some("u1".into());
+        tx.insert_device(&held).await.unwrap();
+        let mut orphan = device("d2", "SER2");
+        orphan.group_id = "gone".into();
+        tx.insert_device(&orphan).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        assert_eq!(
+            tx.lock_device_with_group_and_holder("SER1").await.unwrap(),
+            Some((held.clone(), Some(group), Some(nurse)))
+        );
+        assert_eq!(
+            tx.lock_device_with_group_and_holder("d2").await.unwrap(),
+            Some((orphan, None, None))
+        );
+        assert_eq!(
+            tx.lock_device_with_group_and_holder("nope").await.unwrap(),
+            None
+        );
+        assert_eq!(
+            tx.lock_checkin("nope").await.unwrap(),
+            None,
+            "no such check-in"
+        );
+    }
+);
+
 /// PostgreSQL: jobs enqueued by one replica wake the workers of another once the transaction has
 /// committed (the notification is sent after the commit, not from inside it), and never for a
 /// transaction that rolled back.
