@@ -989,31 +989,41 @@ impl App {
         let wait = wait.min(Duration::from_secs(self.config().agent_poll_max_secs));
         let deadline = tokio::time::Instant::now() + wait;
         let waiter = self.device_waiter(device_id);
+        let mut woken = false;
         loop {
             let notified = waiter.notified();
-            let out = self.take_commands(device_id).await?;
+            let out = self.take_commands(device_id, woken).await?;
             if !out.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(out);
             }
             // Woken by this process at once; commands queued by another replica are seen
             // within a few seconds (thousands of waiting agents must not query every second).
-            tokio::select! {
-                () = notified => {}
-                () = tokio::time::sleep(CROSS_REPLICA_RECHECK) => {}
-                () = tokio::time::sleep_until(deadline) => {}
-            }
+            woken = tokio::select! {
+                () = notified => true,
+                () = tokio::time::sleep(CROSS_REPLICA_RECHECK) => false,
+                () = tokio::time::sleep_until(deadline) => false,
+            };
         }
     }
 
-    async fn take_commands(&self, device_id: &str) -> Result<Vec<AgentCommand>, AppError> {
+    /// Hands out the device's deliverable commands. Most polls find none, so a read comes
+    /// first and only commands found open a write transaction; after a wake-up (commands were
+    /// just queued for this device) the read is skipped.
+    async fn take_commands(
+        &self,
+        device_id: &str,
+        woken: bool,
+    ) -> Result<Vec<AgentCommand>, AppError> {
         let now = now_ms();
-        let mut tx = self.store().read().await?;
-        let pending = tx
-            .deliverable_commands(device_id, now, now - REDELIVER_MS)
-            .await?;
-        drop(tx);
-        if pending.is_empty() {
-            return Ok(Vec::new());
+        if !woken {
+            let mut tx = self.store().read().await?;
+            let pending = tx
+                .deliverable_commands(device_id, now, now - REDELIVER_MS)
+                .await?;
+            drop(tx);
+            if pending.is_empty() {
+                return Ok(Vec::new());
+            }
         }
         let mut tx = self.store().begin().await?;
         let mut out = Vec::new();
@@ -1307,7 +1317,13 @@ impl App {
             .filter(|s| s.on_device && s.mandatory)
             .collect();
         let now = now_ms();
-        if let Some(mut d) = tx.lock_device(&c.device_id).await?
+        // Only the device's own steps decide its status: after a server step (an Epic logout)
+        // it stands as the last device step left it, and its row is neither read nor locked.
+        let device_step_changed = steps
+            .iter()
+            .any(|s| s.on_device && changed.contains(&s.position));
+        if device_step_changed
+            && let Some(mut d) = tx.lock_device(&c.device_id).await?
             && d.checkout_id.is_none()
             && d.status == DeviceStatus::Returning.as_str()
         {
@@ -2860,16 +2876,15 @@ impl Settling {
 }
 
 /// Locks a check-in and reads its steps into `open`; answers its index there (`None`: no such
-/// check-in).
+/// check-in, or one without steps).
 async fn open_settling(
     tx: &mut dyn Tx,
     open: &mut Vec<Settling>,
     checkin_id: &str,
 ) -> Result<Option<usize>, AppError> {
-    let Some(checkin) = tx.lock_checkin(checkin_id).await? else {
+    let Some((checkin, steps)) = tx.lock_checkin(checkin_id).await? else {
         return Ok(None);
     };
-    let steps = tx.checkin_steps(checkin_id).await?;
     open.push(Settling {
         checkin,
         steps,

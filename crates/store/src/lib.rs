@@ -481,9 +481,13 @@ pub trait Tx: Send {
     /// Reads a device (by id or serial) and locks its row until commit (PostgreSQL; SQLite
     /// writers are serial).
     async fn lock_device(&mut self, id_or_serial: &str) -> Result<Option<DeviceRow>, StoreError>;
-    /// Reads a check-in and locks its row until commit (PostgreSQL), so its steps are settled
-    /// one writer at a time.
-    async fn lock_checkin(&mut self, id: &str) -> Result<Option<CheckinRow>, StoreError>;
+    /// Reads a check-in with its steps (by position) in one statement and locks them until
+    /// commit (PostgreSQL), so its steps are settled one writer at a time, on what the writer
+    /// before committed. `None`: no such check-in, or it has no steps (nothing to settle).
+    async fn lock_checkin(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<(CheckinRow, Vec<CheckinStepRow>)>, StoreError>;
     /// [`Tx::lock_device`] with the device's group and its holder, in one statement (a
     /// check-in needs all three).
     async fn lock_device_with_group_and_holder(

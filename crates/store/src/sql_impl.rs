@@ -1313,8 +1313,34 @@ macro_rules! impl_tx {
                 self.first(&format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1 OR serial = $1 {}", $for_update), &$crate::direct::args![id]).await
             }
 
-            async fn lock_checkin(&mut self, id: &str) -> Result<Option<$crate::CheckinRow>, $crate::StoreError> {
-                self.first(&format!("SELECT {CHECKIN_COLS} FROM checkins WHERE id = $1 {}", $for_update), &$crate::direct::args![id]).await
+            async fn lock_checkin(&mut self, id: &str)
+                -> Result<Option<($crate::CheckinRow, Vec<$crate::CheckinStepRow>)>, $crate::StoreError> {
+                use $crate::direct::{FromCols, Prefixed};
+                struct Joined($crate::CheckinRow, $crate::CheckinStepRow);
+                impl FromCols for Joined {
+                    fn from_cols<R: $crate::direct::Cols>(row: &R) -> Result<Self, sqlx::Error> {
+                        Ok(Joined(
+                            $crate::CheckinRow::from_cols(row)?,
+                            $crate::CheckinStepRow::from_cols(&Prefixed { row, prefix: "s_" })?,
+                        ))
+                    }
+                }
+                // Steps locked too: a lock that had to wait then reads their latest versions.
+                static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                    let c: Vec<String> = CHECKIN_COLS.split(", ").map(|c| format!("c.{c}")).collect();
+                    let s: Vec<String> = STEP_COLS.split(", ").map(|c| format!("s.{c} AS s_{c}")).collect();
+                    format!("SELECT {}, {} FROM checkins c JOIN checkin_steps s ON s.checkin_id = c.id WHERE c.id = $1 {}",
+                            c.join(", "), s.join(", "),
+                            if $for_update.is_empty() { "" } else { "FOR UPDATE OF c, s" })
+                });
+                let rows: Vec<Joined> = self.all(&SQL, &$crate::direct::args![id]).await?;
+                let mut rows = rows.into_iter();
+                let Some(Joined(checkin, first)) = rows.next() else {
+                    return Ok(None);
+                };
+                let mut steps: Vec<$crate::CheckinStepRow> = std::iter::once(first).chain(rows.map(|Joined(_, s)| s)).collect();
+                steps.sort_by_key(|s| s.position);
+                Ok(Some((checkin, steps)))
             }
 
             async fn lock_device_with_group_and_holder(&mut self, id: &str)

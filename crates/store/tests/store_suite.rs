@@ -1513,12 +1513,20 @@ store_test!(
         .unwrap();
         tx.commit().await.unwrap();
         let mut tx = store.read().await.unwrap();
-        assert_eq!(tx.checkin_steps("ci1").await.unwrap(), vec![second, other]);
+        let steps = vec![second, other];
+        assert_eq!(tx.checkin_steps("ci1").await.unwrap(), steps);
         assert_eq!(tx.get_command("q1").await.unwrap(), Some(done));
-        assert_eq!(tx.get_checkin("ci1").await.unwrap(), Some(finished));
+        assert_eq!(tx.get_checkin("ci1").await.unwrap(), Some(finished.clone()));
         assert_eq!(
             tx.get_device("d1").await.unwrap().unwrap().status,
             "available"
+        );
+        drop(tx);
+        // A check-in and its steps, by position, in one locking read.
+        let mut tx = store.begin().await.unwrap();
+        assert_eq!(
+            tx.lock_checkin("ci1").await.unwrap(),
+            Some((finished, steps))
         );
         drop(tx);
         // A failing part fails the batch, and the transaction with it.
@@ -1539,6 +1547,57 @@ store_test!(
         drop(tx);
         let mut tx = store.read().await.unwrap();
         assert_eq!(tx.device_events("d1", 5).await.unwrap().len(), 1);
+    }
+);
+
+store_test!(
+    a_check_in_locked_after_a_wait_reads_the_steps_its_holder_wrote,
+    |store: Arc<dyn Store>| async move {
+        use switchboard_store::Write;
+        let checkin = switchboard_store::CheckinRow {
+            id: "ci1".into(),
+            device_id: "d1".into(),
+            checkout_id: "co1".into(),
+            user_id: "u1".into(),
+            requested_by: "operator".into(),
+            status: "in_progress".into(),
+            warnings: "[]".into(),
+            started_at: 20,
+            completed_at: None,
+        };
+        let mut tx = store.begin().await.unwrap();
+        tx.write_all(&[
+            Write::InsertCheckin(checkin),
+            Write::InsertCheckinSteps(vec![step("ci1", 0), step("ci1", 1)]),
+        ])
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        // The first writer holds the check-in; the second waits for it (PostgreSQL: the row
+        // locks; SQLite: the one writer) and must then see the first one's step, not the one
+        // from before its wait.
+        let mut first = store.begin().await.unwrap();
+        let (_, steps) = first.lock_checkin("ci1").await.unwrap().unwrap();
+        let second = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut tx = store.begin().await.unwrap();
+                let (_, steps) = tx.lock_checkin("ci1").await.unwrap().unwrap();
+                steps
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!second.is_finished(), "the second writer waits");
+        let mut done = steps[1].clone();
+        done.status = "done".into();
+        done.attempts = 1;
+        first
+            .write_all(&[Write::UpdateCheckinStep(done.clone())])
+            .await
+            .unwrap();
+        first.commit().await.unwrap();
+        let seen = second.await.unwrap();
+        assert_eq!(seen, vec![steps[0].clone(), done]);
     }
 );
 
