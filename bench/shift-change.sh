@@ -49,10 +49,10 @@ OUT="bench/results/shift-change-$(date -u +%Y-%m-%dT%H-%M-%SZ).md"
     echo "| $k | $(get $k checkins_per_s) | $(get $k checkin_p50_ms) ms | $(get $k checkin_p99_ms) ms |"
   done
   echo
-  echo "| CPU during the check-ins (of $(nproc) cores) | this process (server, simulator, agents, clients) | whole machine (PostgreSQL included) |"
-  echo "|---|---|---|"
-  for k in sqlite-clean sqlite-faults postgres-clean postgres-faults sqlite-checkin-only postgres-checkin-only; do
-    echo "| $k | $(get $k cpu_cores_busy) | $(get $k machine_cores_busy) |"
+  echo "| CPU during the check-ins (of $(nproc) cores) | this process (server, simulator, agents, clients) | whole machine (PostgreSQL included) | stolen by the hypervisor (% of the machine's time) |"
+  echo "|---|---|---|---|"
+  for k in sqlite-clean sqlite-faults sqlite-normal-clean postgres-clean postgres-faults postgres-clean-overlap sqlite-checkin-only postgres-checkin-only; do
+    echo "| $k | $(get $k cpu_cores_busy) | $(get $k machine_cores_busy) | $(get $k machine_steal_pct) % |"
   done
   echo
   echo "| SQLite's one writer during the check-ins | busy (held + group commits, % of wall clock) | write transactions per check-in | writer held per write transaction | write transactions per group commit |"

@@ -47,10 +47,10 @@ async fn main() {
     };
     let empty_workflow = std::env::var("SB_EMPTY_WORKFLOW").is_ok();
     let dir = tempfile::tempdir().unwrap();
+    let pg_server = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let db_url = if backend == "postgres" {
-        let server = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        switchboard_store::testing::create_postgres_database(&server).await
+        switchboard_store::testing::create_postgres_database(&pg_server).await
     } else {
         format!("sqlite://{}", dir.path().join("bench.db").display())
     };
@@ -67,7 +67,7 @@ async fn main() {
     let config = switchboard_app::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_owned(),
-        database_url: Some(secrecy::SecretString::from(db_url)),
+        database_url: Some(secrecy::SecretString::from(db_url.clone())),
         // The product's default pool unless SB_DB_CONNECTIONS says otherwise (on PostgreSQL
         // sharing 2 cores, 12-16 connections did best: 64 gave 800 check-ins/s, 16 about 1,100).
         database_max_connections: std::env::var("SB_DB_CONNECTIONS")
@@ -310,11 +310,16 @@ async fn main() {
     if let (Some(b), Some(a)) = (cpu_before, cpu_ticks()) {
         println!("cpu_cores_busy {:.2}", (a - b) as f64 / 100.0 / checkin_s);
     }
-    // The whole machine, PostgreSQL's processes included.
+    // The whole machine, PostgreSQL's processes included; and the share of its time the
+    // hypervisor gave to other guests (a virtual machine's figures swing with it).
     if let (Some(b), Some(a)) = (machine_before, machine_ticks()) {
         println!(
             "machine_cores_busy {:.2}",
-            (a - b) as f64 / 100.0 / checkin_s
+            (a.busy - b.busy) as f64 / 100.0 / checkin_s
+        );
+        println!(
+            "machine_steal_pct {:.0}",
+            (a.steal - b.steal) as f64 * 100.0 / (a.all - b.all).max(1) as f64
         );
     }
     // SQLite's one writer during the check-ins: its busy share of the wall clock (held by write
@@ -419,6 +424,9 @@ async fn main() {
     agents.stop().await;
     server.shutdown().await.unwrap();
     sim.shutdown().await;
+    if backend == "postgres" {
+        switchboard_store::testing::drop_postgres_database(&pg_server, &db_url).await;
+    }
 }
 
 /// This process's CPU time so far, in clock ticks (1/100 s on Linux), from `/proc/self/stat`.
@@ -431,16 +439,31 @@ fn cpu_ticks() -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-/// Busy clock ticks of all cores so far (everything but idle and I/O wait), from `/proc/stat`.
-fn machine_ticks() -> Option<u64> {
+/// Clock ticks of all cores so far, from `/proc/stat`: busy (everything but idle, I/O wait and
+/// steal), stolen by the hypervisor for other guests, and in all.
+fn machine_ticks() -> Option<MachineTicks> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let cpu: Vec<u64> = stat
         .lines()
         .next()?
         .split_whitespace()
         .skip(1)
+        .take(8)
         .filter_map(|v| v.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal ...
-    Some(cpu.iter().sum::<u64>() - cpu.get(3)? - cpu.get(4)?)
+    // user nice system idle iowait irq softirq steal
+    let steal = *cpu.get(7)?;
+    let all: u64 = cpu.iter().sum();
+    Some(MachineTicks {
+        busy: all - cpu.get(3)? - cpu.get(4)? - steal,
+        steal,
+        all,
+    })
+}
+
+#[derive(Clone, Copy)]
+struct MachineTicks {
+    busy: u64,
+    steal: u64,
+    all: u64,
 }

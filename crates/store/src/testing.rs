@@ -57,6 +57,30 @@ pub async fn create_postgres_database(server_url: &str) -> String {
     replace_database(server_url, &name)
 }
 
+/// Drops a database made by [`create_postgres_database`] (`name`: the last part of its URL),
+/// closing what is still connected to it. A benchmark run drops its own, so that the next one
+/// does not share the machine with the vacuuming of this one's leftovers.
+pub async fn drop_postgres_database(server_url: &str, database_url: &str) {
+    use sqlx::Connection;
+    let name = database_url
+        .rsplit('/')
+        .next()
+        .and_then(|n| n.split('?').next())
+        .unwrap_or_default();
+    assert!(
+        name.starts_with("sbtest_") && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "not a test database: {name}"
+    );
+    let mut admin = sqlx::PgConnection::connect(server_url)
+        .await
+        .expect("connect to PostgreSQL test server");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .expect("drop test database");
+    admin.close().await.ok();
+}
+
 /// A migrated PostgreSQL database of its own, or `None` when PostgreSQL tests are not enabled.
 pub async fn postgres(test: &str) -> Option<TestDb> {
     let server = postgres_server(test)?;
