@@ -44,16 +44,8 @@ pub fn postgres_server(test: &str) -> Option<String> {
 
 /// Creates an empty database on the server and returns its URL.
 pub async fn create_postgres_database(server_url: &str) -> String {
-    use sqlx::Connection;
     let name = format!("sbtest_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(server_url)
-        .await
-        .expect("connect to PostgreSQL test server");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("create test database");
-    admin.close().await.ok();
+    on_server(server_url, &format!("CREATE DATABASE {name}")).await;
     replace_database(server_url, &name)
 }
 
@@ -61,7 +53,6 @@ pub async fn create_postgres_database(server_url: &str) -> String {
 /// closing what is still connected to it. A benchmark run drops its own, so that the next one
 /// does not share the machine with the vacuuming of this one's leftovers.
 pub async fn drop_postgres_database(server_url: &str, database_url: &str) {
-    use sqlx::Connection;
     let name = database_url
         .rsplit('/')
         .next()
@@ -71,13 +62,23 @@ pub async fn drop_postgres_database(server_url: &str, database_url: &str) {
         name.starts_with("sbtest_") && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
         "not a test database: {name}"
     );
+    on_server(
+        server_url,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await;
+}
+
+/// Runs one statement on the test server's own database (creating or dropping another).
+async fn on_server(server_url: &str, sql: &str) {
+    use sqlx::Connection;
     let mut admin = sqlx::PgConnection::connect(server_url)
         .await
         .expect("connect to PostgreSQL test server");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    sqlx::query(sql)
         .execute(&mut admin)
         .await
-        .expect("drop test database");
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     admin.close().await.ok();
 }
 

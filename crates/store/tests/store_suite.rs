@@ -1402,6 +1402,20 @@ fn step(checkin_id: &str, position: i64) -> switchboard_store::CheckinStepRow {
     }
 }
 
+fn checkin_row(id: &str) -> switchboard_store::CheckinRow {
+    switchboard_store::CheckinRow {
+        id: id.into(),
+        device_id: "d1".into(),
+        checkout_id: "co1".into(),
+        user_id: "u1".into(),
+        requested_by: "operator".into(),
+        status: "in_progress".into(),
+        warnings: "[]".into(),
+        started_at: 20,
+        completed_at: None,
+    }
+}
+
 store_test!(
     a_batch_of_writes_lands_as_written_one_by_one,
     |store: Arc<dyn Store>| async move {
@@ -1413,17 +1427,7 @@ store_test!(
             .unwrap();
         tx.commit().await.unwrap();
         // A check-in's writes, the rows referring to each other, in one batch.
-        let checkin = switchboard_store::CheckinRow {
-            id: "ci1".into(),
-            device_id: "d1".into(),
-            checkout_id: "co1".into(),
-            user_id: "u1".into(),
-            requested_by: "operator".into(),
-            status: "in_progress".into(),
-            warnings: "[]".into(),
-            started_at: 20,
-            completed_at: None,
-        };
+        let checkin = checkin_row("ci1");
         let mut cmd = command("q1", 20, "queued", None);
         cmd.checkin_id = Some("ci1".into());
         cmd.position = Some(0);
@@ -1554,17 +1558,7 @@ store_test!(
     a_check_in_locked_after_a_wait_reads_the_steps_its_holder_wrote,
     |store: Arc<dyn Store>| async move {
         use switchboard_store::Write;
-        let checkin = switchboard_store::CheckinRow {
-            id: "ci1".into(),
-            device_id: "d1".into(),
-            checkout_id: "co1".into(),
-            user_id: "u1".into(),
-            requested_by: "operator".into(),
-            status: "in_progress".into(),
-            warnings: "[]".into(),
-            started_at: 20,
-            completed_at: None,
-        };
+        let checkin = checkin_row("ci1");
         let mut tx = store.begin().await.unwrap();
         tx.write_all(&[
             Write::InsertCheckin(checkin),
