@@ -393,9 +393,12 @@ macro_rules! impl_tx {
                     for w in &writes[start..end] {
                         write_statements(w, &mut stmts);
                     }
-                    let (sql, a) = $crate::sql_impl::combine(&stmts);
-                    self.run(&sql, &a).await?;
                     start = end;
+                    // (Inserts of no rows are no statement.)
+                    if !stmts.is_empty() {
+                        let (sql, a) = $crate::sql_impl::combine(&stmts);
+                        self.run(&sql, &a).await?;
+                    }
                 }
                 Ok(())
             }

@@ -1533,6 +1533,13 @@ store_test!(
             Some((finished, steps))
         );
         drop(tx);
+        // Nothing to write (inserts of no rows) is no statement at all.
+        let mut tx = store.begin().await.unwrap();
+        tx.write_all(&[Write::EnqueueJobs(vec![]), Write::InsertCommands(vec![])])
+            .await
+            .unwrap();
+        tx.write_all(&[]).await.unwrap();
+        drop(tx);
         // A failing part fails the batch, and the transaction with it.
         let mut tx = store.begin().await.unwrap();
         let err = tx
