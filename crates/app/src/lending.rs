@@ -1725,20 +1725,13 @@ impl App {
         let steps = dd::steps_for_checkin(&workflow, d.pin_set);
         let config: ReportedConfig = parse_json(&d.appconfig);
         let checkin_id = new_id("ci_");
-        // Every write of the check-in, sent together once the reads are done.
-        let mut writes = Vec::new();
-        // Commands of the ended lending that were never delivered are moot now.
-        for mut c in tx.deliverable_commands(&d.id, now, i64::MAX).await? {
-            if c.checkin_id.is_none() && (c.kind == "show_ready" || c.kind == "set_pin") {
-                c.state = "skipped".to_owned();
-                c.finished_at = Some(now);
-                c.result = Some("cancelled by check-in".to_owned());
-                if let Some(r) = c.secret_ref.take() {
-                    writes.push(Write::DeleteSecret(r));
-                }
-                writes.push(Write::UpdateCommand(c));
-            }
-        }
+        // Every write of the check-in, sent together. First: the ended lending's commands that
+        // were never confirmed are moot now.
+        let mut writes = vec![Write::CancelLendingCommands {
+            device_id: d.id.clone(),
+            at: now,
+            reason: "cancelled by check-in".to_owned(),
+        }];
         let mut warnings = Vec::new();
         let mut rows = Vec::new();
         let mut commands = Vec::new();

@@ -200,6 +200,13 @@ pub enum Write {
         owner: String,
     },
     DeleteSecret(String),
+    /// A device's open commands of its lending (not of a check-in) that a check-in makes moot
+    /// (`show_ready`, `set_pin`), skipped with `reason`, their secrets (a PIN) deleted.
+    CancelLendingCommands {
+        device_id: String,
+        at: i64,
+        reason: String,
+    },
 }
 
 impl Write {
@@ -229,6 +236,13 @@ impl Write {
             | (Self::DeleteSecret(a), Self::DeleteSecret(b)) => a == b,
             (Self::UpdateDevice(a), Self::UpdateDevice(b)) => a.id == b.id,
             (Self::CompleteJob { id: a, .. }, Self::CompleteJob { id: b, .. }) => a == b,
+            (Self::CancelLendingCommands { device_id, .. }, Self::UpdateCommand(c)) => {
+                c.device_id == *device_id && c.checkin_id.is_none()
+            }
+            (
+                Self::CancelLendingCommands { .. },
+                Self::DeleteSecret(_) | Self::CancelLendingCommands { .. },
+            ) => true,
             _ => false,
         }
     }

@@ -264,6 +264,18 @@ macro_rules! impl_tx {
                 Write::EnqueueJobs(jobs) => enqueue_jobs_sql(jobs, out),
                 Write::CompleteJob { id, owner } => out.push(complete_job_sql(*id, owner)),
                 Write::DeleteSecret(id) => out.push(delete_secret_sql(id)),
+                Write::CancelLendingCommands { device_id, at, reason } => {
+                    // The secrets first: on SQLite the update would hide which commands had
+                    // them; on PostgreSQL both parts see the commands as they were.
+                    const OPEN_LENDING: &str = "device_id = $1 AND checkin_id IS NULL AND kind IN ('show_ready', 'set_pin') \
+                                                AND +expires_at > $2 AND state IN ('queued', 'delivered')";
+                    static DELETE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!(
+                        "DELETE FROM secrets WHERE id IN (SELECT secret_ref FROM device_commands WHERE {OPEN_LENDING} AND secret_ref IS NOT NULL)"));
+                    static SKIP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!(
+                        "UPDATE device_commands SET state = 'skipped', finished_at = $2, result = $3, secret_ref = NULL WHERE {OPEN_LENDING}"));
+                    out.push((DELETE.as_str().into(), $crate::direct::args![device_id, *at].to_vec()));
+                    out.push((SKIP.as_str().into(), $crate::direct::args![device_id, *at, reason].to_vec()));
+                }
             }
         }
 

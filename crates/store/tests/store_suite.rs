@@ -1562,6 +1562,92 @@ store_test!(
 );
 
 store_test!(
+    a_check_in_skips_its_lendings_open_commands_and_deletes_their_pin,
+    |store: Arc<dyn Store>| async move {
+        use switchboard_store::Write;
+        let pin = SecretRow {
+            id: "pin1".into(),
+            owner: "command:set-pin".into(),
+            purpose: "pin".into(),
+            key_id: "mk1".into(),
+            nonce: vec![1; 12],
+            ciphertext: vec![2; 40],
+            created_at: 1,
+            updated_at: 1,
+        };
+        let kept = SecretRow {
+            id: "pin2".into(),
+            ..pin.clone()
+        };
+        let lending = |id: &str, kind: &str, state: &str, delivered: Option<i64>| {
+            let mut c = command(id, 10, state, delivered);
+            c.kind = kind.into();
+            c
+        };
+        let mut set_pin = lending("set-pin", "set_pin", "delivered", Some(12));
+        set_pin.secret_ref = Some("pin1".into());
+        let mut of_checkin = lending("force-quit", "force_quit", "queued", None);
+        of_checkin.checkin_id = Some("ci0".into());
+        let mut other_device = lending("elsewhere", "show_ready", "queued", None);
+        other_device.device_id = "d2".into();
+        let mut expired = lending("expired", "show_ready", "queued", None);
+        expired.secret_ref = Some("pin2".into());
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_device(&device("d1", "SER1")).await.unwrap();
+        tx.insert_device(&device("d2", "SER2")).await.unwrap();
+        tx.put_secret(&pin).await.unwrap();
+        tx.put_secret(&kept).await.unwrap();
+        tx.insert_commands(&[
+            lending("ready", "show_ready", "queued", None),
+            set_pin,
+            lending("confirmed", "show_ready", "succeeded", Some(11)),
+            lending("message", "show_message", "queued", None),
+            of_checkin,
+            other_device,
+            expired,
+        ])
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.write_all(&[Write::CancelLendingCommands {
+            device_id: "d1".into(),
+            at: 100,
+            reason: "cancelled by check-in".into(),
+        }])
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.read().await.unwrap();
+        for (id, state) in [
+            ("ready", "skipped"),
+            ("set-pin", "skipped"),
+            ("confirmed", "succeeded"),
+            ("message", "queued"),
+            ("force-quit", "queued"),
+            ("elsewhere", "queued"),
+            ("expired", "queued"),
+        ] {
+            let c = tx.get_command(id).await.unwrap().unwrap();
+            assert_eq!(c.state, state, "{id}");
+            if state == "skipped" {
+                assert_eq!(c.finished_at, Some(100));
+                assert_eq!(c.result.as_deref(), Some("cancelled by check-in"));
+                assert_eq!(c.secret_ref, None);
+            }
+        }
+        assert!(
+            tx.get_secret("pin1").await.unwrap().is_none(),
+            "the PIN is gone"
+        );
+        assert!(
+            tx.get_secret("pin2").await.unwrap().is_some(),
+            "an expired command's secret is not this check-in's"
+        );
+    }
+);
+
+store_test!(
     a_check_in_locked_after_a_wait_reads_the_steps_its_holder_wrote,
     |store: Arc<dyn Store>| async move {
         use switchboard_store::Write;
