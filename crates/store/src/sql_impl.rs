@@ -1342,10 +1342,9 @@ macro_rules! impl_tx {
                 }
                 // Steps locked too: a lock that had to wait then reads their latest versions.
                 static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-                    let c: Vec<String> = CHECKIN_COLS.split(", ").map(|c| format!("c.{c}")).collect();
-                    let s: Vec<String> = STEP_COLS.split(", ").map(|c| format!("s.{c} AS s_{c}")).collect();
+                    use $crate::sql_impl::joined_cols;
                     format!("SELECT {}, {} FROM checkins c JOIN checkin_steps s ON s.checkin_id = c.id WHERE c.id = $1 {}",
-                            c.join(", "), s.join(", "),
+                            joined_cols(CHECKIN_COLS, "c", ""), joined_cols(STEP_COLS, "s", "s_"),
                             if $for_update.is_empty() { "" } else { "FOR UPDATE OF c, s" })
                 });
                 let rows: Vec<Joined> = self.all(&SQL, &$crate::direct::args![id]).await?;
@@ -1374,12 +1373,10 @@ macro_rules! impl_tx {
                     }
                 }
                 static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-                    let d: Vec<String> = DEVICE_COLS.split(", ").map(|c| format!("d.{}", c.trim())).collect();
-                    let g: Vec<String> = GROUP_COLS.split(", ").map(|c| format!("g.{c} AS g_{c}")).collect();
-                    let u: Vec<String> = DEVICE_USER_COLS.split(", ").map(|c| format!("u.{c} AS u_{c}")).collect();
+                    use $crate::sql_impl::joined_cols;
                     format!("SELECT {}, {}, {} FROM devices d LEFT JOIN device_groups g ON g.id = d.group_id \
                              LEFT JOIN device_users u ON u.id = d.holder_id WHERE d.id = $1 OR d.serial = $1 {}",
-                            d.join(", "), g.join(", "), u.join(", "),
+                            joined_cols(DEVICE_COLS, "d", ""), joined_cols(GROUP_COLS, "g", "g_"), joined_cols(DEVICE_USER_COLS, "u", "u_"),
                             if $for_update.is_empty() { "" } else { "FOR UPDATE OF d" })
                 });
                 let row: Option<Joined> = self.first(&SQL, &$crate::direct::args![id]).await?;
@@ -1765,6 +1762,22 @@ pub(crate) fn values_list(cols: usize, rows: usize, numbered: bool) -> String {
         sql.push(')');
     }
     sql
+}
+
+/// A column list of a join: each of `cols` as `table.col`, renamed `prefixcol` when `prefix` is
+/// not empty (read back with `direct::Prefixed`).
+pub(crate) fn joined_cols(cols: &str, table: &str, prefix: &str) -> String {
+    cols.split(',')
+        .map(str::trim)
+        .map(|c| {
+            if prefix.is_empty() {
+                format!("{table}.{c}")
+            } else {
+                format!("{table}.{c} AS {prefix}{c}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A statement and its parameters.
