@@ -41,7 +41,8 @@ pub struct Config {
     pub database_acquire_timeout_ms: u64,
     pub sqlite_synchronous: SqliteSync,
     pub sqlite_busy_timeout_ms: u64,
-    /// Audit chains to spread appends over (1–16); default 1 on SQLite, 4 on PostgreSQL.
+    /// Audit chains to spread appends over (1–16); default 1 on SQLite, 16 on PostgreSQL (a
+    /// transaction appends to a chain no other of this replica's holds while there is one).
     pub audit_chains: Option<u32>,
     /// Base64 of 32 bytes; when set it is the only master key (for replicas sharing one key).
     pub master_key: Option<SecretString>,
@@ -383,7 +384,7 @@ impl Config {
     #[must_use]
     pub fn effective_audit_chains(&self) -> u32 {
         self.audit_chains
-            .unwrap_or(if self.is_sqlite() { 1 } else { 4 })
+            .unwrap_or(if self.is_sqlite() { 1 } else { 16 })
     }
 
     /// Warnings that do not stop the server but deserve a look (`switchboard config check`).
@@ -529,7 +530,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.database_url(), "postgres://u@h/db");
-        assert_eq!(c.effective_audit_chains(), 4);
+        assert_eq!(c.effective_audit_chains(), 16);
     }
 
     #[test]

@@ -950,7 +950,7 @@ impl App {
             && d.status == "checked_out"
             && group.as_ref().is_some_and(|g| g.checkin_on_dock)
         {
-            self.checkin_in_tx(&mut *tx, d.clone(), group.as_ref(), "dock")
+            self.checkin_in_tx(&mut *tx, d.clone(), group.as_ref(), "dock", None)
                 .await?;
         }
         let waiting = !tx
@@ -1687,13 +1687,15 @@ impl App {
         }
         let group = group.map(group_view);
         let (c, rows) = self
-            .checkin_in_tx(&mut *tx, d.clone(), group.as_ref(), requested_by)
+            .checkin_in_tx(
+                &mut *tx,
+                d.clone(),
+                group.as_ref(),
+                requested_by,
+                Some((p, ctx)),
+            )
             .await?;
         let r = receipt_view(&c, &d, user.as_ref(), &rows);
-        // The audit entry last: it holds an audit chain's head until commit.
-        let ev = AuditEvent::new("", "device.checked_in", format!("device:{}", d.id))
-            .with_details(json!({"checkin": c.id, "requested_by": requested_by}));
-        self.audit(&mut *tx, p, ctx, ev).await?;
         tx.commit().await?;
         self.wake_device(&d.id);
         Ok(r)
@@ -1714,6 +1716,7 @@ impl App {
         mut d: DeviceRow,
         group: Option<&DeviceGroup>,
         requested_by: &str,
+        audit: Option<(&Principal, &RequestContext)>,
     ) -> Result<(CheckinRow, Vec<CheckinStepRow>), AppError> {
         let now = now_ms();
         let checkout_id = d.checkout_id.clone().unwrap_or_default();
@@ -1863,6 +1866,13 @@ impl App {
             Write::UpdateDevice(Box::new(d)),
             event,
         ]);
+        // Audited first, so that the entry goes out with the writes (one statement on
+        // PostgreSQL).
+        if let Some((p, ctx)) = audit {
+            let ev = AuditEvent::new("", "device.checked_in", format!("device:{}", c.device_id))
+                .with_details(json!({"checkin": c.id, "requested_by": requested_by}));
+            self.audit(&mut *tx, p, ctx, ev).await?;
+        }
         tx.write_all(&writes).await?;
         metrics::counter!("switchboard_device_checkins_total").increment(1);
         Ok((c, rows))
@@ -2717,14 +2727,14 @@ async fn record_attempt(
         }
         (o, _) => o,
     };
-    tx.write_all(&writes).await?;
-    // The audit entry last: it holds an audit chain's head until commit.
+    // Audited first, so that the entry goes out with the writes.
     if let Some(c) = settled {
         let ev = AuditEvent::new("system", "device.epic_logout", format!("device:{}", c.device_id)).with_details(json!({
             "checkin": c.id, "action": step.action, "install_id": step.install_id, "status": step.status, "attempts": step.attempts, "repeats": step.repeats,
         }));
         app.append_audit(&mut *tx, &ev).await?;
     }
+    tx.write_all(&writes).await?;
     tx.commit().await?;
     Ok(outcome)
 }

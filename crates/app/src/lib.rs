@@ -357,7 +357,7 @@ impl App {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = k;
     }
 
-    /// Appends an audit entry inside `tx`, on one of the configured chains.
+    /// Appends an audit entry inside `tx` (see [`Tx::append_audit`]).
     pub async fn audit(
         &self,
         tx: &mut dyn Tx,
@@ -376,10 +376,7 @@ impl App {
 
     /// Appends an audit entry for something the system did on its own (jobs, start-up).
     pub async fn append_audit(&self, tx: &mut dyn Tx, event: &AuditEvent) -> Result<(), AppError> {
-        let chains = u64::from(self.inner.config.effective_audit_chains().max(1));
-        let chain =
-            i64::try_from(u64::from_be_bytes(crypto::random_bytes::<8>()) % chains).unwrap_or(0);
-        tx.append_audit(event, chain, now_ms()).await?;
+        tx.append_audit(event, now_ms()).await?;
         Ok(())
     }
 }

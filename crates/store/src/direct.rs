@@ -212,7 +212,7 @@ from_cols! {
     crate::SecretRow { id, owner, purpose, key_id, nonce, ciphertext, created_at, updated_at }
     crate::IdempotencyRow { scope, key, request_digest, status, response, created_at }
     Id { id }
-    AuditHeadRow { seq, hash }
+    crate::audit_chains::Head { seq, hash }
 }
 
 impl FromCols for crate::JobRow {
@@ -238,12 +238,6 @@ impl FromCols for crate::JobRow {
 /// A generated key (`RETURNING id`).
 pub(crate) struct Id {
     pub(crate) id: i64,
-}
-
-/// An audit chain's head.
-pub(crate) struct AuditHeadRow {
-    pub(crate) seq: i64,
-    pub(crate) hash: Vec<u8>,
 }
 
 /// SQLite's writer connection as run directly. Owned by the writer, beside the sqlx connection

@@ -4,6 +4,7 @@
 //! enqueue the jobs they need, then commit once.
 
 pub mod access_log;
+mod audit_chains;
 mod device_models;
 mod direct;
 mod error;
@@ -138,8 +139,9 @@ pub struct ConnectOptions {
     pub sqlite_synchronous_full: bool,
     /// SQLite only: how long a writer waits for the lock.
     pub sqlite_busy_timeout: std::time::Duration,
-    /// How many audit chains to spread appends over (1–16). More chains let PostgreSQL replicas
-    /// append in parallel; SQLite serialises writers anyway.
+    /// How many audit chains to spread appends over (1–16). A transaction appends to a chain no
+    /// other transaction of this process holds while there is one (see `audit_chains.rs`), so
+    /// PostgreSQL wants at least as many as pooled connections; SQLite serialises writers anyway.
     pub audit_chains: u32,
 }
 
@@ -150,7 +152,7 @@ impl Default for ConnectOptions {
             acquire_timeout: std::time::Duration::from_secs(5),
             sqlite_synchronous_full: true,
             sqlite_busy_timeout: std::time::Duration::from_secs(5),
-            audit_chains: 4,
+            audit_chains: 16,
         }
     }
 }
@@ -298,13 +300,10 @@ pub trait Tx: Send {
     async fn delete_secret(&mut self, id: &str) -> Result<bool, StoreError>;
 
     // --- audit log
-    /// Appends `event` to chain `chain`, linking it to the chain's head, and moves the head.
-    async fn append_audit(
-        &mut self,
-        event: &AuditEvent,
-        chain: i64,
-        at_ms: i64,
-    ) -> Result<AuditRecord, StoreError>;
+    /// Appends `event` to an audit chain of this transaction's, linking it to the chain's head.
+    /// SQLite writes it at once; PostgreSQL with the transaction's next [`Tx::write_all`] (one
+    /// statement with those writes), or just before it commits.
+    async fn append_audit(&mut self, event: &AuditEvent, at_ms: i64) -> Result<(), StoreError>;
     async fn list_audit(&mut self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError>;
     /// Entries of one chain with `seq > after_seq`, in order, at most `limit`.
     async fn audit_chain_page(

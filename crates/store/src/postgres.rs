@@ -33,6 +33,7 @@ pub struct PgStore {
     announce: Arc<Notify>,
     announcer: tokio::task::JoinHandle<()>,
     lanes: Arc<crate::lanes::Lanes>,
+    chains: Arc<crate::audit_chains::Chains>,
 }
 
 impl PgStore {
@@ -72,6 +73,7 @@ impl PgStore {
                     .unwrap_or(1)
                     .max(1),
             )),
+            chains: crate::audit_chains::Chains::new(o.audit_chains),
         })
     }
 
@@ -87,6 +89,8 @@ impl PgStore {
             announce: Some(Arc::clone(&self.announce)),
             writer: None,
             lane,
+            chains: Arc::clone(&self.chains),
+            audit: None,
         })
     }
 }

@@ -22,6 +22,9 @@ macro_rules! impl_tx {
             /// until it ends.
             #[allow(dead_code, reason = "held only to be released when the transaction ends")]
             pub(crate) lane: Option<$crate::lanes::Lane>,
+            /// The store's audit chains, and this transaction's (once it appends).
+            pub(crate) chains: std::sync::Arc<$crate::audit_chains::Chains>,
+            pub(crate) audit: Option<$crate::sql_impl::AuditState>,
         }
 
         impl $tx {
@@ -64,6 +67,83 @@ macro_rules! impl_tx {
             /// Remembers to wake the workers once the transaction has committed.
             fn mark_enqueued(&mut self) {
                 self.enqueued = true;
+            }
+
+            /// Reads an audit chain's head and locks it until the transaction ends.
+            async fn lock_audit_head(&mut self, chain: i64) -> Result<$crate::audit_chains::Head, $crate::StoreError> {
+                self.first(concat!("SELECT seq, hash FROM audit_heads WHERE chain = $1 ", $for_update), &$crate::direct::args![chain])
+                    .await?
+                    .ok_or_else(|| $crate::StoreError::Corrupt(format!("audit chain {chain} has no head row")))
+            }
+
+            /// Sends `stmts` (writes that touch no row twice; none at all is fine) as one
+            /// statement, with the audit entries appended since the last one. Their chain's head
+            /// is moved only from where this process last left it; when another replica moved it
+            /// meanwhile, the entries are written again after reading the head under its lock
+            /// (the other writes of the statement stand: they are in this transaction either way).
+            async fn send_with_audit(&mut self, mut stmts: Vec<$crate::sql_impl::Stmt<'_>>) -> Result<(), $crate::StoreError> {
+                use $crate::sql_impl::{audit_rows, audit_statements, combine};
+                if !$writes_in_with {
+                    return self.send_audit_now().await;
+                }
+                let pending = self.audit.as_mut().map(|a| std::mem::take(&mut a.pending)).unwrap_or_default();
+                if pending.is_empty() {
+                    if !stmts.is_empty() {
+                        let (sql, a) = combine(&stmts);
+                        self.run(&sql, &a).await?;
+                    }
+                    return Ok(());
+                }
+                let (chain, locked, known) = match &self.audit {
+                    Some(a) => (a.lease.chain, a.locked.clone(), a.lease.alone().then(|| a.lease.known.clone()).flatten()),
+                    None => return Err($crate::StoreError::Corrupt("audit entries without a chain".to_owned())),
+                };
+                let (head, guarded) = match (locked, known) {
+                    (Some(h), _) => (h, false),
+                    (None, Some(k)) => (k, true),
+                    (None, None) => (self.lock_audit_head(chain).await?, false),
+                };
+                let rows = audit_rows(chain, &head, &pending);
+                audit_statements(chain, &head, &rows, guarded, &mut stmts);
+                let (sql, a) = combine(&stmts);
+                let mut written = (self.run(&sql, &a).await?, rows);
+                if guarded && written.0 != written.1.len() as u64 {
+                    let head = self.lock_audit_head(chain).await?;
+                    let rows = audit_rows(chain, &head, &pending);
+                    let mut again = Vec::new();
+                    audit_statements(chain, &head, &rows, false, &mut again);
+                    let (sql, a) = combine(&again);
+                    written = (self.run(&sql, &a).await?, rows);
+                }
+                if written.0 != written.1.len() as u64 {
+                    return Err($crate::StoreError::Corrupt(format!("audit chain {chain}: {} of {} entries written", written.0, written.1.len())));
+                }
+                if let (Some(a), Some(last)) = (self.audit.as_mut(), written.1.last()) {
+                    a.locked = Some(last.head());
+                }
+                Ok(())
+            }
+
+            /// SQLite: writes the pending audit entries at once, one statement each (the writer
+            /// is this transaction's, so the head it reads stays put).
+            async fn send_audit_now(&mut self) -> Result<(), $crate::StoreError> {
+                let Some(a) = self.audit.as_mut() else { return Ok(()) };
+                let pending = std::mem::take(&mut a.pending);
+                let chain = a.lease.chain;
+                if pending.is_empty() {
+                    return Ok(());
+                }
+                let head = self.lock_audit_head(chain).await?;
+                let rows = $crate::sql_impl::audit_rows(chain, &head, &pending);
+                let mut stmts = Vec::new();
+                for r in &rows {
+                    stmts.push((std::borrow::Cow::Borrowed($crate::sql_impl::AUDIT_INSERT), r.args(chain).to_vec()));
+                }
+                if let Some(last) = rows.last() {
+                    stmts.push((std::borrow::Cow::Borrowed($crate::sql_impl::AUDIT_MOVE_HEAD), $crate::direct::args![last.seq, &last.hash[..], chain].to_vec()));
+                }
+                self.run_all(&stmts).await?;
+                Ok(())
             }
         }
 
@@ -394,7 +474,11 @@ macro_rules! impl_tx {
                     }
                     return self.run_all(&stmts).await.map(drop);
                 }
-                // Runs of writes that touch no row twice, one statement each.
+                // Runs of writes that touch no row twice, one statement each; the audit entries
+                // appended so far go with the last.
+                if writes.is_empty() {
+                    return self.send_with_audit(Vec::new()).await;
+                }
                 let mut start = 0;
                 while start < writes.len() {
                     let mut end = start + 1;
@@ -406,8 +490,10 @@ macro_rules! impl_tx {
                         write_statements(w, &mut stmts);
                     }
                     start = end;
-                    // (Inserts of no rows are no statement.)
-                    if !stmts.is_empty() {
+                    if start == writes.len() {
+                        self.send_with_audit(stmts).await?;
+                    } else if !stmts.is_empty() {
+                        // (Inserts of no rows are no statement.)
                         let (sql, a) = $crate::sql_impl::combine(&stmts);
                         self.run(&sql, &a).await?;
                     }
@@ -415,9 +501,14 @@ macro_rules! impl_tx {
                 Ok(())
             }
 
-            async fn commit(self: Box<Self>) -> Result<(), $crate::StoreError> {
-                let this = *self;
+            async fn commit(mut self: Box<Self>) -> Result<(), $crate::StoreError> {
+                self.send_with_audit(Vec::new()).await?;
+                let mut this = *self;
+                let audit = this.audit.take();
                 this.inner.commit().await?;
+                if let Some($crate::sql_impl::AuditState { mut lease, locked: Some(head), .. }) = audit {
+                    lease.remember(head);
+                }
                 if this.enqueued {
                     this.signal.notify_waiters();
                     if let Some(announce) = &this.announce {
@@ -627,55 +718,20 @@ macro_rules! impl_tx {
             async fn append_audit(
                 &mut self,
                 event: &switchboard_domain::audit::AuditEvent,
-                chain: i64,
                 at_ms: i64,
-            ) -> Result<$crate::AuditRecord, $crate::StoreError> {
-                use switchboard_domain::audit::{entry_hash, ChainedFields};
-                let head: $crate::direct::AuditHeadRow = self.first(concat!("SELECT seq, hash FROM audit_heads WHERE chain = $1 ", $for_update), &$crate::direct::args![chain])
-                    .await?
-                    .ok_or_else(|| $crate::StoreError::Corrupt(format!("audit chain {chain} has no head row")))?;
-                let prev_hash = head.hash;
-                let seq = head.seq + 1;
-                let details = event.details.to_string();
-                let fields = ChainedFields {
-                    chain,
-                    seq,
-                    at_ms,
-                    actor: &event.actor,
-                    action: &event.action,
-                    target: &event.target,
-                    details: &details,
-                    request_id: event.request_id.as_deref(),
-                };
-                let hash = entry_hash(&prev_hash, &fields).to_vec();
-                const INSERT: &str = "INSERT INTO audit_log (chain, seq, at, actor, action, target, details, request_id, prev_hash, hash) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id";
-                const MOVE_HEAD: &str = "UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain = $1";
-                let insert = $crate::direct::args![chain, seq, at_ms, &event.actor, &event.action, &event.target, details.as_str(), &event.request_id, &prev_hash, &hash];
-                let move_head = $crate::direct::args![chain, seq, &hash];
-                // PostgreSQL: the head moves in the same statement (one round trip while the
-                // chain's head is locked).
-                let id: Option<$crate::direct::Id> = if $writes_in_with {
-                    let (sql, a) = $crate::sql_impl::combine(&[(MOVE_HEAD.into(), move_head.to_vec()), (INSERT.into(), insert.to_vec())]);
-                    self.first(&sql, &a).await?
-                } else {
-                    let id = self.first(INSERT, &insert).await?;
-                    self.run(MOVE_HEAD, &move_head).await?;
-                    id
-                };
-                let id = id.ok_or_else(|| $crate::StoreError::Corrupt("the audit entry got no id".to_owned()))?;
-                Ok($crate::AuditRecord {
-                    id: id.id,
-                    chain,
-                    seq,
-                    at: at_ms,
-                    actor: event.actor.clone(),
-                    action: event.action.clone(),
-                    target: event.target.clone(),
-                    details: event.details.clone(),
-                    request_id: event.request_id.clone(),
-                    hash: hex::encode(&hash),
-                })
+            ) -> Result<(), $crate::StoreError> {
+                if self.audit.is_none() {
+                    self.audit = Some($crate::sql_impl::AuditState { lease: self.chains.take(), pending: Vec::new(), locked: None });
+                }
+                if let Some(a) = self.audit.as_mut() {
+                    a.pending.push((event.clone(), at_ms));
+                }
+                // PostgreSQL sends the entry with the transaction's next writes (or before its
+                // commit); SQLite, whose statements cost no round trip, writes it now.
+                if !$writes_in_with {
+                    self.send_audit_now().await?;
+                }
+                Ok(())
             }
 
             async fn list_audit(&mut self, f: &$crate::AuditFilter) -> Result<Vec<$crate::AuditRecord>, $crate::StoreError> {
@@ -1834,6 +1890,139 @@ fn shift_params(sql: &str, by: usize, out: &mut String) {
             out.push_str(&(n + by).to_string());
         }
     }
+}
+
+/// A transaction's audit chain and the entries it appended that are not written yet.
+pub(crate) struct AuditState {
+    pub(crate) lease: crate::audit_chains::Lease,
+    pub(crate) pending: Vec<(switchboard_domain::audit::AuditEvent, i64)>,
+    /// The head as this transaction's writes left it, under its row lock.
+    pub(crate) locked: Option<crate::audit_chains::Head>,
+}
+
+/// One audit entry, linked.
+pub(crate) struct AuditRow {
+    pub(crate) seq: i64,
+    at: i64,
+    actor: String,
+    action: String,
+    target: String,
+    details: String,
+    request_id: Option<String>,
+    prev_hash: Vec<u8>,
+    pub(crate) hash: [u8; 32],
+}
+
+impl AuditRow {
+    pub(crate) fn head(&self) -> crate::audit_chains::Head {
+        crate::audit_chains::Head {
+            seq: self.seq,
+            hash: self.hash.to_vec(),
+        }
+    }
+
+    /// The parameters of [`AUDIT_INSERT`] (and of each row of [`audit_statements`]).
+    pub(crate) fn args(&self, chain: i64) -> [crate::direct::Arg<'_>; 10] {
+        crate::direct::args![
+            chain,
+            self.seq,
+            self.at,
+            &self.actor,
+            &self.action,
+            &self.target,
+            self.details.as_str(),
+            &self.request_id,
+            &self.prev_hash,
+            &self.hash[..]
+        ]
+    }
+}
+
+pub(crate) const AUDIT_INSERT: &str = "INSERT INTO audit_log (chain, seq, at, actor, action, target, details, request_id, prev_hash, hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+pub(crate) const AUDIT_MOVE_HEAD: &str =
+    "UPDATE audit_heads SET seq = $1, hash = $2 WHERE chain = $3";
+
+/// `events` linked one after the other onto `head` of `chain`.
+pub(crate) fn audit_rows(
+    chain: i64,
+    head: &crate::audit_chains::Head,
+    events: &[(switchboard_domain::audit::AuditEvent, i64)],
+) -> Vec<AuditRow> {
+    use switchboard_domain::audit::{ChainedFields, entry_hash};
+    let mut prev = head.hash.clone();
+    let mut seq = head.seq;
+    events
+        .iter()
+        .map(|(e, at)| {
+            seq += 1;
+            let details = e.details.to_string();
+            let hash = entry_hash(
+                &prev,
+                &ChainedFields {
+                    chain,
+                    seq,
+                    at_ms: *at,
+                    actor: &e.actor,
+                    action: &e.action,
+                    target: &e.target,
+                    details: &details,
+                    request_id: e.request_id.as_deref(),
+                },
+            );
+            AuditRow {
+                seq,
+                at: *at,
+                actor: e.actor.clone(),
+                action: e.action.clone(),
+                target: e.target.clone(),
+                details,
+                request_id: e.request_id.clone(),
+                prev_hash: std::mem::replace(&mut prev, hash.to_vec()),
+                hash,
+            }
+        })
+        .collect()
+}
+
+/// PostgreSQL: the parts that write `rows` and move `chain`'s head from `from` to the last of
+/// them, added to `stmts` for [`combine`]: the head's update (a `WITH` part), then one insert of
+/// every entry that selects from it, last, so that the statement answers how many entries it
+/// wrote. `guarded`: the head moves only if it still is `from`; otherwise nothing is written
+/// and the statement answers 0.
+pub(crate) fn audit_statements<'a>(
+    chain: i64,
+    from: &'a crate::audit_chains::Head,
+    rows: &'a [AuditRow],
+    guarded: bool,
+    stmts: &mut Vec<Stmt<'a>>,
+) {
+    let Some(last) = rows.last() else { return };
+    let mut args = crate::direct::args![last.seq, &last.hash[..], chain].to_vec();
+    let mut head = String::from("UPDATE audit_heads SET seq = $1, hash = $2 WHERE chain = $3");
+    if guarded {
+        head.push_str(" AND seq = $4 AND hash = $5");
+        args.extend(crate::direct::args![from.seq, &from.hash]);
+    }
+    head.push_str(" RETURNING chain");
+    let cte = format!("w{}", stmts.len());
+    stmts.push((std::borrow::Cow::Owned(head), args));
+    let mut insert = String::from(
+        "INSERT INTO audit_log (chain, seq, at, actor, action, target, details, request_id, prev_hash, hash) ",
+    );
+    let mut args = Vec::with_capacity(rows.len() * 10);
+    for (i, r) in rows.iter().enumerate() {
+        let n = i * 10;
+        if i > 0 {
+            insert.push_str(" UNION ALL ");
+        }
+        insert.push_str(&format!(
+            "SELECT ${}::bigint, ${}::bigint, ${}::bigint, ${}::text, ${}::text, ${}::text, ${}::text, ${}::text, ${}::bytea, ${}::bytea FROM {cte}",
+            n + 1, n + 2, n + 3, n + 4, n + 5, n + 6, n + 7, n + 8, n + 9, n + 10
+        ));
+        args.extend(r.args(chain));
+    }
+    stmts.push((std::borrow::Cow::Owned(insert), args));
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ pub struct SqliteStore {
     busy_timeout: std::time::Duration,
     counters: Arc<WriterCounters>,
     lanes: Arc<Lanes>,
+    chains: Arc<crate::audit_chains::Chains>,
 }
 
 /// Waits for the writer: a foreground transaction queues at once; a background one first lets
@@ -131,6 +132,7 @@ impl SqliteStore {
             busy_timeout: o.sqlite_busy_timeout,
             counters,
             lanes: Arc::default(),
+            chains: crate::audit_chains::Chains::new(o.audit_chains),
         })
     }
 
@@ -146,6 +148,8 @@ impl SqliteStore {
             announce: None,
             writer,
             lane: None,
+            chains: Arc::clone(&self.chains),
+            audit: None,
         })
     }
 }
