@@ -307,6 +307,8 @@ impl App {
             .with_details(serde_json::json!({"role": row.role, "disabled": row.disabled, "display_name_changed": change.display_name.is_some()}));
         self.audit(&mut *tx, principal, ctx, ev).await?;
         tx.commit().await?;
+        // Its tokens may now be revoked or carry another role.
+        self.inner.api_tokens.clear();
         User::try_from(row)
     }
 
@@ -461,6 +463,7 @@ impl App {
             .await?
             .ok_or_else(|| AppError::NotFound(format!("token {id}")))?;
         tx.commit().await?;
+        self.inner.api_tokens.clear();
         ApiToken::try_from(row)
     }
 
@@ -470,6 +473,14 @@ impl App {
             return Err(AppError::Unauthenticated("not a Switchboard API token"));
         }
         let digest = sha256(secret.as_bytes());
+        let key = hex::encode(&digest);
+        let cache = &self.inner.api_tokens;
+        if let Some((p, expires_at)) = cache.get(&key)
+            && expires_at.is_none_or(|e| e > now_ms())
+        {
+            return Ok(p);
+        }
+        let generation = cache.generation();
         let mut tx = self.store().read().await?;
         let (token, user) = tx
             .find_token_by_digest(&digest)
@@ -491,13 +502,15 @@ impl App {
             tx.touch_token(&token.id, now).await?;
             tx.commit().await?;
         }
-        Ok(Principal {
+        let p = Principal {
             role: effective_role(&user, token.role.as_deref())?,
             user_id: user.id,
             username: user.username,
             display_name: user.display_name,
             via: AuthMethod::Token { id: token.id },
-        })
+        };
+        cache.insert(generation, key, (p.clone(), token.expires_at));
+        Ok(p)
     }
 
     /// Console sign-in with username and password. Wrong user and wrong password look the same

@@ -825,6 +825,10 @@ impl App {
         .await?;
         self.device_audit(&mut *tx, &d, action, json!({"serial": d.serial, "platform": d.platform, "enrolment_token": t.id, "credential": if existing.is_some() { "replaced" } else { "issued" }})).await?;
         tx.commit().await?;
+        if existing.is_some() {
+            // The device's old credential is void.
+            self.inner.device_credentials.clear();
+        }
         Ok(Enrolled {
             device_id: d.id,
             credential,
@@ -844,6 +848,21 @@ impl App {
             return Err(AppError::Unauthenticated("device credential revoked"));
         }
         Ok(d)
+    }
+
+    /// The id of the device a credential belongs to, as [`Self::authenticate_device`], answered
+    /// from memory when the credential was found valid in the last few seconds (see
+    /// [`crate::auth_cache`]): an agent's poll, results and next poll come together.
+    pub async fn authenticate_device_id(&self, credential: &str) -> Result<String, AppError> {
+        let key = crypto::sha256_hex(credential);
+        let cache = &self.inner.device_credentials;
+        if let Some(id) = cache.get(&key) {
+            return Ok(id);
+        }
+        let generation = cache.generation();
+        let d = self.authenticate_device(credential).await?;
+        cache.insert(generation, key, d.id.clone());
+        Ok(d.id)
     }
 
     /// Records a heartbeat. Docking a checked-out device checks it in when its group says so.
@@ -2179,6 +2198,7 @@ impl App {
             .with_details(json!({"serial": d.serial}));
         self.audit(&mut *tx, p, ctx, ev).await?;
         tx.commit().await?;
+        self.inner.device_credentials.clear();
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod appconfig;
 pub mod audit;
+pub mod auth_cache;
 pub mod config;
 pub mod crypto;
 pub mod devices;
@@ -166,6 +167,10 @@ struct AppInner {
     telehealth: telehealth::TelehealthCache,
     gateway: gateway::GatewayState,
     devices: devices::DeviceState,
+    /// API tokens found valid: (who, until when the token itself is valid).
+    api_tokens: auth_cache::AuthCache<(Principal, Option<i64>)>,
+    /// Device credentials found valid: the device's id.
+    device_credentials: auth_cache::AuthCache<String>,
 }
 
 impl App {
@@ -197,6 +202,8 @@ impl App {
                 telehealth: telehealth::TelehealthCache::default(),
                 gateway: gateway::GatewayState::default(),
                 devices: devices::DeviceState::default(),
+                api_tokens: auth_cache::AuthCache::new(auth_cache::AUTH_CACHE_TTL),
+                device_credentials: auth_cache::AuthCache::new(auth_cache::AUTH_CACHE_TTL),
             }),
         };
         app.set_identity_lookup(lookup);

@@ -706,6 +706,15 @@ server_test!(racing_check_outs_limits_and_revoked_credentials, |s| {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // Its agent was polling with it a moment ago: the poll is refused at once too.
+    let r = s
+        .http
+        .get(format!("{}/agent/v1/commands?wait=0", s.url))
+        .bearer_auth(&cred)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     a.stop().await;
     f.sim.shutdown().await;
 });

@@ -463,6 +463,24 @@ where
     }
 }
 
+/// A device agent's id, for the requests an agent makes most (heartbeat, poll, results): its
+/// credential checked against the database at most every few seconds (see
+/// `switchboard_app::auth_cache`).
+pub struct AgentDeviceId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for AgentDeviceId
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let token = bearer_in(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
+        Ok(Self(state.app.authenticate_device_id(token).await?))
+    }
+}
+
 /// Enrol a device (`Authorization: Bearer <enrolment token>`). Re-enrolling a serial replaces its
 /// credential. Answers with the device credential, shown once.
 #[utoipa::path(post, path = "/agent/v1/enrol", tag = "agent", request_body = EnrolInput,
@@ -480,11 +498,11 @@ async fn enrol(
 #[utoipa::path(post, path = "/agent/v1/heartbeat", tag = "agent", request_body = HeartbeatInput,
     security(("device_credential" = [])), responses((status = 200, body = HeartbeatAnswer)))]
 async fn heartbeat(
-    AgentDevice(d): AgentDevice,
+    AgentDeviceId(id): AgentDeviceId,
     State(app): State<App>,
     Json(b): Json<HeartbeatInput>,
 ) -> Result<Json<HeartbeatAnswer>, ApiError> {
-    Ok(Json(app.device_heartbeat(&d.id, b).await?))
+    Ok(Json(app.device_heartbeat(&id, b).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -497,24 +515,24 @@ struct PollQuery {
 #[utoipa::path(get, path = "/agent/v1/commands", tag = "agent", params(PollQuery),
     security(("device_credential" = [])), responses((status = 200, body = Vec<AgentCommand>)))]
 async fn poll_commands(
-    AgentDevice(d): AgentDevice,
+    AgentDeviceId(id): AgentDeviceId,
     State(app): State<App>,
     Query(q): Query<PollQuery>,
 ) -> Result<Json<Vec<AgentCommand>>, ApiError> {
     let wait = Duration::from_secs(q.wait.unwrap_or(0));
-    Ok(Json(app.poll_commands(&d.id, wait).await?))
+    Ok(Json(app.poll_commands(&id, wait).await?))
 }
 
 /// Report a command's result (repeating the same result is harmless).
 #[utoipa::path(post, path = "/agent/v1/commands/{id}/result", tag = "agent", params(("id" = String, Path)), request_body = CommandResultInput,
     security(("device_credential" = [])), responses((status = 200, body = CommandView)))]
 async fn command_result(
-    AgentDevice(d): AgentDevice,
+    AgentDeviceId(device): AgentDeviceId,
     State(app): State<App>,
     Path(id): Path<String>,
     Json(b): Json<CommandResultInput>,
 ) -> Result<Json<CommandView>, ApiError> {
-    Ok(Json(app.command_result(&d.id, &id, b).await?))
+    Ok(Json(app.command_result(&device, &id, b).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -530,11 +548,11 @@ struct ResultsReport {
 #[utoipa::path(post, path = "/agent/v1/commands/results", tag = "agent", request_body = ResultsReport,
     security(("device_credential" = [])), responses((status = 200, body = Vec<CommandResultOutcome>)))]
 async fn command_results(
-    AgentDevice(d): AgentDevice,
+    AgentDeviceId(id): AgentDeviceId,
     State(app): State<App>,
     Json(b): Json<ResultsReport>,
 ) -> Result<Json<Vec<CommandResultOutcome>>, ApiError> {
-    Ok(Json(app.command_results(&d.id, b.results).await?))
+    Ok(Json(app.command_results(&id, b.results).await?))
 }
 
 /// Check this device out on the device itself (username + password, or badge).
