@@ -1044,15 +1044,25 @@ impl App {
                 return Ok(Vec::new());
             }
         }
-        let mut tx = self.store().begin().await?;
-        let mut out = Vec::new();
-        for c in tx
+        // One statement, committed on its own; a PIN to hand over is read after it.
+        let delivered = self
+            .store()
             .deliver_commands(device_id, now, now - REDELIVER_MS)
-            .await?
-        {
+            .await?;
+        let mut secrets = match delivered.iter().any(|c| c.secret_ref.is_some()) {
+            true => Some(self.store().read().await?),
+            false => None,
+        };
+        let mut out = Vec::with_capacity(delivered.len());
+        for c in delivered {
             let mut params: Value = serde_json::from_str(&c.params).unwrap_or_else(|_| json!({}));
-            if let Some(r) = &c.secret_ref {
-                let pin = self.get_secret(&mut *tx, r).await?;
+            if let (Some(r), Some(tx)) = (&c.secret_ref, secrets.as_mut()) {
+                let pin = match self.get_secret(&mut **tx, r).await {
+                    Ok(pin) => pin,
+                    // Deleted since: a check-in made the command moot (it is skipped).
+                    Err(AppError::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                };
                 params["pin"] = Value::String(String::from_utf8_lossy(&pin).into_owned());
             }
             out.push(AgentCommand {
@@ -1062,7 +1072,6 @@ impl App {
                 expires_at: c.expires_at,
             });
         }
-        tx.commit().await?;
         Ok(out)
     }
 
@@ -1149,15 +1158,35 @@ impl App {
         checked: Vec<(String, String, String)>,
     ) -> Result<Vec<Result<CommandView, AppError>>, AppError> {
         let mut tx = switchboard_store::background(self.store().begin()).await?;
+        let ids: Vec<String> = checked.iter().map(|(id, _, _)| id.clone()).collect();
+        let mine = |rows: Vec<CommandRow>| {
+            rows.into_iter()
+                .filter(|c| c.device_id == device_id)
+                .map(|c| (c.id.clone(), c))
+        };
+        let mut commands: HashMap<String, CommandRow> =
+            mine(tx.get_commands(&ids).await?).collect();
+        // Each check-in of these commands locked once, in the report's order, with its steps;
+        // then the commands read again under those locks (another writer may have finished
+        // them meanwhile).
         let mut open = Vec::new();
+        for id in &ids {
+            if let Some(ch) = commands.get(id).and_then(|c| c.checkin_id.clone())
+                && !open.iter().any(|s: &Settling| s.checkin.id == ch)
+            {
+                open_settling(&mut *tx, &mut open, &ch).await?;
+            }
+        }
+        if tx.row_locks() && !open.is_empty() {
+            commands.extend(mine(tx.get_commands(&ids).await?));
+        }
         let mut writes = Vec::new();
         let mut out = Vec::with_capacity(checked.len());
         for (id, state, detail) in checked {
             let r = self
                 .record_result(
                     &mut *tx,
-                    device_id,
-                    &id,
+                    (&id, commands.remove(&id)),
                     &state,
                     &detail,
                     &mut open,
@@ -1172,48 +1201,31 @@ impl App {
         Ok(out)
     }
 
-    /// One command's result inside `tx`, its writes added to `writes`. The outer error fails
-    /// the transaction; the inner one (not found, conflict) refuses this result before anything
-    /// of it was written. The step of a check-in changes in `open` (settled by the caller).
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "the transaction's open check-ins and pending writes travel with it"
-    )]
+    /// One command's result inside `tx` (the command as read, `None` when it is not this
+    /// device's), its writes added to `writes`. The outer error fails the transaction; the inner
+    /// one (not found, conflict) refuses this result before anything of it was written. The
+    /// step of a check-in changes in `open` (its check-in locked there by the caller, which
+    /// settles it).
     async fn record_result(
         &self,
         tx: &mut dyn Tx,
-        device_id: &str,
-        command_id: &str,
+        (command_id, command): (&str, Option<CommandRow>),
         state: &str,
         detail: &str,
-        open: &mut Vec<Settling>,
+        open: &mut [Settling],
         writes: &mut Vec<Write>,
     ) -> Result<Result<CommandView, AppError>, AppError> {
         let now = now_ms();
-        let Some(mut c) = tx
-            .get_command(command_id)
-            .await?
-            .filter(|c| c.device_id == device_id)
-        else {
+        let Some(mut c) = command else {
             return Ok(Err(AppError::NotFound(format!(
                 "command {command_id} of this device"
             ))));
         };
-        let mut settling = None;
-        if let Some(ch) = c.checkin_id.clone() {
-            settling = match open.iter().position(|s| s.checkin.id == ch) {
-                Some(i) => Some(i),
-                None => {
-                    let i = open_settling(tx, open, &ch).await?;
-                    if i.is_some() && tx.row_locks() {
-                        // Read again under the check-in's lock: another writer may have
-                        // finished it.
-                        c = tx.get_command(command_id).await?.unwrap_or(c);
-                    }
-                    i
-                }
-            };
-        }
+        let device_id = c.device_id.clone();
+        let settling = c
+            .checkin_id
+            .as_ref()
+            .and_then(|ch| open.iter().position(|s| s.checkin.id == *ch));
         match c.state.as_str() {
             s if s == state => return Ok(Ok(command_view(&c))),
             "succeeded" | "failed" | "skipped" => {
@@ -1237,7 +1249,7 @@ impl App {
         }
         if state == "succeeded" && (c.kind == "set_pin" || c.kind == "clear_pin") {
             let mut d = tx
-                .lock_device(device_id)
+                .lock_device(&device_id)
                 .await?
                 .ok_or_else(|| AppError::NotFound(format!("device {device_id}")))?;
             d.pin_set = c.kind == "set_pin";
@@ -1245,7 +1257,7 @@ impl App {
             tx.update_device(&d).await?;
         }
         writes.push(device_event(
-            device_id,
+            &device_id,
             now,
             "command_result",
             &json!({"command": c.id, "kind": c.kind, "status": state}),

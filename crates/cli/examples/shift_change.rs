@@ -305,7 +305,13 @@ async fn main() {
     println!("checkin_total_s {checkin_s:.2}");
     println!("checkins_per_s {:.0}", lat.len() as f64 / checkin_s);
     println!("checkin_p50_ms {:.1}", percentile(&mut lat, 0.5));
+    let mut later = lat[lat.len() / 10..].to_vec();
+    let mut first = lat[..lat.len() / 10].to_vec();
     println!("checkin_p99_ms {:.1}", percentile(&mut lat, 0.99));
+    println!("checkin_p90_ms {:.1}", percentile(&mut lat, 0.90));
+    println!("checkin_max_ms {:.1}", percentile(&mut lat, 1.0));
+    println!("checkin_first_tenth_p99_ms {:.1}", percentile(&mut first, 0.99));
+    println!("checkin_later_p99_ms {:.1}", percentile(&mut later, 0.99));
     // Everything in this process (server, simulator, agents, clients) shares the machine's cores.
     if let (Some(b), Some(a)) = (cpu_before, cpu_ticks()) {
         println!("cpu_cores_busy {:.2}", (a - b) as f64 / 100.0 / checkin_s);

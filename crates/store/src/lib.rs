@@ -166,6 +166,21 @@ pub trait Store: Send + Sync + 'static {
     /// transaction at all (autocommit), so each statement sees the latest commits, as it would
     /// under READ COMMITTED anyway; never write through it.
     async fn read(&self) -> Result<Box<dyn Tx>, StoreError>;
+    /// [`Tx::deliver_commands`] as a transaction of its own: one statement, so PostgreSQL runs
+    /// it without `BEGIN` and `COMMIT` (one round trip instead of three).
+    async fn deliver_commands(
+        &self,
+        device_id: &str,
+        now: i64,
+        redeliver_before: i64,
+    ) -> Result<Vec<CommandRow>, StoreError> {
+        let mut tx = self.begin().await?;
+        let out = tx
+            .deliver_commands(device_id, now, redeliver_before)
+            .await?;
+        tx.commit().await?;
+        Ok(out)
+    }
     async fn ping(&self) -> Result<(), StoreError>;
     async fn migrate(&self) -> Result<(), StoreError>;
     async fn migration_status(&self) -> Result<MigrationStatus, StoreError>;
@@ -572,6 +587,8 @@ pub trait Tx: Send {
     async fn insert_commands(&mut self, commands: &[CommandRow]) -> Result<(), StoreError>;
     async fn update_command(&mut self, c: &CommandRow) -> Result<(), StoreError>;
     async fn get_command(&mut self, id: &str) -> Result<Option<CommandRow>, StoreError>;
+    /// The commands of `ids` that exist, in no particular order.
+    async fn get_commands(&mut self, ids: &[String]) -> Result<Vec<CommandRow>, StoreError>;
     /// Hands a device its deliverable commands (as [`Tx::deliverable_commands`]) in one
     /// statement: marks them delivered at `now` and returns them so, oldest first.
     async fn deliver_commands(

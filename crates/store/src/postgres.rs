@@ -166,6 +166,28 @@ impl Store for PgStore {
         ))
     }
 
+    async fn deliver_commands(
+        &self,
+        device_id: &str,
+        now: i64,
+        redeliver_before: i64,
+    ) -> Result<Vec<crate::CommandRow>, StoreError> {
+        // A background poll still lets open foreground transactions go first.
+        let lane = if crate::is_background() {
+            Some(crate::lanes::Lane::Background(
+                self.lanes.background_slot().await,
+            ))
+        } else {
+            None
+        };
+        let mut conn = self.tx(
+            crate::handle::Handle::Plain(self.pool.acquire().await?),
+            lane,
+        );
+        conn.deliver_commands(device_id, now, redeliver_before)
+            .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -1576,6 +1576,15 @@ macro_rules! impl_tx {
                 self.first(&format!("SELECT {COMMAND_COLS} FROM device_commands WHERE id = $1"), &$crate::direct::args![id]).await
             }
 
+            async fn get_commands(&mut self, ids: &[String]) -> Result<Vec<$crate::CommandRow>, $crate::StoreError> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+                let args: Vec<$crate::direct::Arg<'_>> = ids.iter().map($crate::direct::Arg::from).collect();
+                self.all(&format!("SELECT {COMMAND_COLS} FROM device_commands WHERE id IN ({})", marks.join(", ")), &args).await
+            }
+
             async fn deliverable_commands(&mut self, device_id: &str, now: i64, redeliver_before: i64) -> Result<Vec<$crate::CommandRow>, $crate::StoreError> {
                 // `+expires_at` keeps SQLite, which has no statistics to tell, from walking the
                 // expiry index over every device's open commands instead of this device's.
