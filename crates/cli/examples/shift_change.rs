@@ -310,7 +310,10 @@ async fn main() {
     println!("checkin_p99_ms {:.1}", percentile(&mut lat, 0.99));
     println!("checkin_p90_ms {:.1}", percentile(&mut lat, 0.90));
     println!("checkin_max_ms {:.1}", percentile(&mut lat, 1.0));
-    println!("checkin_first_tenth_p99_ms {:.1}", percentile(&mut first, 0.99));
+    println!(
+        "checkin_first_tenth_p99_ms {:.1}",
+        percentile(&mut first, 0.99)
+    );
     println!("checkin_later_p99_ms {:.1}", percentile(&mut later, 0.99));
     // Everything in this process (server, simulator, agents, clients) shares the machine's cores.
     if let (Some(b), Some(a)) = (cpu_before, cpu_ticks()) {
