@@ -42,11 +42,55 @@ pub fn postgres_server(test: &str) -> Option<String> {
     }
 }
 
-/// Creates an empty database on the server and returns its URL.
+/// Creates an empty database on the server and returns its URL. Its name carries the time it
+/// was made (`sbtest_<unix seconds>_<uuid>`); the first call of a process drops those left
+/// behind more than [`LEFTOVER_AFTER_SECS`] ago (tests do not drop theirs, and a machine that
+/// runs the suite many times would otherwise collect hundreds).
 pub async fn create_postgres_database(server_url: &str) -> String {
-    let name = format!("sbtest_{}", uuid::Uuid::new_v4().simple());
+    static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if !SWEPT.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        drop_leftover_databases(server_url, now).await;
+    }
+    let name = format!("sbtest_{now}_{}", uuid::Uuid::new_v4().simple());
     on_server(server_url, &format!("CREATE DATABASE {name}")).await;
     replace_database(server_url, &name)
+}
+
+/// A test database older than this (by the time in its name) is a leftover.
+pub const LEFTOVER_AFTER_SECS: u64 = 2 * 3600;
+
+async fn drop_leftover_databases(server_url: &str, now: u64) {
+    use sqlx::{Connection, Row};
+    let Ok(mut admin) = sqlx::PgConnection::connect(server_url).await else {
+        return;
+    };
+    let names: Vec<String> =
+        sqlx::query("SELECT datname FROM pg_database WHERE datname LIKE 'sbtest\\_%'")
+            .fetch_all(&mut admin)
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| r.try_get("datname").ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+    for name in names {
+        let made = name
+            .strip_prefix("sbtest_")
+            .and_then(|rest| rest.split_once('_'))
+            .and_then(|(secs, _)| secs.parse::<u64>().ok());
+        if made.is_some_and(|t| now.saturating_sub(t) > LEFTOVER_AFTER_SECS)
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+    admin.close().await.ok();
 }
 
 /// Drops a database made by [`create_postgres_database`] (`name`: the last part of its URL),
