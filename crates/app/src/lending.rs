@@ -1049,9 +1049,10 @@ impl App {
             .store()
             .deliver_commands(device_id, now, now - REDELIVER_MS)
             .await?;
-        let mut secrets = match delivered.iter().any(|c| c.secret_ref.is_some()) {
-            true => Some(self.store().read().await?),
-            false => None,
+        let mut secrets = if delivered.iter().any(|c| c.secret_ref.is_some()) {
+            Some(self.store().read().await?)
+        } else {
+            None
         };
         let mut out = Vec::with_capacity(delivered.len());
         for c in delivered {

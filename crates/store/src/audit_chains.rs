@@ -5,7 +5,7 @@
 //! other's commit (1.4-2.3 ms on average in the PostgreSQL shift-change bench, holding its
 //! connection meanwhile). Here a transaction takes a chain no other transaction of this process
 //! holds, while there is one ([`Chains::take`]); with at least as many chains as pooled
-//! connections there always is. Only when all are taken does it share one, at random.
+//! connections there always is. Only when all are taken does it share one (in turn).
 //!
 //! A chain held alone also carries the head as this process last committed it: a PostgreSQL
 //! append can then send its entry with the batch's other writes, the head moving only if it is
@@ -13,6 +13,7 @@
 //! it, and then the append reads the head under its lock and writes again (see
 //! `sql_impl::audit_statements`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// A chain's head: its last entry's `seq` and `hash` (0 and 32 zero bytes when empty).
@@ -32,28 +33,31 @@ struct Slot {
 /// The audit chains of one store.
 #[derive(Debug)]
 pub(crate) struct Chains {
-    count: i64,
+    count: u64,
     free: Mutex<Vec<Slot>>,
+    /// Spreads the transactions that share a chain (every chain held) over all of them.
+    shared: AtomicU64,
 }
 
 impl Chains {
     /// Chains `0..count` (1 to 16, as the migrations create 16 head rows).
     pub(crate) fn new(count: u32) -> Arc<Self> {
-        let count = i64::from(count.clamp(1, 16));
+        let count = count.clamp(1, 16);
         Arc::new(Self {
-            count,
+            count: u64::from(count),
             // Popped from the end: chain 0 first.
             free: Mutex::new(
-                (0..count)
+                (0..i64::from(count))
                     .rev()
                     .map(|chain| Slot { chain, known: None })
                     .collect(),
             ),
+            shared: AtomicU64::new(0),
         })
     }
 
     /// A chain for one transaction: one no other transaction of this process holds, or, when
-    /// every chain is held, one shared at random (its head is then always read under its lock).
+    /// every chain is held, one shared in turn (its head is then always read under its lock).
     pub(crate) fn take(self: &Arc<Self>) -> Lease {
         let slot = self
             .free
@@ -63,51 +67,29 @@ impl Chains {
         match slot {
             Some(slot) => Lease {
                 chain: slot.chain,
-                known: slot.known.clone(),
                 own: Some((Arc::clone(self), slot)),
             },
-            None => {
-                let mut b = [0_u8; 8];
-                getrandom(&mut b);
-                let chain =
-                    i64::try_from(u64::from_le_bytes(b) % self.count.unsigned_abs()).unwrap_or(0);
-                Lease {
-                    chain,
-                    known: None,
-                    own: None,
-                }
-            }
+            None => Lease {
+                chain: i64::try_from(self.shared.fetch_add(1, Ordering::Relaxed) % self.count)
+                    .unwrap_or(0),
+                own: None,
+            },
         }
     }
-}
-
-/// A few random bytes without another dependency: the chain shared when every chain is held
-/// needs spreading, not secrecy.
-fn getrandom(out: &mut [u8; 8]) {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0),
-    );
-    *out = h.finish().to_le_bytes();
 }
 
 /// A transaction's chain, given back when the transaction ends (dropped).
 #[derive(Debug)]
 pub(crate) struct Lease {
     pub chain: i64,
-    /// The head as this process last committed it, if the chain is held alone and it is known.
-    pub known: Option<Head>,
     own: Option<(Arc<Chains>, Slot)>,
 }
 
 impl Lease {
-    /// Whether no other transaction of this process appends to this chain meanwhile.
-    pub(crate) fn alone(&self) -> bool {
-        self.own.is_some()
+    /// The head as this process last committed it, when the chain is held alone (no other
+    /// transaction of this process appends to it meanwhile) and that head is known.
+    pub(crate) fn known(&self) -> Option<&Head> {
+        self.own.as_ref().and_then(|(_, slot)| slot.known.as_ref())
     }
 
     /// Remembers the head a committed transaction left. Only a hint: an append checks it
@@ -141,10 +123,10 @@ mod tests {
         let chains = Chains::new(2);
         let mut a = chains.take();
         let b = chains.take();
-        assert!(a.alone() && b.alone());
+        assert!(a.own.is_some() && b.own.is_some());
         assert_ne!(a.chain, b.chain);
         let c = chains.take();
-        assert!(!c.alone(), "both chains held: the third shares one");
+        assert!(c.own.is_none(), "both chains held: the third shares one");
         assert!((0..2).contains(&c.chain));
         let head = Head {
             seq: 7,
@@ -155,6 +137,6 @@ mod tests {
         drop(a);
         let again = chains.take();
         assert_eq!(again.chain, chain);
-        assert_eq!(again.known, Some(head), "the head it was left with");
+        assert_eq!(again.known(), Some(&head), "the head it was left with");
     }
 }

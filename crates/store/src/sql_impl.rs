@@ -95,7 +95,7 @@ macro_rules! impl_tx {
                     return Ok(());
                 }
                 let (chain, locked, known) = match &self.audit {
-                    Some(a) => (a.lease.chain, a.locked.clone(), a.lease.alone().then(|| a.lease.known.clone()).flatten()),
+                    Some(a) => (a.lease.chain, a.locked.clone(), a.lease.known().cloned()),
                     None => return Err($crate::StoreError::Corrupt("audit entries without a chain".to_owned())),
                 };
                 let (head, guarded) = match (locked, known) {

@@ -447,6 +447,11 @@ fn csv_body(headers: &HeaderMap) -> Result<(), ApiError> {
 
 // --- the agent protocol
 
+/// The device credential of an agent's request (`Authorization: Bearer`).
+fn agent_credential(parts: &Parts) -> Result<&str, ApiError> {
+    bearer_in(&parts.headers).ok_or_else(ApiError::unauthenticated)
+}
+
 /// A device agent, authenticated by its credential.
 pub struct AgentDevice(pub DeviceRow);
 
@@ -457,9 +462,10 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let token = bearer_in(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
-        Ok(Self(state.app.authenticate_device(token).await?))
+        let app = AppState::from_ref(state).app;
+        Ok(Self(
+            app.authenticate_device(agent_credential(parts)?).await?,
+        ))
     }
 }
 
@@ -475,9 +481,10 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let token = bearer_in(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
-        Ok(Self(state.app.authenticate_device_id(token).await?))
+        let app = AppState::from_ref(state).app;
+        Ok(Self(
+            app.authenticate_device_id(agent_credential(parts)?).await?,
+        ))
     }
 }
 
