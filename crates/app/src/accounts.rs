@@ -474,16 +474,26 @@ impl App {
         }
         let digest = sha256(secret.as_bytes());
         let key = hex::encode(&digest);
-        let cache = &self.inner.api_tokens;
-        if let Some((p, expires_at)) = cache.get(&key)
-            && expires_at.is_none_or(|e| e > now_ms())
-        {
-            return Ok(p);
+        let (p, expires_at) = self
+            .inner
+            .api_tokens
+            .get_or_lookup(key, || {
+                let (app, digest) = (self.clone(), digest.clone());
+                async move { app.look_up_token(&digest).await }
+            })
+            .await?;
+        if expires_at.is_some_and(|e| e <= now_ms()) {
+            return Err(AppError::Unauthenticated("token expired"));
         }
-        let generation = cache.generation();
+        Ok(p)
+    }
+
+    /// A bearer token's principal and expiry, read from the database (see
+    /// [`Self::authenticate_token`]); notes its use now and then.
+    async fn look_up_token(&self, digest: &[u8]) -> Result<(Principal, Option<i64>), AppError> {
         let mut tx = self.store().read().await?;
         let (token, user) = tx
-            .find_token_by_digest(&digest)
+            .find_token_by_digest(digest)
             .await?
             .ok_or(AppError::Unauthenticated("unknown token"))?;
         drop(tx);
@@ -509,8 +519,7 @@ impl App {
             display_name: user.display_name,
             via: AuthMethod::Token { id: token.id },
         };
-        cache.insert(generation, key, (p.clone(), token.expires_at));
-        Ok(p)
+        Ok((p, token.expires_at))
     }
 
     /// Console sign-in with username and password. Wrong user and wrong password look the same

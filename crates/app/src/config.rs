@@ -38,6 +38,8 @@ pub struct Config {
     pub database_url: Option<SecretString>,
     pub database_url_file: Option<PathBuf>,
     pub database_max_connections: u32,
+    /// PostgreSQL: connections kept open when idle; default all of `database_max_connections`.
+    pub database_min_connections: Option<u32>,
     pub database_acquire_timeout_ms: u64,
     pub sqlite_synchronous: SqliteSync,
     pub sqlite_busy_timeout_ms: u64,
@@ -102,6 +104,7 @@ impl Default for Config {
             database_url: None,
             database_url_file: None,
             database_max_connections: 16,
+            database_min_connections: None,
             database_acquire_timeout_ms: 5_000,
             sqlite_synchronous: SqliteSync::Full,
             sqlite_busy_timeout_ms: 5_000,
@@ -145,6 +148,7 @@ pub const KEYS: &[&str] = &[
     "database_url",
     "database_url_file",
     "database_max_connections",
+    "database_min_connections",
     "database_acquire_timeout_ms",
     "sqlite_synchronous",
     "sqlite_busy_timeout_ms",
@@ -253,6 +257,17 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "database_url",
                 reason: "must start with sqlite://, postgres:// or postgresql://".to_owned(),
+            });
+        }
+        if let Some(n) = self.database_min_connections
+            && n > self.database_max_connections
+        {
+            return Err(ConfigError::Invalid {
+                key: "database_min_connections",
+                reason: format!(
+                    "{n} is more than database_max_connections ({})",
+                    self.database_max_connections
+                ),
             });
         }
         if let Some(n) = self.audit_chains
@@ -379,6 +394,16 @@ impl Config {
         self.bootstrap_token_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("bootstrap-admin-token"))
+    }
+
+    /// Pooled PostgreSQL connections kept open when idle: all of them unless configured. A
+    /// shift change after a quiet night then finds every connection open, its statements
+    /// prepared and planned, instead of opening them and preparing every statement while the
+    /// check-ins queue (a fixed-size pool, as HikariCP has by default).
+    #[must_use]
+    pub fn effective_min_connections(&self) -> u32 {
+        self.database_min_connections
+            .unwrap_or(self.database_max_connections)
     }
 
     #[must_use]
@@ -531,6 +556,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.database_url(), "postgres://u@h/db");
         assert_eq!(c.effective_audit_chains(), 16);
+        assert_eq!(c.effective_min_connections(), c.database_max_connections);
     }
 
     #[test]
@@ -554,6 +580,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("audit_chains"), "{e}");
+        let e = Config::load_from(
+            None,
+            vars(&[
+                ("SWITCHBOARD_DATABASE_MAX_CONNECTIONS", "8"),
+                ("SWITCHBOARD_DATABASE_MIN_CONNECTIONS", "9"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("database_min_connections"), "{e}");
         let e = Config::load_from(None, vars(&[("SWITCHBOARD_LISTEN", "nowhere")]))
             .unwrap_err()
             .to_string();

@@ -855,14 +855,13 @@ impl App {
     /// [`crate::auth_cache`]): an agent's poll, results and next poll come together.
     pub async fn authenticate_device_id(&self, credential: &str) -> Result<String, AppError> {
         let key = crypto::sha256_hex(credential);
-        let cache = &self.inner.device_credentials;
-        if let Some(id) = cache.get(&key) {
-            return Ok(id);
-        }
-        let generation = cache.generation();
-        let d = self.authenticate_device(credential).await?;
-        cache.insert(generation, key, d.id.clone());
-        Ok(d.id)
+        self.inner
+            .device_credentials
+            .get_or_lookup(key, || {
+                let (app, credential) = (self.clone(), credential.to_owned());
+                async move { Ok(app.authenticate_device(&credential).await?.id) }
+            })
+            .await
     }
 
     /// Records a heartbeat. Docking a checked-out device checks it in when its group says so.

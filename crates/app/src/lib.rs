@@ -168,9 +168,9 @@ struct AppInner {
     gateway: gateway::GatewayState,
     devices: devices::DeviceState,
     /// API tokens found valid: (who, until when the token itself is valid).
-    api_tokens: auth_cache::AuthCache<(Principal, Option<i64>)>,
+    api_tokens: Arc<auth_cache::AuthCache<(Principal, Option<i64>)>>,
     /// Device credentials found valid: the device's id.
-    device_credentials: auth_cache::AuthCache<String>,
+    device_credentials: Arc<auth_cache::AuthCache<String>>,
 }
 
 impl App {
@@ -202,8 +202,10 @@ impl App {
                 telehealth: telehealth::TelehealthCache::default(),
                 gateway: gateway::GatewayState::default(),
                 devices: devices::DeviceState::default(),
-                api_tokens: auth_cache::AuthCache::new(auth_cache::AUTH_CACHE_TTL),
-                device_credentials: auth_cache::AuthCache::new(auth_cache::AUTH_CACHE_TTL),
+                api_tokens: Arc::new(auth_cache::AuthCache::new(auth_cache::AUTH_CACHE_TTL)),
+                device_credentials: Arc::new(auth_cache::AuthCache::new(
+                    auth_cache::AUTH_CACHE_TTL,
+                )),
             }),
         };
         app.set_identity_lookup(lookup);

@@ -27,6 +27,7 @@ pub async fn open_app(config: Config) -> anyhow::Result<(App, bool)> {
     }
     let opts = ConnectOptions {
         max_connections: config.database_max_connections,
+        min_connections: config.effective_min_connections(),
         acquire_timeout: std::time::Duration::from_millis(config.database_acquire_timeout_ms),
         sqlite_synchronous_full: config.sqlite_synchronous
             == switchboard_app::config::SqliteSync::Full,

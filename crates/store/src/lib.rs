@@ -134,6 +134,9 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Arc<dyn Stor
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     pub max_connections: u32,
+    /// PostgreSQL only: connections kept open even when idle (at most `max_connections`), so
+    /// that a burst after a quiet spell finds them connected, their statements prepared.
+    pub min_connections: u32,
     pub acquire_timeout: std::time::Duration,
     /// SQLite only: `full` (default; a power cut never loses a commit) or `normal`.
     pub sqlite_synchronous_full: bool,
@@ -149,6 +152,7 @@ impl Default for ConnectOptions {
     fn default() -> Self {
         Self {
             max_connections: 16,
+            min_connections: 0,
             acquire_timeout: std::time::Duration::from_secs(5),
             sqlite_synchronous_full: true,
             sqlite_busy_timeout: std::time::Duration::from_secs(5),

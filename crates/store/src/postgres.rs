@@ -40,6 +40,7 @@ impl PgStore {
     pub async fn connect(url: &str, o: &ConnectOptions) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(o.max_connections.max(2))
+            .min_connections(o.min_connections.min(o.max_connections.max(2)))
             .acquire_timeout(o.acquire_timeout)
             // sqlx pings every connection it hands out: one more round trip and statement per
             // transaction. Ping only those idle long enough to have gone stale (a failover, a
