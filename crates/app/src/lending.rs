@@ -621,7 +621,7 @@ fn step_view(s: &CheckinStepRow) -> ReceiptStep {
     }
 }
 
-fn receipt_view(
+pub(crate) fn receipt_view(
     c: &CheckinRow,
     d: &DeviceRow,
     user: Option<&DeviceUserRow>,
@@ -1699,22 +1699,27 @@ impl App {
         device: &str,
         requested_by: &str,
     ) -> Result<Receipt, AppError> {
+        if let Some(answer) = self.checkin_batched(p, ctx, device, requested_by).await {
+            return answer;
+        }
+        self.checkin_alone(p, ctx, device, requested_by).await
+    }
+
+    /// A check-in in a transaction of its own.
+    pub(crate) async fn checkin_alone(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        device: &str,
+        requested_by: &str,
+    ) -> Result<Receipt, AppError> {
         let mut tx = self.store().begin().await?;
         let (d, group, user) = tx
             .lock_device_with_group_and_holder(device)
             .await?
             .ok_or_else(|| AppError::NotFound(format!("device {device}")))?;
         if d.status != "checked_out" {
-            let last = tx.device_checkins(&d.id, 1).await?;
-            let Some(c) = last.into_iter().next() else {
-                return Err(AppError::Conflict(format!(
-                    "device {} is not checked out and has never been",
-                    d.name
-                )));
-            };
-            let mut r = self.receipt_in(&mut *tx, &c).await?;
-            r.already_checked_in = true;
-            return Ok(r);
+            return self.not_checked_out(&mut *tx, &d).await;
         }
         let group = group.map(group_view);
         let (c, rows) = self
@@ -1732,6 +1737,25 @@ impl App {
         Ok(r)
     }
 
+    /// The answer to checking in a device that is not checked out: the receipt of its last
+    /// check-in (`already_checked_in`), or a conflict when it never was.
+    pub(crate) async fn not_checked_out(
+        &self,
+        tx: &mut dyn Tx,
+        d: &DeviceRow,
+    ) -> Result<Receipt, AppError> {
+        let last = tx.device_checkins(&d.id, 1).await?;
+        let Some(c) = last.into_iter().next() else {
+            return Err(AppError::Conflict(format!(
+                "device {} is not checked out and has never been",
+                d.name
+            )));
+        };
+        let mut r = self.receipt_in(tx, &c).await?;
+        r.already_checked_in = true;
+        Ok(r)
+    }
+
     /// Check-in from the device's agent.
     pub async fn agent_checkin(&self, device: &DeviceRow) -> Result<Receipt, AppError> {
         let p = Principal::station(format!("device:{}", device.serial));
@@ -1741,7 +1765,7 @@ impl App {
 
     /// The check-in itself, inside `tx` with the device locked: ends the check-out, writes the
     /// receipt, queues the device's commands and the Epic logout jobs.
-    async fn checkin_in_tx(
+    pub(crate) async fn checkin_in_tx(
         &self,
         tx: &mut dyn Tx,
         mut d: DeviceRow,

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod appconfig;
 pub mod audit;
 pub mod auth_cache;
+mod checkin_batch;
 pub mod config;
 pub mod crypto;
 pub mod devices;
@@ -171,6 +172,9 @@ struct AppInner {
     api_tokens: Arc<auth_cache::AuthCache<(Principal, Option<i64>)>>,
     /// Device credentials found valid: the device's id.
     device_credentials: Arc<auth_cache::AuthCache<String>>,
+    /// PostgreSQL: check-ins waiting to share a transaction (see `checkin_batch`), once the
+    /// first one came.
+    checkins: std::sync::OnceLock<checkin_batch::CheckinQueue>,
 }
 
 impl App {
@@ -206,6 +210,7 @@ impl App {
                 device_credentials: Arc::new(auth_cache::AuthCache::new(
                     auth_cache::AUTH_CACHE_TTL,
                 )),
+                checkins: std::sync::OnceLock::new(),
             }),
         };
         app.set_identity_lookup(lookup);

@@ -2246,3 +2246,95 @@ server_test!(an_agent_reports_several_results_at_once, |s| {
     assert_eq!(states().await, want);
     f.sim.shutdown().await;
 });
+
+server_test!(check_ins_that_arrive_together_are_each_done_once, |s| {
+    // On PostgreSQL these share transactions (`checkin_batch`); on SQLite they queue for
+    // the writer. Either way: each device checked in once, every request answered.
+    let f = fixture(s, rover_haiku_workflow).await;
+    let a = agents(s, &f, |c| c.devices = 12).await;
+    let serials: Vec<String> = a
+        .devices
+        .iter()
+        .map(|d| d.lock().unwrap().serial.clone())
+        .collect();
+    for (i, serial) in serials.iter().enumerate() {
+        add_user(s, &format!("b{i}"), &format!("5000{i}")).await;
+        let r = s
+            .post(
+                &s.admin_token,
+                "/devices/checkout",
+                json!({"badge": format!("5000{i}"), "device": serial}),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+    eventually(20, "the users signing in to Rover and Haiku", || async {
+        let m = sim_json(&f, "/_sim/mobile").await;
+        (m.as_array().unwrap().len() >= 24, m)
+    })
+    .await;
+    // Every device twice (once by serial, once by id), and one that does not exist.
+    let mut keys: Vec<String> = serials.clone();
+    for serial in &serials {
+        keys.push(
+            device_json(s, serial).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    keys.push("no-such-device".to_owned());
+    let answers = futures_util::future::join_all(keys.iter().map(|k| async move {
+        let r = s
+            .post(&s.admin_token, &format!("/devices/{k}/checkin"), json!({}))
+            .await;
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    }))
+    .await;
+    assert_eq!(answers.last().unwrap().0, 404, "{:?}", answers.last());
+    for (i, serial) in serials.iter().enumerate() {
+        let (by_serial, by_id) = (&answers[i], &answers[serials.len() + i]);
+        assert_eq!(
+            (by_serial.0, by_id.0),
+            (200, 200),
+            "{by_serial:?} {by_id:?}"
+        );
+        assert_eq!(by_serial.1["id"], by_id.1["id"], "one check-in of {serial}");
+        let again = [&by_serial.1, &by_id.1]
+            .iter()
+            .filter(|r| r["already_checked_in"] == true)
+            .count();
+        assert_eq!(again, 1, "{by_serial:?} {by_id:?}");
+        assert_eq!(by_serial.1["steps"].as_array().unwrap().len(), 4);
+    }
+    let n = count_sql(s, "SELECT COUNT(*) FROM checkins").await;
+    assert_eq!(n, 12);
+    let n = count_sql(
+        s,
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'device.checked_in'",
+    )
+    .await;
+    assert_eq!(n, 12);
+    let n = count_sql(
+        s,
+        "SELECT COUNT(*) FROM jobs WHERE kind = 'devices.epic_logout'",
+    )
+    .await;
+    assert!(n <= 24, "{n} logout jobs for 12 check-ins");
+    let verify: Value = s
+        .get(&s.admin_token, "/audit/verify")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(verify["ok"], true, "{verify}");
+    // The workflows run to the end: the agents force-quit, Epic signs the users out.
+    for serial in &serials {
+        let id = answers[serials.iter().position(|x| x == serial).unwrap()].1["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        receipt_done(s, &id, 30).await;
+    }
+    drop(a);
+});

@@ -526,6 +526,13 @@ pub trait Tx: Send {
         &mut self,
         id_or_serial: &str,
     ) -> Result<Option<(DeviceRow, Option<DeviceGroupRow>, Option<DeviceUserRow>)>, StoreError>;
+    /// [`Tx::lock_device_with_group_and_holder`] for several devices (by id or serial) in one
+    /// statement, locked in id order, so that two such transactions never wait for each other
+    /// in a cycle. Devices not found are left out.
+    async fn lock_devices_with_group_and_holder(
+        &mut self,
+        ids_or_serials: &[&str],
+    ) -> Result<Vec<(DeviceRow, Option<DeviceGroupRow>, Option<DeviceUserRow>)>, StoreError>;
     /// Moves an available device to `checked_out` for `holder`; `false` when it was not available.
     async fn take_device(
         &mut self,

@@ -14,13 +14,24 @@ crate::sql_impl::impl_tx!(
     skip_locked = "FOR UPDATE SKIP LOCKED",
     batch_rows = 100,
     numbered_params = true,
-    writes_in_with = true
+    writes_in_with = true,
+    // `ARRAY(...)` is computed once, so `d.id = ANY(...)` is an index lookup.
+    in_json_list = "= ANY(ARRAY(SELECT json_array_elements_text($1::json)))"
 );
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// A pooled connection idle this long is checked before use.
 const PING_IDLE_CONNECTIONS_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens a write transaction. Its statements are key lookups, inserts and updates by key, whose
+/// plan does not depend on the values: PostgreSQL plans each prepared statement once for the
+/// connection (a generic plan) instead of planning it again for every run's values (a custom
+/// plan, which it keeps doing when it estimates the generic plan no cheaper). Sent with `BEGIN`,
+/// in the same round trip. Reads (list pages with optional filters, whose best plan depends on
+/// which filters are given) keep the default. Measured with the shift-change bench on 2 cores:
+/// about 2,000 → 2,350 check-ins a second.
+const BEGIN: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
 
 /// The channel on which a commit that enqueued jobs wakes the workers of every replica.
 const JOB_CHANNEL: &str = "switchboard_jobs";
@@ -155,7 +166,7 @@ impl Store for PgStore {
             crate::lanes::Lane::Foreground(self.lanes.foreground())
         };
         Ok(self.tx(
-            crate::handle::Handle::Tx(self.pool.begin().await?),
+            crate::handle::Handle::Tx(self.pool.begin_with(BEGIN).await?),
             Some(lane),
         ))
     }

@@ -3,10 +3,11 @@
 //! `impl_tx!` expands to a `Tx` implementation for a concrete sqlx database. Both backends accept
 //! `$1`-style parameters, `RETURNING` and `ON CONFLICT`; the only dialect differences are passed
 //! in as literals: the row lock used for the audit chain head, and `SKIP LOCKED` for job claims
-//! (SQLite takes the write lock at `BEGIN IMMEDIATE`, so it needs neither).
+//! (SQLite takes the write lock at `BEGIN IMMEDIATE`, so it needs neither), and how a list of
+//! keys passed as one JSON array is matched.
 
 macro_rules! impl_tx {
-    ($tx:ident, $db:ty, for_update = $for_update:literal, skip_locked = $skip_locked:literal, batch_rows = $batch_rows:literal, numbered_params = $numbered:literal, writes_in_with = $writes_in_with:literal) => {
+    ($tx:ident, $db:ty, for_update = $for_update:literal, skip_locked = $skip_locked:literal, batch_rows = $batch_rows:literal, numbered_params = $numbered:literal, writes_in_with = $writes_in_with:literal, in_json_list = $in_json_list:literal) => {
         pub struct $tx {
             pub(crate) inner: $crate::handle::Handle<$db>,
             pub(crate) enqueued: bool,
@@ -451,6 +452,29 @@ macro_rules! impl_tx {
 
         fn delete_secret_sql(id: &str) -> $crate::sql_impl::Stmt<'_> {
             ("DELETE FROM secrets WHERE id = $1".into(), $crate::direct::args![id].to_vec())
+        }
+
+        /// A device row with its group and its holder (`device_group_holder_select`).
+        struct DeviceGroupHolder($crate::DeviceRow, Option<$crate::DeviceGroupRow>, Option<$crate::DeviceUserRow>);
+        impl $crate::direct::FromCols for DeviceGroupHolder {
+            fn from_cols<R: $crate::direct::Cols>(row: &R) -> Result<Self, sqlx::Error> {
+                use $crate::direct::Prefixed;
+                let group_id: Option<String> = row.col("g_id")?;
+                let holder_id: Option<String> = row.col("u_id")?;
+                Ok(DeviceGroupHolder(
+                    $crate::DeviceRow::from_cols(row)?,
+                    group_id.map(|_| $crate::DeviceGroupRow::from_cols(&Prefixed { row, prefix: "g_" })).transpose()?,
+                    holder_id.map(|_| $crate::DeviceUserRow::from_cols(&Prefixed { row, prefix: "u_" })).transpose()?,
+                ))
+            }
+        }
+
+        /// Devices (`d`) with their group (`g`) and holder (`u`), up to the `WHERE`.
+        fn device_group_holder_select() -> String {
+            use $crate::sql_impl::joined_cols;
+            format!("SELECT {}, {}, {} FROM devices d LEFT JOIN device_groups g ON g.id = d.group_id \
+                     LEFT JOIN device_users u ON u.id = d.holder_id",
+                    joined_cols(DEVICE_COLS, "d", ""), joined_cols(GROUP_COLS, "g", "g_"), joined_cols(DEVICE_USER_COLS, "u", "u_"))
         }
 
         fn collect<T>(rows: Vec<DbRow>, f: impl Fn(&DbRow) -> Result<T, sqlx::Error>) -> Result<Vec<T>, $crate::StoreError> {
@@ -1415,28 +1439,24 @@ macro_rules! impl_tx {
 
             async fn lock_device_with_group_and_holder(&mut self, id: &str)
                 -> Result<Option<($crate::DeviceRow, Option<$crate::DeviceGroupRow>, Option<$crate::DeviceUserRow>)>, $crate::StoreError> {
-                use $crate::direct::{FromCols, Prefixed};
-                struct Joined($crate::DeviceRow, Option<$crate::DeviceGroupRow>, Option<$crate::DeviceUserRow>);
-                impl FromCols for Joined {
-                    fn from_cols<R: $crate::direct::Cols>(row: &R) -> Result<Self, sqlx::Error> {
-                        let group_id: Option<String> = row.col("g_id")?;
-                        let holder_id: Option<String> = row.col("u_id")?;
-                        Ok(Joined(
-                            $crate::DeviceRow::from_cols(row)?,
-                            group_id.map(|_| $crate::DeviceGroupRow::from_cols(&Prefixed { row, prefix: "g_" })).transpose()?,
-                            holder_id.map(|_| $crate::DeviceUserRow::from_cols(&Prefixed { row, prefix: "u_" })).transpose()?,
-                        ))
-                    }
-                }
                 static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-                    use $crate::sql_impl::joined_cols;
-                    format!("SELECT {}, {}, {} FROM devices d LEFT JOIN device_groups g ON g.id = d.group_id \
-                             LEFT JOIN device_users u ON u.id = d.holder_id WHERE d.id = $1 OR d.serial = $1 {}",
-                            joined_cols(DEVICE_COLS, "d", ""), joined_cols(GROUP_COLS, "g", "g_"), joined_cols(DEVICE_USER_COLS, "u", "u_"),
+                    format!("{} WHERE d.id = $1 OR d.serial = $1 {}", device_group_holder_select(),
                             if $for_update.is_empty() { "" } else { "FOR UPDATE OF d" })
                 });
-                let row: Option<Joined> = self.first(&SQL, &$crate::direct::args![id]).await?;
-                Ok(row.map(|Joined(d, g, u)| (d, g, u)))
+                let row: Option<DeviceGroupHolder> = self.first(&SQL, &$crate::direct::args![id]).await?;
+                Ok(row.map(|DeviceGroupHolder(d, g, u)| (d, g, u)))
+            }
+
+            async fn lock_devices_with_group_and_holder(&mut self, ids_or_serials: &[&str])
+                -> Result<Vec<($crate::DeviceRow, Option<$crate::DeviceGroupRow>, Option<$crate::DeviceUserRow>)>, $crate::StoreError> {
+                // The keys as one JSON array: one statement text for any number of them.
+                static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                    format!("{} WHERE d.id {list} OR d.serial {list} ORDER BY d.id {}", device_group_holder_select(),
+                            if $for_update.is_empty() { "" } else { "FOR UPDATE OF d" }, list = $in_json_list)
+                });
+                let keys = serde_json::to_string(ids_or_serials).map_err(|e| $crate::StoreError::Corrupt(e.to_string()))?;
+                let rows: Vec<DeviceGroupHolder> = self.all(&SQL, &$crate::direct::args![&keys]).await?;
+                Ok(rows.into_iter().map(|DeviceGroupHolder(d, g, u)| (d, g, u)).collect())
             }
 
             async fn take_device(&mut self, id: &str, holder: &str, checkout_id: &str, pin_set: bool, now: i64) -> Result<bool, $crate::StoreError> {

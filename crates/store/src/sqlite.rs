@@ -19,7 +19,8 @@ crate::sql_impl::impl_tx!(
     // grows with the statement.
     batch_rows = 100,
     numbered_params = false,
-    writes_in_with = false
+    writes_in_with = false,
+    in_json_list = "IN (SELECT value FROM json_each($1))"
 );
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");

@@ -1823,6 +1823,66 @@ store_test!(
             None,
             "no such check-in"
         );
+        // Several at once (a batch of check-ins): by id or serial, in id order, the unknown left
+        // out, a key with a quote in it just a key.
+        let many = tx
+            .lock_devices_with_group_and_holder(&["d2", "nope", "SER1", "x' OR '1'='1", "d1"])
+            .await
+            .unwrap();
+        let ids: Vec<&str> = many.iter().map(|(d, ..)| d.id.as_str()).collect();
+        assert_eq!(ids, ["d1", "d2"]);
+        assert_eq!(
+            many[0].1.as_ref().map(|g| g.name.as_str()),
+            Some("ICU phones")
+        );
+        assert_eq!(many[0].2.as_ref().map(|u| u.username.as_str()), Some("rn1"));
+        assert!(many[1].1.is_none() && many[1].2.is_none());
+        assert!(
+            tx.lock_devices_with_group_and_holder(&[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+);
+
+/// PostgreSQL: a device locked by a batch of check-ins keeps every other transaction that locks
+/// it waiting until the batch ends.
+store_test!(
+    a_batch_of_check_ins_holds_its_devices_until_it_ends,
+    |store: Arc<dyn Store>| async move {
+        if !store.begin().await.unwrap().row_locks() {
+            return; // SQLite: one writer at a time anyway.
+        }
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_device(&device("d1", "SER1")).await.unwrap();
+        tx.insert_device(&device("d2", "SER2")).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut batch = store.begin().await.unwrap();
+        assert_eq!(
+            batch
+                .lock_devices_with_group_and_holder(&["SER2", "d1"])
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        let other = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut tx = store.begin().await.unwrap();
+                let d = tx.lock_device("d2").await.unwrap().unwrap();
+                tx.commit().await.unwrap();
+                d.name
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!other.is_finished(), "d2 is the batch's until it commits");
+        let mut d2 = batch.lock_device("d2").await.unwrap().unwrap();
+        d2.name = "renamed by the batch".into();
+        batch.update_device(&d2).await.unwrap();
+        batch.commit().await.unwrap();
+        assert_eq!(other.await.unwrap(), "renamed by the batch");
     }
 );
 
