@@ -1846,8 +1846,8 @@ store_test!(
     }
 );
 
-/// PostgreSQL: a device locked by a batch of check-ins keeps every other transaction that locks
-/// it waiting until the batch ends.
+// PostgreSQL: a device locked by a batch of check-ins keeps every other transaction that locks
+// it waiting until the batch ends.
 store_test!(
     a_batch_of_check_ins_holds_its_devices_until_it_ends,
     |store: Arc<dyn Store>| async move {
