@@ -15,7 +15,9 @@
 //! is rolled back and every check-in of it runs again alone, answering its own error. A device
 //! named twice in one batch is checked in by the first; the second runs alone after the commit
 //! and answers the receipt (`already_checked_in`), as two requests one after the other would.
-//! SQLite commits in groups already (its writer), so it checks in one at a time.
+//! The batches run on connections of their own (`Store::begin_batch`), which keep the batch's
+//! statements prepared. SQLite commits in groups already (its writer), so it checks in one at a
+//! time.
 
 use crate::devices::group_view;
 use crate::lending::{Receipt, receipt_view};
@@ -27,13 +29,12 @@ use tokio::sync::{mpsc, oneshot};
 /// Check-ins in one transaction at most.
 const MAX_BATCH: usize = 16;
 
-/// Workers running batches side by side, each on one pooled connection while it runs: a quarter
-/// of the pool, so that the rest of the requests never wait for a connection behind them.
-/// Measured with the shift-change bench (2 cores, pool of 16, 64 clients): 4 workers of 16
-/// did best; 8 of 8 and 16 of 4 ran as many check-ins a second with a longer tail, and every
-/// worker's first batch on a connection prepares and plans its statements (the first 200 ms).
-fn workers(pool: u32) -> usize {
-    usize::try_from(pool / 4).unwrap_or(1).max(1)
+/// Workers running batches side by side: one per connection the store keeps for batches
+/// (`Store::batch_connections`, a quarter of the pool). Measured with the shift-change bench (2
+/// cores, pool of 16, 64 clients): 4 workers of up to 16 did best; 8 of 8 and 16 of 4 ran as
+/// many check-ins a second with a longer tail.
+fn workers(batch_connections: u32) -> usize {
+    usize::try_from(batch_connections).unwrap_or(1).max(1)
 }
 
 /// Check-ins waiting for a worker at most; further ones wait to be queued.
@@ -61,7 +62,7 @@ impl App {
         device: &str,
         requested_by: &str,
     ) -> Option<Result<Receipt, AppError>> {
-        if self.store().backend() != switchboard_store::Backend::Postgres {
+        if self.store().batch_connections() == 0 {
             return None;
         }
         let queue = self
@@ -114,7 +115,7 @@ impl App {
         batch: &[Queued],
     ) -> Result<Vec<Option<Result<Receipt, AppError>>>, AppError> {
         let keys: Vec<&str> = batch.iter().map(|q| q.device.as_str()).collect();
-        let mut tx = self.store().begin().await?;
+        let mut tx = self.store().begin_batch().await?;
         let locked = tx.lock_devices_with_group_and_holder(&keys).await?;
         let mut taken = HashSet::new();
         let mut answers = Vec::with_capacity(batch.len());
@@ -164,7 +165,7 @@ impl App {
 fn start_workers(app: &Arc<AppInner>) -> CheckinQueue {
     let (queue, waiting) = mpsc::channel(QUEUE);
     let waiting = Arc::new(tokio::sync::Mutex::new(waiting));
-    for _ in 0..workers(app.store.pool_stats().max) {
+    for _ in 0..workers(app.store.batch_connections()) {
         tokio::spawn(work(Arc::downgrade(app), Arc::clone(&waiting)));
     }
     queue

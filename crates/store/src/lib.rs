@@ -170,6 +170,18 @@ pub trait Store: Send + Sync + 'static {
     /// transaction at all (autocommit), so each statement sees the latest commits, as it would
     /// under READ COMMITTED anyway; never write through it.
     async fn read(&self) -> Result<Box<dyn Tx>, StoreError>;
+    /// A write transaction shared by a batch of requests (the app's `checkin_batch`).
+    /// PostgreSQL runs these on a few connections of their own (a quarter of
+    /// `max_connections`, taken from the rest), so that those keep the batch's statements
+    /// prepared. Default: [`Store::begin`].
+    async fn begin_batch(&self) -> Result<Box<dyn Tx>, StoreError> {
+        self.begin().await
+    }
+    /// How many batches run at once at most ([`Store::begin_batch`]); 0 when requests are not
+    /// batched (SQLite commits its writers' transactions in groups already).
+    fn batch_connections(&self) -> u32 {
+        0
+    }
     /// [`Tx::deliver_commands`] as a transaction of its own: one statement, so PostgreSQL runs
     /// it without `BEGIN` and `COMMIT` (one round trip instead of three).
     async fn deliver_commands(

@@ -38,6 +38,10 @@ const JOB_CHANNEL: &str = "switchboard_jobs";
 
 pub struct PgStore {
     pool: PgPool,
+    /// Kept for batches of requests (`Store::begin_batch`): a few connections that run only
+    /// them keep their statements prepared and planned, where batches spread over the whole
+    /// pool made each connection's first batch slow for the first part of a shift change.
+    batch_pool: PgPool,
     max: u32,
     signal: Arc<Notify>,
     listener: tokio::task::JoinHandle<()>,
@@ -49,31 +53,29 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn connect(url: &str, o: &ConnectOptions) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(o.max_connections.max(2))
-            .min_connections(o.min_connections.min(o.max_connections.max(2)))
-            .acquire_timeout(o.acquire_timeout)
-            // sqlx pings every connection it hands out: one more round trip and statement per
-            // transaction. Ping only those idle long enough to have gone stale (a failover, a
-            // restarted server); a busy pool's connections were just used.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_IDLE_CONNECTIONS_AFTER {
-                        sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(true)
-                })
-            })
+        let total = o.max_connections.max(2);
+        // A quarter of the connections, at least one, for batches of check-ins (see
+        // `Store::begin_batch`); the rest for everything else.
+        let batch = (total / 4).max(1);
+        let main = total.saturating_sub(batch).max(2);
+        let pool = pool_options(main, o.min_connections.min(main), o.acquire_timeout)
             .connect(url)
             .await?;
+        let batch_pool = pool_options(
+            batch,
+            if o.min_connections > 0 { batch } else { 0 },
+            o.acquire_timeout,
+        )
+        .connect(url)
+        .await?;
         let signal = Arc::new(Notify::new());
         let listener = tokio::spawn(listen_for_jobs(pool.clone(), Arc::clone(&signal)));
         let announce = Arc::new(Notify::new());
         let announcer = tokio::spawn(announce_jobs(pool.clone(), Arc::clone(&announce)));
         Ok(Self {
             pool,
-            max: o.max_connections.max(2),
+            batch_pool,
+            max: main + batch,
             signal,
             listener,
             announce,
@@ -81,9 +83,7 @@ impl PgStore {
             // A quarter of the connections at most for background work, so that it never
             // keeps requests waiting for one.
             lanes: Arc::new(crate::lanes::Lanes::new(
-                usize::try_from(o.max_connections.max(2) / 4)
-                    .unwrap_or(1)
-                    .max(1),
+                usize::try_from(total / 4).unwrap_or(1).max(1),
             )),
             chains: crate::audit_chains::Chains::new(o.audit_chains),
         })
@@ -105,6 +105,26 @@ impl PgStore {
             audit: None,
         })
     }
+}
+
+/// A pool's settings: up to `max` connections, `min` kept open when idle.
+fn pool_options(max: u32, min: u32, acquire_timeout: std::time::Duration) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .min_connections(min.min(max))
+        .acquire_timeout(acquire_timeout)
+        // sqlx pings every connection it hands out: one more round trip and statement per
+        // transaction. Ping only those idle long enough to have gone stale (a failover, a
+        // restarted server); a busy pool's connections were just used.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IDLE_CONNECTIONS_AFTER {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// Tells the workers of every replica (`NOTIFY switchboard_jobs`) that jobs were enqueued, once
@@ -171,6 +191,18 @@ impl Store for PgStore {
         ))
     }
 
+    async fn begin_batch(&self) -> Result<Box<dyn Tx>, StoreError> {
+        let lane = crate::lanes::Lane::Foreground(self.lanes.foreground());
+        Ok(self.tx(
+            crate::handle::Handle::Tx(self.batch_pool.begin_with(BEGIN).await?),
+            Some(lane),
+        ))
+    }
+
+    fn batch_connections(&self) -> u32 {
+        self.batch_pool.options().get_max_connections()
+    }
+
     async fn read(&self) -> Result<Box<dyn Tx>, StoreError> {
         Ok(self.tx(
             crate::handle::Handle::Plain(self.pool.acquire().await?),
@@ -234,8 +266,9 @@ impl Store for PgStore {
 
     fn pool_stats(&self) -> PoolStats {
         PoolStats {
-            size: self.pool.size(),
-            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            size: self.pool.size() + self.batch_pool.size(),
+            idle: u32::try_from(self.pool.num_idle() + self.batch_pool.num_idle())
+                .unwrap_or(u32::MAX),
             max: self.max,
             writer: None,
         }
@@ -248,6 +281,7 @@ impl Store for PgStore {
     async fn close(&self) {
         self.listener.abort();
         self.announcer.abort();
+        self.batch_pool.close().await;
         self.pool.close().await;
     }
 }
