@@ -330,13 +330,7 @@ server_test!(
             actions.contains("token.created") && actions.contains("token.revoked"),
             "{actions:?}"
         );
-        let verify: Value = s
-            .get(&s.admin_token, "/audit/verify")
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(verify["ok"], true, "{verify}");
+        common::assert_audit_log_verifies(s).await;
     }
 );
 

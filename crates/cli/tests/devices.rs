@@ -134,12 +134,16 @@ async fn phones(s: &TestServer, f: &Fixture, n: usize) -> (RunningAgents, Vec<St
         c.epic_sim = None;
     })
     .await;
-    let serials = a
-        .devices
+    let serials = serials_of(&a);
+    (a, serials)
+}
+
+/// The serials of the simulated devices, in order.
+fn serials_of(a: &RunningAgents) -> Vec<String> {
+    a.devices
         .iter()
         .map(|d| d.lock().unwrap().serial.clone())
-        .collect();
-    (a, serials)
+        .collect()
 }
 
 async fn add_user(s: &TestServer, username: &str, badge: &str) -> Value {
@@ -507,11 +511,7 @@ server_test!(
         for i in 0..3 {
             add_user(s, &format!("n{i}"), &format!("3000{i}")).await;
         }
-        let serials: Vec<String> = a
-            .devices
-            .iter()
-            .map(|d| d.lock().unwrap().serial.clone())
-            .collect();
+        let serials = serials_of(&a);
         for (i, serial) in serials.iter().enumerate() {
             let r = s
                 .post(
@@ -629,11 +629,7 @@ async fn mint_token(f: &Fixture) -> String {
 server_test!(racing_check_outs_limits_and_revoked_credentials, |s| {
     let f = fixture(s, rover_haiku_workflow).await;
     let a = agents(s, &f, |c| c.devices = 2).await;
-    let serials: Vec<String> = a
-        .devices
-        .iter()
-        .map(|d| d.lock().unwrap().serial.clone())
-        .collect();
+    let serials = serials_of(&a);
     add_user(s, "ra", "40001").await;
     add_user(s, "rb", "40002").await;
     // Two clinicians race for one device: exactly one wins.
@@ -946,11 +942,7 @@ server_test!(
             switchboard_app::devices::HttpIdentityLookup::new(lookup_url, reqwest::Client::new()),
         )));
         let a = agents(s, &f, |c| c.devices = 3).await;
-        let serials: Vec<String> = a
-            .devices
-            .iter()
-            .map(|d| d.lock().unwrap().serial.clone())
-            .collect();
+        let serials = serials_of(&a);
         // A badge the directory does not know, resolved by the hook on the device itself.
         let co = a.checkout_by_badge(0, "77007", true).await.unwrap();
         assert_eq!(co["user"]["username"], "dr.remote");
@@ -2252,11 +2244,7 @@ server_test!(check_ins_that_arrive_together_are_each_done_once, |s| {
     // the writer. Either way: each device checked in once, every request answered.
     let f = fixture(s, rover_haiku_workflow).await;
     let a = agents(s, &f, |c| c.devices = 12).await;
-    let serials: Vec<String> = a
-        .devices
-        .iter()
-        .map(|d| d.lock().unwrap().serial.clone())
-        .collect();
+    let serials = serials_of(&a);
     for (i, serial) in serials.iter().enumerate() {
         add_user(s, &format!("b{i}"), &format!("5000{i}")).await;
         let r = s
@@ -2317,24 +2305,14 @@ server_test!(check_ins_that_arrive_together_are_each_done_once, |s| {
     assert_eq!(n, 12);
     let n = count_sql(
         s,
-        "SELECT COUNT(*) FROM jobs WHERE kind = 'devices.epic_logout'",
+        "SELECT COUNT(*) FROM checkin_steps WHERE action = 'epic_logout'",
     )
     .await;
-    assert!(n <= 24, "{n} logout jobs for 12 check-ins");
-    let verify: Value = s
-        .get(&s.admin_token, "/audit/verify")
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(verify["ok"], true, "{verify}");
+    assert_eq!(n, 24, "an Epic logout step for each app of each check-in");
+    common::assert_audit_log_verifies(s).await;
     // The workflows run to the end: the agents force-quit, Epic signs the users out.
-    for serial in &serials {
-        let id = answers[serials.iter().position(|x| x == serial).unwrap()].1["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        receipt_done(s, &id, 30).await;
+    for (_, receipt) in &answers[..serials.len()] {
+        receipt_done(s, receipt["id"].as_str().unwrap(), 30).await;
     }
     drop(a);
 });

@@ -502,6 +502,12 @@ async fn audit_tamper_case(db: String) {
             .success(),
         "restoring the row restores the chain"
     );
+    // The head moved back one entry (with that entry's hash): the newest entry is past it.
+    exec("UPDATE audit_heads SET seq = 2, hash = (SELECT hash FROM audit_log l WHERE l.chain = audit_heads.chain AND l.seq = 2) WHERE seq = 3").await;
+    let bad = run_cli(dir.path(), &db, &["audit", "verify"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("the head was edited"));
+    exec("UPDATE audit_heads SET seq = 3, hash = (SELECT hash FROM audit_log l WHERE l.chain = audit_heads.chain AND l.seq = 3) WHERE seq = 2").await;
     exec("DELETE FROM audit_log WHERE seq = 3").await;
     let bad = run_cli(dir.path(), &db, &["audit", "verify"]);
     assert_eq!(bad.status.code(), Some(1));

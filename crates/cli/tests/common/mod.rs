@@ -121,6 +121,17 @@ impl TestServer {
 }
 
 /// The body of a `201 Created` answer (failing loudly on any other status).
+/// Asserts that the audit log's hash chains verify (`GET /audit/verify`).
+pub async fn assert_audit_log_verifies(s: &TestServer) {
+    let verify: Value = s
+        .get(&s.admin_token, "/audit/verify")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(verify["ok"], true, "{verify}");
+}
+
 pub async fn created(r: reqwest::Response) -> Value {
     let status = r.status();
     let body: Value = r.json().await.expect("a JSON body");
