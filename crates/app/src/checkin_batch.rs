@@ -3,7 +3,7 @@
 //! At a shift change dozens of check-ins arrive at once. Alone, each is four round trips to
 //! PostgreSQL (`BEGIN`, lock the device, the writes, `COMMIT`) and a commit of its own, and on a
 //! small machine the database's share of the cores is what limits them. Here a few workers
-//! ([`workers`]) take the check-ins queued meanwhile, up to [`MAX_BATCH`] at a time, lock all
+//! (one per connection kept for batches) take the check-ins queued meanwhile, up to [`MAX_BATCH`] at a time, lock all
 //! their devices in one statement (in id order, so batches never wait for each other in a
 //! cycle), run each check-in as it would run alone (its writes, audit entry and Epic logout jobs
 //! in one statement) and commit once: a check-in costs about one round trip instead of four.
@@ -28,14 +28,6 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Check-ins in one transaction at most.
 const MAX_BATCH: usize = 16;
-
-/// Workers running batches side by side: one per connection the store keeps for batches
-/// (`Store::batch_connections`, a quarter of the pool). Measured with the shift-change bench (2
-/// cores, pool of 16, 64 clients): 4 workers of up to 16 did best; 8 of 8 and 16 of 4 ran as
-/// many check-ins a second with a longer tail.
-fn workers(batch_connections: u32) -> usize {
-    usize::try_from(batch_connections).unwrap_or(1).max(1)
-}
 
 /// Check-ins waiting for a worker at most; further ones wait to be queued.
 const QUEUE: usize = 1024;
@@ -165,7 +157,10 @@ impl App {
 fn start_workers(app: &Arc<AppInner>) -> CheckinQueue {
     let (queue, waiting) = mpsc::channel(QUEUE);
     let waiting = Arc::new(tokio::sync::Mutex::new(waiting));
-    for _ in 0..workers(app.store.batch_connections()) {
+    // One worker per connection the store keeps for batches (a quarter of the pool). Measured
+    // with the shift-change bench (2 cores, pool of 16, 64 clients): 4 workers of up to 16 did
+    // best; 8 of 8 and 16 of 4 ran as many check-ins a second with a longer tail.
+    for _ in 0..app.store.batch_connections().max(1) {
         tokio::spawn(work(Arc::downgrade(app), Arc::clone(&waiting)));
     }
     queue
