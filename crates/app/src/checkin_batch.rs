@@ -2,11 +2,12 @@
 //!
 //! At a shift change dozens of check-ins arrive at once. Alone, each is four round trips to
 //! PostgreSQL (`BEGIN`, lock the device, the writes, `COMMIT`) and a commit of its own, and on a
-//! small machine the database's share of the cores is what limits them. Here a few workers
-//! (one per connection kept for batches) take the check-ins queued meanwhile, up to [`MAX_BATCH`] at a time, lock all
-//! their devices in one statement (in id order, so batches never wait for each other in a
-//! cycle), run each check-in as it would run alone (its writes, audit entry and Epic logout jobs
-//! in one statement) and commit once: a check-in costs about one round trip instead of four.
+//! small machine the database's share of the cores is what limits them. Here a few workers (one
+//! per connection kept for batches) take the check-ins queued meanwhile, up to [`MAX_BATCH`] at
+//! a time, lock all their devices in one statement (in id order, so batches never wait for each
+//! other in a cycle), run each check-in as it would run alone (its writes, audit entry and Epic
+//! logout jobs in one statement) and commit once: a check-in costs about one round trip instead
+//! of four.
 //! Measured with the shift-change bench (2 cores shared with PostgreSQL, 64 clients): about
 //! 1,550 → 2,000 check-ins a second, and 2,200-2,400 with the write transactions' generic plans
 //! (`store/src/postgres.rs`).
